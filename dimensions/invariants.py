@@ -1,0 +1,34 @@
+"""The SCD2 invariants, as a query that returns the offending keys.
+
+Checked on every write before anything reaches the warehouse, and stated again as expectations by
+the quality layer: one current row per live key, no overlapping or inverted windows, is_current
+consistent with valid_to, surrogate keys unique.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from dimensions.spec import OPEN_END, DimensionSpec
+
+
+def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFrame:
+    """One row per (natural key, problem) that breaks an invariant; empty when all hold."""
+    nk, sk = list(spec.natural_key), spec.surrogate_key
+    rows = rows.filter(pl.col(sk) >= 0)
+    ordered = rows.sort([*nk, "valid_from"]).with_columns(
+        _prev_to=pl.col("valid_to").shift(1).over(nk)
+    )
+    checks = [
+        ordered.filter(pl.col("valid_from") >= pl.col("valid_to"))
+        .select(*nk, problem=pl.lit("inverted or empty window (valid_from >= valid_to)")),
+        ordered.filter(pl.col("valid_from") < pl.col("_prev_to"))
+        .select(*nk, problem=pl.lit("overlapping windows")),
+        rows.group_by(nk).agg(n=pl.col("is_current").sum()).filter(pl.col("n") > 1)
+        .select(*nk, problem=pl.lit("more than one current row")),
+        rows.filter(pl.col("is_current") != (pl.col("valid_to") == OPEN_END))
+        .select(*nk, problem=pl.lit("is_current disagrees with valid_to")),
+        rows.filter(pl.col(sk).is_duplicated())
+        .select(*nk, problem=pl.lit("surrogate key used twice")),
+    ]
+    return pl.concat(checks, how="vertical_relaxed").unique(maintain_order=True)
