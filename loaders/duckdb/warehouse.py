@@ -1,0 +1,204 @@
+"""The embedded DuckDB warehouse: staging area, atomic publish, run log and watermarks.
+
+Layout of the database file:
+
+- ``main``: the published star schema, what analysts query; ``<model>__quarantine`` beside it;
+- ``_staging``: one table per (model, run), written before the audit; a crash leaves it here and
+  the previous published table untouched; the retry overwrites it (deterministic name);
+- ``_starsmith``: ``run_log`` (one row per model step) and ``watermarks`` (what was built).
+
+Every publish is one DuckDB transaction holding the strategy's statements, the quarantine rows, the
+run-log row and the watermark, so readers see the old state or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from sqlglot import exp
+
+from loaders import sql
+from starsmith.errors import RetryableError, WarehouseBusy
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
+
+PUBLISHED, STAGING, META = "main", "_staging", "_starsmith"
+RUN_LOG_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.run_log (
+    run_id VARCHAR, model VARCHAR, logical_date DATE, strategy VARCHAR, status VARCHAR,
+    rows_read BIGINT, rows_written BIGINT, rows_inserted BIGINT, rows_updated BIGINT,
+    rows_closed BIGINT, rows_quarantined BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP,
+    duration_s DOUBLE, fingerprint VARCHAR, message VARCHAR
+)"""
+WATERMARK_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.watermarks (
+    model VARCHAR, logical_date DATE, run_id VARCHAR, fingerprint VARCHAR,
+    published_at TIMESTAMP, PRIMARY KEY (model, logical_date)
+)"""
+RUN_LOG_COLUMNS = (
+    "run_id", "model", "logical_date", "strategy", "status", "rows_read", "rows_written",
+    "rows_inserted", "rows_updated", "rows_closed", "rows_quarantined", "started_at",
+    "finished_at", "duration_s", "fingerprint", "message",
+)
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One atomic publish: the strategy's statements plus what must commit with them."""
+
+    target: str
+    staged: str
+    statements: Sequence[exp.Expression]
+    run_log: dict[str, Any]
+    quarantine: pl.DataFrame | None = None
+    watermark_dates: Sequence[date] = ()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+class DuckDBWarehouse:
+    """A DuckDB file as the warehouse target. Cheap to construct: it holds only settings."""
+
+    dialect = "duckdb"
+
+    def __init__(self, path: Path | str, *, memory_limit: str = "4GB",
+                 temp_dir: Path | None = None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.memory_limit = memory_limit
+        self.temp_dir = temp_dir or self.path.parent / "duckdb_tmp"
+        self.threads = threads
+
+    @contextmanager
+    def connect(self, attempts: int = 20) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; a lock held by another process is waited for, then reported retryable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str | int] = {"memory_limit": self.memory_limit,
+                                        "temp_directory": str(self.temp_dir)}
+        if self.threads:
+            config["threads"] = self.threads
+        for attempt in range(attempts):
+            try:
+                con = duckdb.connect(str(self.path), config=config)
+                break
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or attempt == attempts - 1:
+                    raise WarehouseBusy(
+                        f"cannot open the warehouse: {err}", where=str(self.path),
+                        fix="Another process holds it; the step will be retried") from err
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        try:
+            for schema in (STAGING, META):
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.execute(RUN_LOG_DDL)
+            con.execute(WATERMARK_DDL)
+            yield con
+        finally:
+            con.close()
+
+    # -- reading -----------------------------------------------------------------------------
+    def exists(self, table: str, schema: str = PUBLISHED) -> bool:
+        with self.connect() as con:
+            found = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
+                "AND table_name = ?", [schema, table]).fetchall()
+        return bool(found[0][0])
+
+    def query(self, query: str, params: Sequence[Any] | None = None, **frames: pl.DataFrame
+              ) -> pl.DataFrame:
+        """Run a query; keyword frames are visible to it as tables of that name (zero-copy)."""
+        with self.connect() as con:
+            for name, frame in frames.items():
+                con.register(name, frame.to_arrow())
+            table = con.execute(query, params or []).to_arrow_table()
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
+             **frames: pl.DataFrame) -> pl.DataFrame:
+        q = f'SELECT * FROM {PUBLISHED}."{table}"' + (f" WHERE {where}" if where else "")
+        return self.query(q, params, **frames)
+
+    def max_value(self, table: str, column: str) -> int:
+        rows = self.query(f'SELECT coalesce(max("{column}"), 0) AS m FROM {PUBLISHED}."{table}"')
+        return int(rows["m"][0])
+
+    # -- writing -----------------------------------------------------------------------------
+    def staged_name(self, model: str, run_id: str) -> str:
+        return f"{STAGING}.{_safe(model)}__{_safe(run_id)}"
+
+    def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str:
+        """Write a step's output to the staging area (replacing an earlier attempt's)."""
+        staged = self.staged_name(model, run_id)
+        schema_name, table = staged.split(".")
+        with self.connect() as con:
+            con.register("_frame", frame.to_arrow())
+            con.execute(f'CREATE OR REPLACE TABLE {schema_name}."{table}" AS SELECT * FROM _frame')
+        return staged
+
+    def publish(self, job: Publish) -> None:
+        """Run the strategy, quarantine, run log and watermark in one transaction."""
+        stmts = sql.render(job.statements, self.dialect)
+        with self.connect() as con:
+            try:
+                con.execute("BEGIN TRANSACTION")
+                for statement in stmts:
+                    con.execute(statement).fetchall()
+                if job.quarantine is not None:
+                    self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"])
+                self._log(con, job.run_log)
+                for day in job.watermark_dates:
+                    con.execute(
+                        f"INSERT OR REPLACE INTO {META}.watermarks VALUES (?, ?, ?, ?, now())",
+                        [job.target, day, job.run_log["run_id"], job.run_log["fingerprint"]])
+                schema_name, table = job.staged.split(".")
+                con.execute(f'DROP TABLE IF EXISTS {schema_name}."{table}"')
+                con.execute("COMMIT")
+            except duckdb.TransactionException as err:
+                con.execute("ROLLBACK")
+                raise RetryableError(f"publish conflicted with another writer: {err}",
+                                     where=job.target) from err
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _quarantine(self, con: duckdb.DuckDBPyConnection, model: str, rows: pl.DataFrame,
+                    logical_date: date) -> None:
+        """Replace this logical date's quarantine rows of the model (a re-run never doubles)."""
+        table = f'{PUBLISHED}."{model}__quarantine"'
+        con.register("_q", rows.to_arrow())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _q LIMIT 0")
+        con.execute(f"DELETE FROM {table} WHERE logical_date = ?", [logical_date])
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _q")
+
+    def _log(self, con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
+        values = [row.get(c) for c in RUN_LOG_COLUMNS]
+        marks = ", ".join("?" for _ in values)
+        con.execute(f"INSERT INTO {META}.run_log VALUES ({marks})", values)
+
+    def log_failure(self, row: dict[str, Any]) -> None:
+        with self.connect() as con:
+            self._log(con, row)
+
+    def watermarks(self) -> pl.DataFrame:
+        return self.query(f"SELECT * FROM {META}.watermarks ORDER BY model, logical_date")
+
+    def run_log(self) -> pl.DataFrame:
+        return self.query(f"SELECT * FROM {META}.run_log ORDER BY started_at")
+
+    def ensure_table(self, target: str, staged: str) -> None:
+        """Create an empty target shaped like the staged table (first incremental publish)."""
+        with self.connect() as con:
+            con.execute(sql.create_like(f"{PUBLISHED}.{target}", staged).sql(self.dialect))

@@ -1,0 +1,114 @@
+"""The load strategies, written once as SQL trees and rendered for each engine by sqlglot.
+
+DuckDB and BigQuery run the same statements: a strategy is a list of statements that the target
+runs inside one transaction together with the run-log row, so a publish is all or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import sqlglot
+from sqlglot import exp
+
+
+def _table(name: str) -> exp.Table:
+    return exp.to_table(name, quoted=True) if "." not in name else exp.to_table(
+        ".".join(f'"{p}"' for p in name.split(".")))
+
+
+def _col(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table=table, quoted=True)
+
+
+def _keys_match(keys: Sequence[str], left: str, right: str, *, null_safe: bool = False
+                ) -> exp.Expression:
+    if null_safe:  # NULL keys (the reserved members) match each other
+        return exp.and_(*[exp.NullSafeEQ(this=_col(k, left), expression=_col(k, right))
+                          for k in keys])
+    return exp.and_(*[exp.EQ(this=_col(k, left), expression=_col(k, right)) for k in keys])
+
+
+def replace_all(target: str, staged: str) -> list[exp.Expression]:
+    """Full refresh: the target becomes the staged table."""
+    return [exp.Create(this=_table(target), kind="TABLE", replace=True,
+                       expression=exp.select("*").from_(_table(staged)))]
+
+
+def create_like(target: str, staged: str) -> exp.Expression:
+    """An empty target with the staged table's columns, for the first incremental publish."""
+    return exp.Create(this=_table(target), kind="TABLE", exists=True,
+                      expression=exp.select("*").from_(_table(staged)).limit(0))
+
+
+def replace_keys(target: str, staged: str, keys: Sequence[str],
+                 columns: Sequence[str]) -> list[exp.Expression]:
+    """Delete every row of the keys the staged table holds, then insert the staged rows.
+
+    The SCD strategy: the staged rows are every version of every changed key, so the target's
+    other keys are never read or written. Keys match null-safely so that the reserved members
+    (NULL natural key) are replaced, not doubled, when they are staged again.
+    """
+    exists = exp.Exists(this=exp.select("1").from_(exp.alias_(_table(staged), "s", table=True))
+                        .where(_keys_match(keys, "s", "t", null_safe=True)))
+    delete = exp.Delete(this=exp.alias_(_table(target), "t", table=True),
+                        where=exp.Where(this=exists))
+    return [delete, _insert(target, staged, columns)]
+
+
+def overwrite_partitions(target: str, staged: str, partition: str, columns: Sequence[str],
+                         values: Sequence[object] | None = None) -> list[exp.Expression]:
+    """Replace the given partitions (default: those the staged rows fall in) with the staged rows.
+
+    Naming the partitions explicitly matters: a re-run whose batch lost every row of a day must
+    still empty that day's partition.
+    """
+    if values is not None:
+        cond: exp.Expression = exp.In(this=_col(partition),
+                                      expressions=[_literal(v) for v in values])
+    else:
+        parts = exp.select(_col(partition)).from_(_table(staged)).distinct()
+        cond = exp.In(this=_col(partition), query=exp.Subquery(this=parts))
+    delete = exp.Delete(this=_table(target), where=exp.Where(this=cond))
+    return [delete, _insert(target, staged, columns)]
+
+
+def merge(target: str, staged: str, keys: Sequence[str],
+          columns: Sequence[str]) -> list[exp.Expression]:
+    """Upsert by key: matched rows take the staged values, new keys are inserted."""
+    sets = [exp.EQ(this=_col(c), expression=_col(c, "s")) for c in columns if c not in keys]
+    sql = exp.Merge(
+        this=exp.alias_(_table(target), "t", table=True),
+        using=exp.alias_(_table(staged), "s", table=True),
+        on=_keys_match(keys, "t", "s"),
+        whens=exp.Whens(expressions=[
+            exp.When(matched=True, then=exp.Update(expressions=sets)),
+            exp.When(matched=False, then=exp.Insert(
+                this=exp.Tuple(expressions=[_col(c) for c in columns]),
+                expression=exp.Tuple(expressions=[_col(c, "s") for c in columns]))),
+        ]),
+    )
+    return [sql]
+
+
+def _literal(value: object) -> exp.Expression:
+    if isinstance(value, date):
+        return exp.cast(exp.Literal.string(value.isoformat()), exp.DataType.build("DATE"))
+    if isinstance(value, int):
+        return exp.Literal.number(value)
+    return exp.Literal.string(str(value))
+
+
+def _insert(target: str, staged: str, columns: Sequence[str]) -> exp.Expression:
+    return exp.insert(exp.select(*[_col(c) for c in columns]).from_(_table(staged)),
+                      _table(target), columns=[exp.to_identifier(c, quoted=True) for c in columns])
+
+
+def render(statements: Sequence[exp.Expression], dialect: str) -> list[str]:
+    return [s.sql(dialect=dialect) for s in statements]
+
+
+def parse_check(sql: str, dialect: str) -> exp.Expression:
+    """Parse SQL in a dialect; used to check rendered statements round-trip."""
+    return sqlglot.parse_one(sql, read=dialect)

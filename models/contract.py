@@ -1,0 +1,173 @@
+"""The model contract: what a module in ``models/`` declares about one table.
+
+A model is a small frozen spec plus one pure transform. The spec separates what changes the data
+(inputs, columns and types, keys, strategy, SCD rules, transform code) from metadata (description,
+owner): :meth:`Model.fingerprint` hashes only the former, so a new description does not rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from enum import Enum
+
+import polars as pl
+
+from dimensions.spec import DimensionSpec
+from starsmith.errors import ConfigError
+
+
+class Kind(str, Enum):
+    SOURCE = "source"
+    STAGING = "staging"
+    DIMENSION = "dimension"
+    FACT = "fact"
+
+
+class Strategy(str, Enum):
+    """How a model's output reaches its table; each is one atomic publish."""
+
+    FULL = "full"  # replace the table
+    MERGE = "merge"  # upsert by the unique key
+    SCD = "scd"  # the SCD builder's versions replace the changed keys' rows
+    PARTITION = "partition"  # overwrite the partitions the batch holds (idempotent append)
+
+
+class Window(str, Enum):
+    """Which slice of an input a run reads."""
+
+    DAY = "day"  # the logical date's extract or partition only
+    ALL = "all"  # the whole input (e.g. the current dimension for a lookup)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    description: str = ""
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    window: Window = Window.DAY
+
+
+QUARANTINE_REASON = "_quarantine_reason"
+"""A transform may add this column: rows where it is not NULL go to ``<model>__quarantine``."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a transform may know besides its inputs: the logical date and the run."""
+
+    logical_date: date
+    run_id: str
+
+    @property
+    def batch_time(self) -> datetime:
+        return datetime(self.logical_date.year, self.logical_date.month, self.logical_date.day)
+
+
+Transform = Callable[[Mapping[str, pl.LazyFrame], BuildContext], pl.LazyFrame]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One table of the warehouse."""
+
+    name: str
+    kind: Kind
+    inputs: tuple[Input, ...]
+    columns: tuple[Column, ...]
+    transform: Transform
+    strategy: Strategy
+    unique_key: tuple[str, ...] = ()
+    partition_by: str | None = None
+    dimension: DimensionSpec | None = None
+    description: str = ""
+    owner: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        where = f"model {self.name}"
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ConfigError("a column is declared twice", where=where)
+        if self.strategy is Strategy.SCD and self.dimension is None:
+            raise ConfigError("strategy SCD needs a DimensionSpec", where=where,
+                              fix="Set dimension=DimensionSpec(...)")
+        if self.strategy is Strategy.PARTITION and self.partition_by not in names:
+            raise ConfigError("strategy PARTITION needs partition_by naming a declared column",
+                              where=where)
+        if self.strategy is Strategy.MERGE and not self.unique_key:
+            raise ConfigError("strategy MERGE needs a unique_key", where=where)
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.Schema({c.name: c.dtype for c in self.columns})
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def fingerprint(self) -> str:
+        """A hash of what changes the data; metadata (descriptions, owner, tags) is left out."""
+        parts = [
+            self.name, self.kind.value, self.strategy.value, repr(self.inputs),
+            repr([(c.name, str(c.dtype), c.nullable) for c in self.columns]),
+            repr(self.unique_key), repr(self.partition_by), repr(_data_spec(self.dimension)),
+            inspect.getsource(self.transform),
+        ]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def _data_spec(spec: DimensionSpec | None) -> object:
+    if spec is None:
+        return None
+    return {k: v for k, v in spec.__dict__.items() if k != "descriptions"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A landing-zone feed: one folder per day, ``<landing>/<name>/date=YYYY-MM-DD/``."""
+
+    name: str
+    format: str  # parquet | csv | ndjson
+    columns: tuple[Column, ...]
+    description: str = ""
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.Schema({c.name: c.dtype for c in self.columns})
+
+
+SYSTEM_DESCRIPTIONS = {
+    "valid_from": "start of the version's validity, inclusive",
+    "valid_to": "end of the version's validity, exclusive; 9999-12-31 while open",
+    "is_current": "true on the open version of a key (valid_to = 9999-12-31)",
+    "is_deleted": "true on a version that records the key's deletion in the source",
+    "is_inferred": "true while the row is a placeholder for a key seen in facts first",
+    "run_id": "the run that last wrote this row",
+}
+
+
+def dimension_columns(spec: DimensionSpec, attributes: tuple[Column, ...]) -> tuple[Column, ...]:
+    """The full column list of a dimension table: surrogate key, attributes, convention columns."""
+    from dimensions.members import dimension_schema
+
+    schema = dimension_schema(spec, {c.name: c.dtype for c in attributes})
+    described = {c.name: c for c in attributes}
+    cols = [Column(spec.surrogate_key, pl.Int64(), "surrogate key; -1 Unknown, -2 Not applicable",
+                   nullable=False)]
+    for name in spec.natural_key:  # NULL on the reserved members only
+        cols.append(replace(described[name], nullable=True))
+    for name in spec.attributes:
+        cols.append(described[name])
+    for name in spec.system_columns:
+        cols.append(Column(name, schema[name], SYSTEM_DESCRIPTIONS[name], nullable=False))
+    return tuple(cols)

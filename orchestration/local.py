@@ -1,0 +1,71 @@
+"""The in-process runner: the same plan and step function the Temporal workflow uses.
+
+Used for debugging (``starsmith build --in-process``), as the benchmark baseline for the
+workflow's overhead, and by tests of the warehouse logic that do not need a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from models.registry import load_catalogue
+from orchestration.plan import BuildPlan
+from orchestration.step import StepRequest, StepResult, run_step
+from starsmith.errors import StarsmithError
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
+Listener = Callable[[str, str, str], None]  # (logical date, model, state)
+
+
+@dataclass
+class DayOutcome:
+    logical_date: str
+    built: list[StepResult] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
+            listener: Listener | None = None) -> DayOutcome:
+    """Run every model of the plan for one day; a failure skips only its dependants."""
+    cat = load_catalogue()
+    outcome = DayOutcome(day)
+    for planned in plan.models:
+        blocked = [n for n in planned.needs if n in outcome.failed or n in outcome.skipped]
+        if blocked:
+            outcome.skipped[planned.name] = blocked[0]
+            if listener:
+                listener(day, planned.name, "skipped")
+            continue
+        if listener:
+            listener(day, planned.name, "running")
+        request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
+                              full_refresh=plan.full_refresh, memory_limit=memory_limit)
+        try:
+            outcome.built.append(run_step(request, cat))
+        except StarsmithError as err:
+            log.error("%s %s failed: %s", planned.name, day, err)
+            outcome.failed[planned.name] = str(err)
+        if listener:
+            listener(day, planned.name, "failed" if planned.name in outcome.failed else "built")
+    return outcome
+
+
+def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, memory_limit: str = "4GB",
+             listener: Listener | None = None) -> list[DayOutcome]:
+    """Days in order; stops after the first day that did not fully build (SCD needs order)."""
+    outcomes = []
+    for day in plan.dates:
+        outcome = run_day(plan, day, landing=landing, warehouse=warehouse,
+                          memory_limit=memory_limit, listener=listener)
+        outcomes.append(outcome)
+        if not outcome.ok:
+            log.error("stopping after %s: later days wait until it builds", day)
+            break
+    return outcomes

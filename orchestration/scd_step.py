@@ -1,0 +1,88 @@
+"""The SCD step: fetch only the touched keys' versions, run the builder, hand back the changes.
+
+The warehouse returns every version of the keys the batch touches (a semi-join inside DuckDB),
+plus the largest surrogate key; the builder returns every version of every changed key, which the
+publish writes by replacing those keys' rows. A snapshot source also needs the current keys, to
+see which are gone. A full refresh replays every landed day, in order, from an empty dimension.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+import polars as pl
+from sqlglot import exp
+
+from dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
+from loaders import sql
+from loaders.duckdb import DuckDBWarehouse
+from models.contract import BuildContext, Model
+from models.registry import Catalogue
+from orchestration.inputs import day_inputs, input_days
+from orchestration.output import StepOutput
+
+COUNTS = {"inserted": "rows_inserted", "updated": "rows_updated", "closed": "rows_closed"}
+
+
+def _existing(wh: DuckDBWarehouse, model: Model, spec: DimensionSpec, batch: pl.DataFrame,
+              schema: pl.Schema) -> tuple[pl.DataFrame, int]:
+    if not wh.exists(model.name):
+        return pl.DataFrame(schema=schema), 0
+    nk = ", ".join(f'"{k}"' for k in spec.natural_key)
+    if spec.snapshot:
+        rows = wh.read(model.name)
+    else:
+        rows = wh.query(f'SELECT d.* FROM main."{model.name}" d SEMI JOIN _keys k USING ({nk})',
+                        _keys=batch.select(spec.natural_key).unique())
+    return rows.select(schema.names()), wh.max_value(model.name, spec.surrogate_key)
+
+
+def _apply(dim: pl.DataFrame, changed: pl.DataFrame, spec: DimensionSpec) -> pl.DataFrame:
+    nk = list(spec.natural_key)
+    return pl.concat([dim.join(changed.select(nk), on=nk, how="anti", nulls_equal=True), changed])
+
+
+def build_scd(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
+              run_id: str, *, full_refresh: bool) -> StepOutput:
+    spec = model.dimension
+    assert spec is not None
+    schema = dimension_schema(spec, model.schema)
+    reserved = reserved_members(spec, schema).collect()
+    days = input_days(model, cat, wh, landing, day, full_refresh=full_refresh)
+    totals: dict[str, int] = {}
+    rejects: list[pl.DataFrame] = []
+    read = 0
+    dim = reserved if full_refresh else None
+    changed = pl.DataFrame(schema=schema)
+    for d in days:
+        inputs, n = day_inputs(model, cat, wh, landing, d)
+        read += n
+        batch = model.transform(inputs, BuildContext(d, run_id)).collect()
+        if dim is None:
+            existing, max_key = _existing(wh, model, spec, batch, schema)
+        else:
+            existing, max_key = dim, max(0, int(dim[spec.surrogate_key].max() or 0))
+        frames: SCDFrames = scd_changes(
+            existing.lazy(), batch.lazy(), spec, batch_time=BuildContext(d, run_id).batch_time,
+            run_id=run_id, max_key=max_key,
+        ).collect()
+        for k, v in frames.stats.items():
+            totals[k] = totals.get(k, 0) + v
+        rejects.append(frames.rejects.with_columns(logical_date=pl.lit(d)))
+        if dim is None:
+            changed = frames.rows
+        else:
+            dim = _apply(dim, frames.rows, spec)
+    rows = dim if dim is not None else pl.concat([reserved, changed])
+    counts = {COUNTS.get(k, k): v for k, v in totals.items() if k != "rejected"}
+
+    def statements(target: str, staged: str) -> list[exp.Expression]:
+        qualified = f"main.{target}"
+        if full_refresh:
+            return sql.replace_all(qualified, staged)
+        return [sql.create_like(qualified, staged),
+                *sql.replace_keys(qualified, staged, spec.natural_key, schema.names())]
+
+    quarantine = (pl.concat(rejects, how="diagonal_relaxed") if rejects
+                  else pl.DataFrame({"reason": []}, schema={"reason": pl.String()}))
+    return StepOutput(rows.sort(spec.surrogate_key), quarantine, statements, read, counts, days)

@@ -1,0 +1,180 @@
+"""One model's build step: read inputs by reference, transform, stage, audit, publish.
+
+``run_step`` takes one small dataclass and returns one: table names, paths, dates and counts,
+never data, so the same function runs in-process or as a Temporal activity on any worker that can
+reach the landing zone and the warehouse. It is idempotent: the staged table's name is fixed by
+(model, run), every strategy replaces what it writes, and the quarantine rows of a logical date
+are replaced, not appended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from sqlglot import exp
+
+from loaders import sql
+from loaders.duckdb import DuckDBWarehouse, Publish
+from models.contract import QUARANTINE_REASON, BuildContext, Model, Strategy
+from models.registry import Catalogue, load_catalogue
+from orchestration.inputs import day_inputs, input_days
+from orchestration.output import StepOutput
+from orchestration.scd_step import build_scd
+from quality.contract import audit_staged
+from starsmith.errors import DataError, StarsmithError
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
+FAILPOINT = "STARSMITH_FAILPOINT"
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Everything a worker needs to build one model for one logical date: references only."""
+
+    model: str
+    logical_date: str
+    run_id: str
+    landing: str
+    warehouse: str
+    full_refresh: bool = False
+    memory_limit: str = "4GB"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    model: str
+    logical_date: str
+    status: str
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_closed: int = 0
+    rows_quarantined: int = 0
+    duration_s: float = 0.0
+    details: dict[str, int] = field(default_factory=dict)
+
+
+def failpoint(name: str, model: str) -> None:
+    """Kill this process at a named point when the environment asks (crash-safety tests)."""
+    if os.environ.get(FAILPOINT) == f"{name}:{model}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult:
+    cat = catalogue or load_catalogue()
+    model = cat.model(req.model)
+    day = date.fromisoformat(req.logical_date)
+    wh = DuckDBWarehouse(req.warehouse, memory_limit=req.memory_limit)
+    started = datetime.now()
+    clock = time.perf_counter()
+    log_row: dict[str, Any] = {
+        "run_id": req.run_id, "model": model.name, "logical_date": day,
+        "strategy": model.strategy.value, "started_at": started,
+        "fingerprint": model.fingerprint(),
+    }
+    try:
+        out = _build(model, cat, wh, Path(req.landing), day, req)
+        staged = wh.stage(model.name, req.run_id, out.rows)
+        failpoint("after_stage", model.name)
+        audit_staged(wh, staged, model)
+        counts = {"rows_read": out.rows_read, "rows_written": out.rows.height,
+                  "rows_quarantined": out.quarantine.height, **out.counts}
+        log_row |= counts | {"status": "success", "finished_at": datetime.now(),
+                             "duration_s": time.perf_counter() - clock}
+        wh.publish(Publish(
+            target=model.name, staged=staged, statements=out.statements(model.name, staged),
+            run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
+            watermark_dates=out.days,
+        ))
+        failpoint("after_publish", model.name)
+    except StarsmithError as err:
+        _log_failure(wh, log_row, clock, err)
+        raise
+    except Exception as err:  # an unexpected bug: logged, then surfaced as it is
+        _log_failure(wh, log_row, clock, err)
+        raise
+    log.info("%s %s: %s", model.name, day, {k: v for k, v in counts.items() if v})
+    core = {k: counts.get(k, 0) for k in ("rows_read", "rows_written", "rows_inserted",
+                                           "rows_updated", "rows_closed", "rows_quarantined")}
+    return StepResult(model.name, req.logical_date, "success", **core,
+                      duration_s=round(time.perf_counter() - clock, 3),
+                      details={k: v for k, v in counts.items() if k not in core})
+
+
+def _log_failure(wh: DuckDBWarehouse, row: dict[str, Any], clock: float, err: BaseException
+                 ) -> None:
+    row = row | {"status": "failed", "finished_at": datetime.now(),
+                 "duration_s": time.perf_counter() - clock, "message": str(err)[:2000]}
+    try:
+        wh.log_failure(row)
+    except StarsmithError:  # the log is best effort; the step's own error matters more
+        log.warning("could not record the failure of %s in the run log", row["model"])
+
+
+def _quarantine_frame(rows: pl.DataFrame, model: Model, req: StepRequest, day: date
+                      ) -> pl.DataFrame | None:
+    if not rows.height and not model.inputs:
+        return None
+    if "logical_date" not in rows.columns:
+        rows = rows.with_columns(logical_date=pl.lit(day))
+    return rows.with_columns(model=pl.lit(model.name), run_id=pl.lit(req.run_id),
+                             quarantined_at=pl.lit(datetime(day.year, day.month, day.day)))
+
+
+def _conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:
+    """The declared columns, in order, with the declared types: the model's output contract."""
+    missing = [c for c in model.schema.names() if c not in frame.columns]
+    if missing:
+        raise DataError(f"the transform of {model.name} did not produce column(s) {missing}",
+                        where=f"models/{model.name}.py",
+                        fix="Produce every declared column, or remove it from the spec")
+    return frame.select(pl.col(c).cast(t) for c, t in model.schema.items())
+
+
+def _split(frame: pl.DataFrame, model: Model) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if QUARANTINE_REASON not in frame.columns:
+        return frame, pl.DataFrame({"reason": []}, schema={"reason": pl.String()})
+    bad = frame.filter(pl.col(QUARANTINE_REASON).is_not_null())
+    good = frame.filter(pl.col(QUARANTINE_REASON).is_null()).drop(QUARANTINE_REASON)
+    return good, bad.rename({QUARANTINE_REASON: "reason"})
+
+
+def _build(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
+           req: StepRequest) -> StepOutput:
+    if model.strategy is Strategy.SCD:
+        return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)
+    days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)
+    parts, bad, read = [], [], 0
+    for d in days or [day]:
+        inputs, n = day_inputs(model, cat, wh, landing, d)
+        read += n
+        good, rejected = _split(model.transform(inputs, BuildContext(d, req.run_id)).collect(),
+                                model)
+        parts.append(_conform(good, model))
+        bad.append(rejected.with_columns(logical_date=pl.lit(d)))
+    rows = pl.concat(parts)
+    quarantine = pl.concat(bad, how="diagonal_relaxed")
+    cols = model.schema.names()
+    full = req.full_refresh or model.strategy is Strategy.FULL or not wh.exists(model.name)
+
+    def statements(target: str, staged: str) -> list[exp.Expression]:
+        qualified = f"main.{target}"
+        if full:
+            return sql.replace_all(qualified, staged)
+        create = sql.create_like(qualified, staged)
+        if model.strategy is Strategy.PARTITION:
+            assert model.partition_by is not None
+            return [create, *sql.overwrite_partitions(qualified, staged, model.partition_by,
+                                                      cols, values=days or [day])]
+        return [create, *sql.merge(qualified, staged, model.unique_key, cols)]
+
+    return StepOutput(rows, quarantine, statements, read, days=days if model.inputs else [])
