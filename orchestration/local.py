@@ -7,28 +7,15 @@ workflow's overhead, and by tests of the warehouse logic that do not need a serv
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from models.registry import load_catalogue
-from orchestration.plan import BuildPlan
-from orchestration.step import StepRequest, StepResult, run_step
+from orchestration.messages import BuildPlan, DayOutcome, StepRequest
+from orchestration.step import run_step
 from starsmith.errors import StarsmithError
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
 Listener = Callable[[str, str, str], None]  # (logical date, model, state)
-
-
-@dataclass
-class DayOutcome:
-    logical_date: str
-    built: list[StepResult] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.skipped
 
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,

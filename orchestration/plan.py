@@ -6,7 +6,6 @@ schedule from the same thing: a model starts as soon as its inputs are built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -14,35 +13,7 @@ from loaders.duckdb import DuckDBWarehouse
 from loaders.landing import landed_dates
 from models.contract import Window
 from models.registry import Catalogue
-
-
-@dataclass(frozen=True)
-class PlannedModel:
-    name: str
-    strategy: str
-    kind: str
-    needs: tuple[str, ...]  # upstream models within this plan
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    dates: tuple[str, ...]
-    models: tuple[PlannedModel, ...]
-    full_refresh: bool = False
-    max_parallel: int = 4
-    run_ids: dict[str, str] = field(default_factory=dict)
-
-    def dependants(self, name: str) -> list[str]:
-        """Models of the plan that read ``name`` directly or through others."""
-        out: list[str] = []
-        frontier = [name]
-        while frontier:
-            current = frontier.pop()
-            for m in self.models:
-                if current in m.needs and m.name not in out:
-                    out.append(m.name)
-                    frontier.append(m.name)
-        return out
+from orchestration.messages import BuildPlan, PlannedModel
 
 
 def run_id_for(day: date | str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from loaders.duckdb import DuckDBWarehouse, Publish
 from models.contract import QUARANTINE_REASON, BuildContext, Model, Strategy
 from models.registry import Catalogue, load_catalogue
 from orchestration.inputs import day_inputs, input_days
+from orchestration.messages import StepRequest, StepResult
 from orchestration.output import StepOutput
 from orchestration.scd_step import build_scd
 from quality.contract import audit_staged
@@ -33,34 +33,6 @@ from starsmith.log import get_logger
 
 log = get_logger(__name__)
 FAILPOINT = "STARSMITH_FAILPOINT"
-
-
-@dataclass(frozen=True)
-class StepRequest:
-    """Everything a worker needs to build one model for one logical date: references only."""
-
-    model: str
-    logical_date: str
-    run_id: str
-    landing: str
-    warehouse: str
-    full_refresh: bool = False
-    memory_limit: str = "4GB"
-
-
-@dataclass(frozen=True)
-class StepResult:
-    model: str
-    logical_date: str
-    status: str
-    rows_read: int = 0
-    rows_written: int = 0
-    rows_inserted: int = 0
-    rows_updated: int = 0
-    rows_closed: int = 0
-    rows_quarantined: int = 0
-    duration_s: float = 0.0
-    details: dict[str, int] = field(default_factory=dict)
 
 
 def failpoint(name: str, model: str) -> None:

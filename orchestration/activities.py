@@ -1,0 +1,106 @@
+"""Temporal activities: plan a build, build one model. Sync functions run in a thread pool.
+
+Polars work is CPU-bound, so activities are plain ``def``s on the worker's thread pool (an
+``async def`` would block the event loop and starve heartbeats). A helper thread heartbeats every
+half second while the step works, so a killed worker is noticed within the heartbeat timeout and
+the step retried elsewhere. A StarsmithError becomes an ApplicationError whose ``non_retryable``
+says what the error class says: bad data and bad configuration are not retried.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orchestration.messages import BuildPlan, BuildRequest, StepRequest, StepResult
+from starsmith.errors import StarsmithError
+
+T = TypeVar("T")
+HEARTBEAT_EVERY_S = 0.5
+
+
+@contextmanager
+def heartbeating() -> Iterator[None]:
+    """Heartbeat from a helper thread while the body runs in this one."""
+    stop = threading.Event()
+    ctx = contextvars.copy_context()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            ctx.run(activity.heartbeat)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _as_temporal(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except StarsmithError as err:
+        raise ApplicationError(str(err), type=type(err).__name__,
+                               non_retryable=not err.retryable) from err
+
+
+@activity.defn(name="plan_build")
+def plan_build(req: BuildRequest) -> BuildPlan:
+    """Select the models and the dates (by default every landed day not yet built)."""
+    from loaders.duckdb import DuckDBWarehouse
+    from models.registry import load_catalogue
+    from orchestration.plan import make_plan, pending_dates
+
+    def go() -> BuildPlan:
+        cat = load_catalogue()
+        models = cat.select(list(req.select) or None)
+        if req.dates:
+            dates = [date.fromisoformat(d) for d in req.dates]
+        else:
+            wh = DuckDBWarehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
+            dates = pending_dates(cat, models, Path(req.paths.landing), wh)
+            if req.until:
+                dates = [d for d in dates if d <= date.fromisoformat(req.until)]
+        return make_plan(cat, models, dates, full_refresh=req.full_refresh,
+                         max_parallel=req.max_parallel)
+
+    return _as_temporal(go)
+
+
+@activity.defn(name="days_not_built")
+def days_not_built(req: BuildRequest) -> list[str]:
+    """Of the requested days, those some selected model has not built yet (backfill resume)."""
+    from loaders.duckdb import DuckDBWarehouse
+    from models.registry import load_catalogue
+
+    def go() -> list[str]:
+        cat = load_catalogue()
+        models = [m for m in cat.select(list(req.select) or None) if cat.models[m].inputs]
+        marks = DuckDBWarehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit
+                                ).watermarks()
+        built = {(m, d.isoformat()) for m, d in marks.select("model", "logical_date").iter_rows()}
+        return [d for d in req.dates if any((m, d) not in built for m in models)]
+
+    return _as_temporal(go)
+
+
+@activity.defn(name="build_model")
+def build_model(req: StepRequest) -> StepResult:
+    """Build one model for one logical date (idempotent: a retry re-runs it from scratch)."""
+    from orchestration.step import run_step
+
+    with heartbeating():
+        return _as_temporal(lambda: run_step(req))
+
+
+ACTIVITIES = [plan_build, days_not_built, build_model]

@@ -1,0 +1,111 @@
+"""The messages that cross Temporal: small frozen dataclasses of names, dates, paths and counts.
+
+Kept free of Polars and DuckDB imports so the workflow sandbox can load them (FACTS.md: polars at a
+workflow module's top level fails validation, duckdb aborts the worker). Nothing here ever holds
+table data: a step reads and writes by reference, so payloads stay far below Temporal's limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a worker finds the landing zone and the warehouse (a folder or a URI)."""
+
+    landing: str
+    warehouse: str
+    memory_limit: str = "4GB"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a user asked for; the plan activity turns it into a plan."""
+
+    paths: Paths
+    select: tuple[str, ...] = ()
+    dates: tuple[str, ...] = ()  # empty: every landed day not yet built
+    full_refresh: bool = False
+    max_parallel: int = 4
+    until: str = ""  # with no dates: only days up to this one (a schedule's logical date)
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    name: str
+    strategy: str
+    kind: str
+    needs: tuple[str, ...]  # upstream models within this plan
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    dates: tuple[str, ...]
+    models: tuple[PlannedModel, ...]
+    full_refresh: bool = False
+    max_parallel: int = 4
+    run_ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Everything a worker needs to build one model for one logical date: references only."""
+
+    model: str
+    logical_date: str
+    run_id: str
+    landing: str
+    warehouse: str
+    full_refresh: bool = False
+    memory_limit: str = "4GB"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    model: str
+    logical_date: str
+    status: str
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_closed: int = 0
+    rows_quarantined: int = 0
+    duration_s: float = 0.0
+    details: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DayOutcome:
+    logical_date: str
+    built: list[StepResult] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # model -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # model -> the failed input
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+@dataclass
+class BuildReport:
+    days: list[DayOutcome] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)  # days left after a failed day
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.days) and not self.not_started
+
+
+def dependants(plan: BuildPlan, name: str) -> list[str]:
+    """Models of the plan that read ``name`` directly or through others."""
+    out: list[str] = []
+    frontier = [name]
+    while frontier:
+        current = frontier.pop()
+        for m in plan.models:
+            if current in m.needs and m.name not in out:
+                out.append(m.name)
+                frontier.append(m.name)
+    return out

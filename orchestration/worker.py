@@ -1,0 +1,31 @@
+"""A Temporal worker for starsmith builds: workflows plus sync activities on a thread pool.
+
+Several workers (on one machine or many) polling the same task queue share a build: each model
+step is an activity that any of them can take, because it exchanges only references.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from orchestration.activities import ACTIVITIES
+from orchestration.workflows import WORKFLOWS
+
+TASK_QUEUE = "starsmith"
+
+
+def make_worker(client: Client, *, task_queue: str = TASK_QUEUE, max_activities: int = 4
+                ) -> Worker:
+    """A worker whose activity threads bound how many model steps run here at once."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=ACTIVITIES,
+        activity_executor=ThreadPoolExecutor(max_workers=max_activities,
+                                             thread_name_prefix="starsmith-step"),
+        max_concurrent_activities=max_activities,
+    )

@@ -1,0 +1,149 @@
+"""The nightly build workflow: days in order, each day's models as a DAG.
+
+A model starts as soon as all its inputs are built (no layer barriers), with at most
+``max_parallel`` steps in flight. A failed step skips only its dependants; independent branches
+finish. After a day that did not fully build, later days are not started (an SCD needs its days in
+order), and the result says which. Workflow code is deterministic: no I/O, no clocks, no polars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from orchestration.messages import (
+        BuildPlan,
+        BuildReport,
+        BuildRequest,
+        DayOutcome,
+        StepRequest,
+        StepResult,
+    )
+
+SCHEDULED_AT = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(seconds=30), maximum_attempts=5)
+STEP_TIMEOUT = timedelta(hours=2)
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
+
+def _reason(err: BaseException) -> str:
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return str(cause.message if isinstance(cause, ApplicationError) else cause)
+
+
+@workflow.defn(name="StarsmithBuild")
+class BuildWorkflow:
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, str]] = {}
+
+    @workflow.query(name="progress")
+    def progress(self) -> dict[str, dict[str, str]]:
+        """Every model's state per logical date: pending, running, built, failed or skipped."""
+        return self._states
+
+    @workflow.run
+    async def run(self, req: BuildRequest) -> BuildReport:
+        if not req.dates and not req.until:
+            scheduled = workflow.info().typed_search_attributes.get(SCHEDULED_AT)
+            if scheduled is not None:  # a Schedule's run: its logical date is the scheduled time
+                req = dataclasses.replace(req, until=scheduled.date().isoformat())
+        plan: BuildPlan = await workflow.execute_activity(
+            "plan_build", req, result_type=BuildPlan,
+            start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY,
+        )
+        for day in plan.dates:
+            self._states[day] = {m.name: "pending" for m in plan.models}
+        report = BuildReport()
+        for i, day in enumerate(plan.dates):
+            outcome = await self._run_day(plan, req, day)
+            report.days.append(outcome)
+            if not outcome.ok:
+                report.not_started = list(plan.dates[i + 1:])
+                break
+        return report
+
+    async def _run_day(self, plan: BuildPlan, req: BuildRequest, day: str) -> DayOutcome:
+        outcome = DayOutcome(day)
+        states = self._states[day]
+        needs = {m.name: set(m.needs) for m in plan.models}
+        order = [m.name for m in plan.models]
+        running: dict[str, asyncio.Task[StepResult]] = {}
+        while any(states[m] in ("pending", "running") for m in order):
+            for name in order:
+                if states[name] != "pending":
+                    continue
+                blocked = [n for n in needs[name] if states[n] in ("failed", "skipped")]
+                if blocked:
+                    states[name] = "skipped"
+                    outcome.skipped[name] = blocked[0]
+                elif (all(states[n] == "built" for n in needs[name])
+                      and len(running) < max(1, plan.max_parallel)):
+                    states[name] = "running"
+                    running[name] = asyncio.ensure_future(self._step(plan, req, day, name))
+            if not running:
+                continue
+            done, _ = await workflow.wait(list(running.values()),
+                                          return_when=asyncio.FIRST_COMPLETED)
+            for name in [n for n, t in running.items() if t in done]:
+                task = running.pop(name)
+                try:
+                    outcome.built.append(task.result())
+                    states[name] = "built"
+                except ActivityError as err:
+                    states[name] = "failed"
+                    outcome.failed[name] = _reason(err)
+        return outcome
+
+    async def _step(self, plan: BuildPlan, req: BuildRequest, day: str, name: str
+                    ) -> StepResult:
+        step = StepRequest(name, day, plan.run_ids[day], req.paths.landing, req.paths.warehouse,
+                           full_refresh=plan.full_refresh, memory_limit=req.paths.memory_limit)
+        return await workflow.execute_activity(
+            "build_model", step, result_type=StepResult, start_to_close_timeout=STEP_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=STEP_RETRY,
+            summary=f"{name} {day}",
+        )
+
+
+@workflow.defn(name="StarsmithBackfill")
+class BackfillWorkflow:
+    """Days in order as child builds; a re-run resumes from the first day not yet done."""
+
+    def __init__(self) -> None:
+        self._done: list[str] = []
+
+    @workflow.query(name="progress")
+    def progress(self) -> list[str]:
+        return self._done
+
+    @workflow.run
+    async def run(self, req: BuildRequest) -> BuildReport:
+        todo: list[str] = await workflow.execute_activity(
+            "days_not_built", req, result_type=list[str],
+            start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY,
+        )
+        self._done = [d for d in req.dates if d not in todo]
+        report = BuildReport()
+        for i, day in enumerate(todo):
+            child = BuildRequest(req.paths, req.select, (day,), req.full_refresh,
+                                 req.max_parallel)
+            result: BuildReport = await workflow.execute_child_workflow(
+                BuildWorkflow.run, child, id=f"{workflow.info().workflow_id}-{day}",
+                result_type=BuildReport,
+            )
+            report.days.extend(result.days)
+            if not result.ok:
+                report.not_started = todo[i + 1:]
+                break
+            self._done.append(day)
+        return report
+
+
+WORKFLOWS = [BuildWorkflow, BackfillWorkflow]

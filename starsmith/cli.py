@@ -1,0 +1,202 @@
+"""The ``starsmith`` command: thin wiring of the catalogue, the plan, the runners and the loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from starsmith.config import ProjectConfig
+from starsmith.errors import ConfigError, StarsmithError
+from starsmith.log import configure
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build a star-schema warehouse: SCD dimensions and facts, gated and atomic.")
+console = Console(stderr=False)
+
+Landing = Annotated[Path | None, typer.Option(help="landing zone folder [default: ./landing]")]
+Warehouse = Annotated[Path | None, typer.Option(help="DuckDB file [default: ./.state/warehouse.duckdb]")]
+Select = Annotated[list[str] | None, typer.Option("--select", "-s",
+                                                  help="models: NAME, NAME+ (and dependants), +NAME")]
+
+
+def _config(landing: Path | None = None, warehouse: Path | None = None) -> ProjectConfig:
+    return ProjectConfig.load(landing=landing, warehouse=warehouse)
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Turn a StarsmithError into a clear message and exit code 2, without a traceback."""
+    try:
+        return fn()
+    except StarsmithError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from err
+
+
+def _parse_date(value: str | None, flag: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as err:
+        raise ConfigError(f"{flag} {value!r} is not a date", fix="Use YYYY-MM-DD") from err
+
+
+@app.callback()
+def main_options(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    configure(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="days of history to land")] = 7,
+    scale: Annotated[float, typer.Option(help="1 = 1k customers, 300 orders a day")] = 1.0,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same files")] = 7,
+    landing: Landing = None,
+) -> None:
+    """Write the demo retail landing zone (deterministic, with realistic dirt)."""
+    from models.demo_landing import write_landing
+
+    cfg = _config(landing)
+    landed = write_landing(cfg.landing, days=days, scale=scale, seed=seed)
+    console.print(f"landed {len(landed)} day(s), {landed[0]} to {landed[-1]}, in {cfg.landing}")
+
+
+def _dates(cfg: ProjectConfig, models: list[str], day: str | None, start: str | None,
+           end: str | None) -> list[date]:
+    from loaders.duckdb import DuckDBWarehouse
+    from models.registry import load_catalogue
+    from orchestration.plan import date_range, pending_dates
+
+    if day and (start or end):
+        raise ConfigError("give either --date or --from/--to, not both")
+    if day:
+        return [_parse_date(day, "--date")]  # type: ignore[list-item]
+    if start or end:
+        first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
+        if not (first and last) or first > last:
+            raise ConfigError("--from and --to need both, with --from <= --to")
+        return date_range(first, last)
+    wh = DuckDBWarehouse(cfg.warehouse, memory_limit=cfg.memory_limit)
+    return pending_dates(load_catalogue(), models, cfg.landing, wh)
+
+
+@app.command()
+def build(
+    select: Select = None,
+    day: Annotated[str | None, typer.Option("--date", help="one logical date")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="first logical date")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last logical date")] = None,
+    full_refresh: Annotated[bool, typer.Option(help="rebuild the tables from all history")] = False,
+    in_process: Annotated[bool, typer.Option(help="run without Temporal (debugging)")] = False,
+    address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS",
+                                                help="Temporal cluster; default: a local dev server")] = None,
+    no_wait: Annotated[bool, typer.Option(help="submit to the cluster and print the run id")] = False,
+    max_parallel: Annotated[int, typer.Option(help="model steps in flight at once")] = 4,
+    landing: Landing = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Build the warehouse: by default every landed day not yet built, in order."""
+    from models.registry import load_catalogue
+    from orchestration.plan import make_plan
+
+    cfg = _config(landing, warehouse)
+
+    def go() -> int:
+        cat = load_catalogue()
+        models = cat.select(select)
+        dates = _dates(cfg, models, day, start, end)
+        if full_refresh and not dates:
+            dates = [max(_dates(cfg, models, None, None, None) or [date.today()])]
+        if not dates:
+            console.print("nothing to build: every landed day is built")
+            return 0
+        plan = make_plan(cat, models, dates, full_refresh=full_refresh, max_parallel=max_parallel)
+        if in_process:
+            from starsmith.progress import run_in_process
+
+            return run_in_process(plan, cfg, console)
+        from starsmith.temporal_cli import run_with_temporal
+
+        return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait)
+
+    code = _guard(go)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Flush and leave at once: temporalio can crash in interpreter finalisation (FACTS.md)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+@app.command()
+def plan(select: Select = None,
+         day: Annotated[str | None, typer.Option("--date")] = None,
+         start: Annotated[str | None, typer.Option("--from")] = None,
+         end: Annotated[str | None, typer.Option("--to")] = None,
+         landing: Landing = None, warehouse: Warehouse = None) -> None:
+    """Show what a build would run, in which order, with which strategy."""
+    from models.registry import load_catalogue
+
+    cfg = _config(landing, warehouse)
+
+    def go() -> None:
+        cat = load_catalogue()
+        models = cat.select(select)
+        dates = _dates(cfg, models, day, start, end)
+        table = Table(title=f"{len(models)} model(s) x {len(dates)} day(s): "
+                      + (", ".join(d.isoformat() for d in dates) or "nothing pending"))
+        for col in ("#", "model", "kind", "strategy", "inputs"):
+            table.add_column(col)
+        for i, name in enumerate(models, 1):
+            m = cat.models[name]
+            table.add_row(str(i), name, m.kind.value, m.strategy.value,
+                          ", ".join(m.input_names) or "-")
+        console.print(table)
+
+    _guard(go)
+
+
+@app.command()
+def show(model: str) -> None:
+    """Show a model's schema, inputs and dependants."""
+    from models.registry import load_catalogue
+
+    def go() -> None:
+        cat = load_catalogue()
+        m = cat.model(model)
+        console.print(f"[bold]{m.name}[/] ({m.kind.value}, strategy {m.strategy.value})")
+        console.print(m.description)
+        console.print(f"inputs: {', '.join(m.input_names) or '-'}")
+        console.print(f"dependants: {', '.join(cat.dependants(m.name)) or '-'}")
+        if m.dimension:
+            d = m.dimension
+            console.print(f"natural key: {', '.join(d.natural_key)}; surrogate key: "
+                          f"{d.surrogate_key}; change detection: {d.detection.value}; deletes: "
+                          f"{d.deletes.value}; late changes: {d.late_changes.value}")
+        table = Table()
+        for col in ("column", "type", "nullable", "scd", "description"):
+            table.add_column(col)
+        scd = dict(m.dimension.columns) if m.dimension else {}
+        for c in m.columns:
+            kind = scd.get(c.name)
+            table.add_row(c.name, str(c.dtype), "yes" if c.nullable else "no",
+                          f"type {int(kind)}" if kind is not None else "", c.description)
+        console.print(table)
+
+    _guard(go)
+
+
+def main() -> None:
+    app()
