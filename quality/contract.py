@@ -25,7 +25,9 @@ def contract_counts_sql(staged: str, model: Model) -> str:
              for c in model.columns if not c.nullable]
     if model.unique_key:
         keys = ", ".join(f'"{k}"' for k in model.unique_key)
-        parts.append(f'count(*) - count(DISTINCT ({keys})) AS "duplicate:{",".join(model.unique_key)}"')
+        key = keys if len(model.unique_key) == 1 else f"({keys})"
+        label = ",".join(model.unique_key)
+        parts.append(f'count({key}) - count(DISTINCT {key}) AS "duplicate:{label}"')
     return f"SELECT {', '.join(parts) or '0 AS none'} FROM {staged}"
 
 

@@ -198,5 +198,90 @@ def show(model: str) -> None:
     _guard(go)
 
 
+@app.command()
+def worker(
+    address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None,
+    task_queue: Annotated[str, typer.Option(help="queue to poll")] = "starsmith",
+    max_activities: Annotated[int, typer.Option(help="model steps at once on this worker")] = 4,
+) -> None:
+    """Run a worker: several workers on one queue share a build."""
+    import asyncio
+
+    from orchestration.worker import make_worker
+    from starsmith.temporal_cli import Connection, _connect
+
+    conn = Connection.from_env(address)
+    if conn.address is None:
+        console.print("[bold red]error:[/] a worker needs --address or TEMPORAL_ADDRESS "
+                      "(start one with `starsmith server`)")
+        raise typer.Exit(2)
+
+    async def go() -> None:
+        client = await _connect(conn.address, conn)
+        console.print(f"worker polling {task_queue!r} at {conn.address}")
+        await make_worker(client, task_queue=task_queue, max_activities=max_activities).run()
+
+    asyncio.run(go())
+
+
+@app.command()
+def server(port: int = 7233, ui_port: int = 8233) -> None:
+    """Start the local Temporal server with its web UI (loopback only) until Ctrl-C."""
+    from orchestration.server import start_local_server
+
+    cfg = _config()
+    srv = start_local_server(cfg.state / "temporal", port=port, ui=True, ui_port=ui_port)
+    console.print(f"Temporal at {srv.address}; UI at http://127.0.0.1:{srv.ui_port}")
+    console.print(f"export TEMPORAL_ADDRESS={srv.address}  # for builds and workers")
+    try:
+        srv.process.wait()
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+@app.command()
+def status(run_id: Annotated[str | None, typer.Argument(help="workflow id; default: latest")] = None,
+           address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None) -> None:
+    """Print a build's state: every model's progress, or the final result."""
+    from starsmith.temporal_cli import status as show_status
+
+    _exit(_guard(lambda: show_status(_config(), console, run_id, address)))
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--from")],
+    end: Annotated[str, typer.Option("--to")],
+    select: Select = None,
+    address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None,
+    landing: Landing = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Build the days from --from to --to in order, one child workflow per day; resumable."""
+    from models.registry import load_catalogue
+    from orchestration.plan import date_range, make_plan
+    from starsmith.temporal_cli import run_with_temporal
+
+    cfg = _config(landing, warehouse)
+
+    def go() -> int:
+        first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
+        assert first and last
+        cat = load_catalogue()
+        plan = make_plan(cat, cat.select(select), date_range(first, last))
+        return run_with_temporal(plan, cfg, console, address=address, backfill=True)
+
+    _exit(_guard(go))
+
+
+def _schedules() -> None:
+    from starsmith.schedule_cli import app as schedule_app
+
+    app.add_typer(schedule_app, name="schedule")
+
+
+_schedules()
+
+
 def main() -> None:
     app()

