@@ -74,9 +74,9 @@ def start_local_server(state: Path, *, port: int | None = None, ui: bool = False
     else:
         args.append("--headless")
         ui_port = None
-    log_file = open(state / "temporal-server.log", "ab")  # noqa: SIM115 - owned by the process
-    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
+    with open(state / "temporal-server.log", "ab") as log_file:  # the child keeps its own fd
+        process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
     server = LocalServer(process, port, ui_port)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ run-log row and the watermark, so readers see the old state or the new one, neve
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,10 @@ class Publish:
     watermark_dates: Sequence[date] = ()
 
 
+_INIT_LOCK = threading.Lock()
+_INITIALISED: set[str] = set()
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
@@ -99,13 +104,25 @@ class DuckDBWarehouse:
                         fix="Another process holds it; the step will be retried") from err
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         try:
+            self._initialise(con)
+            yield con
+        except duckdb.TransactionException as err:  # another writer won a conflict: retry
+            raise RetryableError(f"the warehouse changed under this step: {err}",
+                                 where=str(self.path)) from err
+        finally:
+            con.close()
+
+    def _initialise(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create the staging and metadata schemas once per file and process."""
+        key = str(self.path.resolve())
+        with _INIT_LOCK:
+            if key in _INITIALISED:
+                return
             for schema in (STAGING, META):
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             con.execute(RUN_LOG_DDL)
             con.execute(WATERMARK_DDL)
-            yield con
-        finally:
-            con.close()
+            _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
     def exists(self, table: str, schema: str = PUBLISHED) -> bool:
