@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 from starsmith.errors import ConfigError
 
@@ -30,14 +30,14 @@ class SCDType(IntEnum):
     VERSIONED = 2
 
 
-class ChangeDetection(str, Enum):
+class ChangeDetection(StrEnum):
     """How a change is recognised and dated."""
 
     TIMESTAMP = "timestamp"  # the source's updated_at dates each change
     CHECK = "check"  # tracked columns are compared; the batch time dates the change
 
 
-class DeletePolicy(str, Enum):
+class DeletePolicy(StrEnum):
     """What a hard delete in the source does to the dimension."""
 
     IGNORE = "ignore"  # keep the key as it was
@@ -45,14 +45,14 @@ class DeletePolicy(str, Enum):
     NEW_RECORD = "new_record"  # close it and open a version flagged is_deleted
 
 
-class LatePolicy(str, Enum):
+class LatePolicy(StrEnum):
     """What happens to a change dated no later than the dimension's latest version of its key."""
 
     QUARANTINE = "quarantine"  # hold it back with the reason; a steward decides
     BATCH_TIME = "batch_time"  # version it at the batch time instead of its own date
 
 
-class DuplicatePolicy(str, Enum):
+class DuplicatePolicy(StrEnum):
     """What happens when one key has two different records at the same instant in one batch."""
 
     FAIL = "fail"  # stop the step and name the keys

@@ -23,27 +23,27 @@ def _col(name: str, table: str | None = None) -> exp.Column:
 
 
 def _keys_match(keys: Sequence[str], left: str, right: str, *, null_safe: bool = False
-                ) -> exp.Expression:
+                ) -> exp.Expr:
     if null_safe:  # NULL keys (the reserved members) match each other
         return exp.and_(*[exp.NullSafeEQ(this=_col(k, left), expression=_col(k, right))
                           for k in keys])
     return exp.and_(*[exp.EQ(this=_col(k, left), expression=_col(k, right)) for k in keys])
 
 
-def replace_all(target: str, staged: str) -> list[exp.Expression]:
+def replace_all(target: str, staged: str) -> list[exp.Expr]:
     """Full refresh: the target becomes the staged table."""
     return [exp.Create(this=_table(target), kind="TABLE", replace=True,
                        expression=exp.select("*").from_(_table(staged)))]
 
 
-def create_like(target: str, staged: str) -> exp.Expression:
+def create_like(target: str, staged: str) -> exp.Expr:
     """An empty target with the staged table's columns, for the first incremental publish."""
     return exp.Create(this=_table(target), kind="TABLE", exists=True,
                       expression=exp.select("*").from_(_table(staged)).limit(0))
 
 
 def replace_keys(target: str, staged: str, keys: Sequence[str],
-                 columns: Sequence[str]) -> list[exp.Expression]:
+                 columns: Sequence[str]) -> list[exp.Expr]:
     """Delete every row of the keys the staged table holds, then insert the staged rows.
 
     The SCD strategy: the staged rows are every version of every changed key, so the target's
@@ -58,14 +58,14 @@ def replace_keys(target: str, staged: str, keys: Sequence[str],
 
 
 def overwrite_partitions(target: str, staged: str, partition: str, columns: Sequence[str],
-                         values: Sequence[object] | None = None) -> list[exp.Expression]:
+                         values: Sequence[object] | None = None) -> list[exp.Expr]:
     """Replace the given partitions (default: those the staged rows fall in) with the staged rows.
 
     Naming the partitions explicitly matters: a re-run whose batch lost every row of a day must
     still empty that day's partition.
     """
     if values is not None:
-        cond: exp.Expression = exp.In(this=_col(partition),
+        cond: exp.Expr = exp.In(this=_col(partition),
                                       expressions=[_literal(v) for v in values])
     else:
         parts = exp.select(_col(partition)).from_(_table(staged)).distinct()
@@ -75,7 +75,7 @@ def overwrite_partitions(target: str, staged: str, partition: str, columns: Sequ
 
 
 def merge(target: str, staged: str, keys: Sequence[str],
-          columns: Sequence[str]) -> list[exp.Expression]:
+          columns: Sequence[str]) -> list[exp.Expr]:
     """Upsert by key: matched rows take the staged values, new keys are inserted."""
     sets = [exp.EQ(this=_col(c), expression=_col(c, "s")) for c in columns if c not in keys]
     sql = exp.Merge(
@@ -92,7 +92,7 @@ def merge(target: str, staged: str, keys: Sequence[str],
     return [sql]
 
 
-def _literal(value: object) -> exp.Expression:
+def _literal(value: object) -> exp.Expr:
     if isinstance(value, date):
         return exp.cast(exp.Literal.string(value.isoformat()), exp.DataType.build("DATE"))
     if isinstance(value, int):
@@ -100,15 +100,15 @@ def _literal(value: object) -> exp.Expression:
     return exp.Literal.string(str(value))
 
 
-def _insert(target: str, staged: str, columns: Sequence[str]) -> exp.Expression:
+def _insert(target: str, staged: str, columns: Sequence[str]) -> exp.Expr:
     return exp.insert(exp.select(*[_col(c) for c in columns]).from_(_table(staged)),
                       _table(target), columns=[exp.to_identifier(c, quoted=True) for c in columns])
 
 
-def render(statements: Sequence[exp.Expression], dialect: str) -> list[str]:
+def render(statements: Sequence[exp.Expr], dialect: str) -> list[str]:
     return [s.sql(dialect=dialect) for s in statements]
 
 
-def parse_check(sql: str, dialect: str) -> exp.Expression:
+def parse_check(sql: str, dialect: str) -> exp.Expr:
     """Parse SQL in a dialect; used to check rendered statements round-trip."""
     return sqlglot.parse_one(sql, read=dialect)

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from enum import Enum
+from enum import StrEnum
 
 import polars as pl
 
@@ -20,14 +20,14 @@ from dimensions.spec import DimensionSpec
 from starsmith.errors import ConfigError
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     SOURCE = "source"
     STAGING = "staging"
     DIMENSION = "dimension"
     FACT = "fact"
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """How a model's output reaches its table; each is one atomic publish."""
 
     FULL = "full"  # replace the table
@@ -36,7 +36,7 @@ class Strategy(str, Enum):
     PARTITION = "partition"  # overwrite the partitions the batch holds (idempotent append)
 
 
-class Window(str, Enum):
+class Window(StrEnum):
     """Which slice of an input a run reads."""
 
     DAY = "day"  # the logical date's extract or partition only

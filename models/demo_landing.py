@@ -206,8 +206,8 @@ def _orders(w: _World, day: date, n_stores: int) -> dict[str, pl.DataFrame]:
                               ).round(2).cast(pl.Decimal(12, 2)),
         "line_ts": ts[line_order],
     })
-    lines = lines.with_columns(product_id=pl.when(pl.Series(rng.random(lines.height) < DIRT["line_null_product"]))
-                               .then(None).otherwise("product_id"))
+    no_product = pl.Series(rng.random(lines.height) < DIRT["line_null_product"])
+    lines = lines.with_columns(product_id=pl.when(no_product).then(None).otherwise("product_id"))
     lines = pl.concat([lines, lines.filter(pl.Series(rng.random(lines.height) < DIRT["line_duplicates"]))])
     returned = lines.filter(pl.Series(rng.random(lines.height) < DIRT["line_return"]))
     for lag in range(1, 6):
@@ -217,11 +217,12 @@ def _orders(w: _World, day: date, n_stores: int) -> dict[str, pl.DataFrame]:
             line_no=pl.col("line_no") + 1000, quantity=-pl.col("quantity"),
             line_ts=pl.col("line_ts") + timedelta(days=lag)))
     late = rng.random(n) < DIRT["order_late"]
-    lag = rng.integers(1, 4, n)
+    delay = rng.integers(1, 4, n)
     for d in (1, 2, 3):
-        sel = ids[late & (lag == d)]
+        sel = ids[late & (delay == d)]
         w.pending[("orders", day + timedelta(days=d))].append(orders.filter(pl.col("order_id").is_in(sel)))
-        w.pending[("order_lines", day + timedelta(days=d))].append(lines.filter(pl.col("order_id").is_in(sel)))
+        late_lines = lines.filter(pl.col("order_id").is_in(sel))
+        w.pending[("order_lines", day + timedelta(days=d))].append(late_lines)
     keep = ids[~late]
     _milestones(w, orders)
     return {"orders": orders.filter(pl.col("order_id").is_in(keep)),
@@ -234,7 +235,8 @@ def _milestones(w: _World, orders: pl.DataFrame) -> None:
                                 rng.uniform(24, 96, n)]), axis=0)
     for step, name in enumerate(("ordered", "paid", "shipped", "delivered")):
         ev = orders.select("order_id", milestone=pl.lit(name),
-                           event_ts=pl.col("order_ts") + pl.Series(hours[step] * 3.6e9).cast(pl.Duration("us")))
+                           event_ts=pl.col("order_ts")
+                           + pl.Series(hours[step] * 3.6e9).cast(pl.Duration("us")))
         late = pl.Series(rng.random(n) < DIRT["milestone_late"])
         ev = ev.with_columns(_land=pl.col("event_ts").dt.date() + pl.when(late).then(
             pl.duration(days=1)).otherwise(pl.duration(days=0)))

@@ -14,7 +14,6 @@ import polars as pl
 from dimensions import ChangeDetection, DeletePolicy, DimensionSpec, DuplicatePolicy, SCDType
 from models.contract import (
     BuildContext,
-    Column,
     Input,
     Kind,
     Model,

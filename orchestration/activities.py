@@ -103,4 +103,4 @@ def build_model(req: StepRequest) -> StepResult:
         return _as_temporal(lambda: run_step(req))
 
 
-ACTIVITIES = [plan_build, days_not_built, build_model]
+ACTIVITIES: list[Callable[..., object]] = [plan_build, days_not_built, build_model]

@@ -9,7 +9,7 @@ from datetime import date
 import polars as pl
 from sqlglot import exp
 
-Statements = Callable[[str, str], list[exp.Expression]]
+Statements = Callable[[str, str], list[exp.Expr]]
 """(target table, staged table) -> the strategy's statements for one atomic publish."""
 
 

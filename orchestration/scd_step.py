@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+
 import polars as pl
 from sqlglot import exp
 
@@ -61,7 +62,7 @@ def build_scd(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, 
         if dim is None:
             existing, max_key = _existing(wh, model, spec, batch, schema)
         else:
-            existing, max_key = dim, max(0, int(dim[spec.surrogate_key].max() or 0))
+            existing, max_key = dim, max(0, int(dim[spec.surrogate_key].max() or 0))  # type: ignore[arg-type]
         frames: SCDFrames = scd_changes(
             existing.lazy(), batch.lazy(), spec, batch_time=BuildContext(d, run_id).batch_time,
             run_id=run_id, max_key=max_key,
@@ -76,7 +77,7 @@ def build_scd(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, 
     rows = dim if dim is not None else pl.concat([reserved, changed])
     counts = {COUNTS.get(k, k): v for k, v in totals.items() if k != "rejected"}
 
-    def statements(target: str, staged: str) -> list[exp.Expression]:
+    def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
         if full_refresh:
             return sql.replace_all(qualified, staged)

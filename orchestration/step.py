@@ -138,7 +138,7 @@ def _build(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day
     cols = model.schema.names()
     full = req.full_refresh or model.strategy is Strategy.FULL or not wh.exists(model.name)
 
-    def statements(target: str, staged: str) -> list[exp.Expression]:
+    def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
         if full:
             return sql.replace_all(qualified, staged)

@@ -105,11 +105,12 @@ class BuildWorkflow:
                     ) -> StepResult:
         step = StepRequest(name, day, plan.run_ids[day], req.paths.landing, req.paths.warehouse,
                            full_refresh=plan.full_refresh, memory_limit=req.paths.memory_limit)
-        return await workflow.execute_activity(
+        result: StepResult = await workflow.execute_activity(
             "build_model", step, result_type=StepResult, start_to_close_timeout=STEP_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=STEP_RETRY,
             summary=f"{name} {day}",
         )
+        return result
 
 
 @workflow.defn(name="StarsmithBackfill")
@@ -134,10 +135,8 @@ class BackfillWorkflow:
         for i, day in enumerate(todo):
             child = BuildRequest(req.paths, req.select, (day,), req.full_refresh,
                                  req.max_parallel)
-            result: BuildReport = await workflow.execute_child_workflow(
-                BuildWorkflow.run, child, id=f"{workflow.info().workflow_id}-{day}",
-                result_type=BuildReport,
-            )
+            result = await workflow.execute_child_workflow(
+                BuildWorkflow.run, child, id=f"{workflow.info().workflow_id}-{day}")
             report.days.extend(result.days)
             if not result.ok:
                 report.not_started = todo[i + 1:]

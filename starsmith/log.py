@@ -22,8 +22,8 @@ def configure(level: int = logging.INFO, *, rich_console: bool | None = None) ->
     """Send project log lines to stderr: rich on a terminal, plain text otherwise."""
     logger = logging.getLogger(ROOT)
     logger.setLevel(level)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
     use_rich = sys.stderr.isatty() if rich_console is None else rich_console
     handler: logging.Handler
     if use_rich:

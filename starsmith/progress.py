@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.plan import BuildPlan
+from orchestration.messages import BuildPlan
 from starsmith.config import ProjectConfig
 from starsmith.log import get_logger
 

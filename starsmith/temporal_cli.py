@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -58,7 +59,7 @@ def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") ->
 
 def request_for(cfg: ProjectConfig, plan: BuildPlan, select: tuple[str, ...] = ()) -> BuildRequest:
     paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit)
-    return BuildRequest(paths, tuple(m.name for m in plan.models) if not select else select,
+    return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
                         plan.dates, plan.full_refresh, plan.max_parallel)
 
 
@@ -94,7 +95,7 @@ async def _connect(address: str | None, conn: Connection) -> Client:
     raise RuntimeError(f"cannot reach Temporal at {address}: {last}")
 
 
-async def follow(handle: WorkflowHandle[object, BuildReport], console: Console,
+async def follow(handle: WorkflowHandle[Any, BuildReport], console: Console,
                  total: int) -> BuildReport:
     """Render the workflow's progress query live until it finishes."""
     result = asyncio.ensure_future(handle.result())
@@ -106,7 +107,7 @@ async def follow(handle: WorkflowHandle[object, BuildReport], console: Console,
         while not result.done():
             try:
                 states = await handle.query("progress", result_type=dict[str, dict[str, str]])
-            except Exception:  # noqa: BLE001 - progress is cosmetic; the result decides
+            except Exception:
                 states = {}
             flat = [s for day in states.values() for s in day.values()]
             running = [f"{d} {m}" for d, ms in states.items() for m, s in ms.items()

@@ -59,7 +59,7 @@ class Publish:
 
     target: str
     staged: str
-    statements: Sequence[exp.Expression]
+    statements: Sequence[exp.Expr]
     run_log: dict[str, Any]
     quarantine: pl.DataFrame | None = None
     watermark_dates: Sequence[date] = ()
@@ -89,7 +89,7 @@ class DuckDBWarehouse:
     def connect(self, attempts: int = 20) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection; a lock held by another process is waited for, then reported retryable."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        config: dict[str, str | int] = {"memory_limit": self.memory_limit,
+        config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": self.memory_limit,
                                         "temp_directory": str(self.temp_dir)}
         if self.threads:
             config["threads"] = self.threads
@@ -139,9 +139,9 @@ class DuckDBWarehouse:
             for name, frame in frames.items():
                 con.register(name, frame.to_arrow())
             table = con.sql(query, params=list(params) if params else None).to_arrow_table()
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        return frame
+        result = pl.from_arrow(table)
+        assert isinstance(result, pl.DataFrame)
+        return result
 
     def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
              **frames: pl.DataFrame) -> pl.DataFrame:
