@@ -16,8 +16,9 @@ def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFram
     """One row per (natural key, problem) that breaks an invariant; empty when all hold."""
     nk, sk = list(spec.natural_key), spec.surrogate_key
     rows = rows.filter(pl.col(sk) >= 0)
-    ordered = rows.sort([*nk, "valid_from"]).with_columns(
-        _prev_to=pl.col("valid_to").shift(1).over(nk)
+    same_key = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in nk])
+    ordered = rows.sort([*nk, "valid_from"]).with_columns(  # a masked global shift, not a window
+        _prev_to=pl.when(same_key.fill_null(False)).then(pl.col("valid_to").shift(1))
     )
     checks = [
         ordered.filter(pl.col("valid_from") >= pl.col("valid_to"))

@@ -74,7 +74,12 @@ def build_scd(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, 
             changed = frames.rows
         else:
             dim = _apply(dim, frames.rows, spec)
-    rows = dim if dim is not None else pl.concat([reserved, changed])
+    if dim is not None:
+        rows = dim
+    elif wh.exists(model.name):
+        rows = changed
+    else:  # the first publish creates the table with its reserved members
+        rows = pl.concat([reserved, changed])
     counts = {COUNTS.get(k, k): v for k, v in totals.items() if k != "rejected"}
 
     def statements(target: str, staged: str) -> list[exp.Expr]:

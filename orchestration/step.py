@@ -54,20 +54,8 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
         "fingerprint": model.fingerprint(),
     }
     try:
-        out = _build(model, cat, wh, Path(req.landing), day, req)
-        staged = wh.stage(model.name, req.run_id, out.rows)
-        failpoint("after_stage", model.name)
-        audit_staged(wh, staged, model)
-        counts = {"rows_read": out.rows_read, "rows_written": out.rows.height,
-                  "rows_quarantined": out.quarantine.height, **out.counts}
-        log_row |= counts | {"status": "success", "finished_at": datetime.now(),
-                             "duration_s": time.perf_counter() - clock}
-        wh.publish(Publish(
-            target=model.name, staged=staged, statements=out.statements(model.name, staged),
-            run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
-            watermark_dates=out.days,
-        ))
-        failpoint("after_publish", model.name)
+        with wh.session():
+            counts = _run(model, cat, wh, req, day, log_row, clock)
     except StarsmithError as err:
         _log_failure(wh, log_row, clock, err)
         raise
@@ -80,6 +68,26 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
     return StepResult(model.name, req.logical_date, "success", **core,
                       duration_s=round(time.perf_counter() - clock, 3),
                       details={k: v for k, v in counts.items() if k not in core})
+
+
+def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, day: date,
+         log_row: dict[str, Any], clock: float) -> dict[str, int]:
+    """Build, stage, audit, publish; returns the counts that went into the run log."""
+    out = _build(model, cat, wh, Path(req.landing), day, req)
+    staged = wh.stage(model.name, req.run_id, out.rows)
+    failpoint("after_stage", model.name)
+    audit_staged(wh, staged, model)
+    counts = {"rows_read": out.rows_read, "rows_written": out.rows.height,
+              "rows_quarantined": out.quarantine.height, **out.counts}
+    log_row |= counts | {"status": "success", "finished_at": datetime.now(),
+                         "duration_s": time.perf_counter() - clock}
+    wh.publish(Publish(
+        target=model.name, staged=staged, statements=out.statements(model.name, staged),
+        run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
+        watermark_dates=out.days,
+    ))
+    failpoint("after_publish", model.name)
+    return counts
 
 
 def _log_failure(wh: DuckDBWarehouse, row: dict[str, Any], clock: float, err: BaseException
