@@ -17,6 +17,7 @@ from enum import StrEnum
 import polars as pl
 
 from dimensions.spec import DimensionSpec
+from facts.spec import FactSpec
 from starsmith.errors import ConfigError
 
 
@@ -89,6 +90,7 @@ class Model:
     unique_key: tuple[str, ...] = ()
     partition_by: str | None = None
     dimension: DimensionSpec | None = None
+    fact: FactSpec | None = None
     description: str = ""
     owner: str = ""
     tags: tuple[str, ...] = field(default=())
@@ -121,6 +123,7 @@ class Model:
             self.name, self.kind.value, self.strategy.value, repr(self.inputs),
             repr([(c.name, str(c.dtype), c.nullable) for c in self.columns]),
             repr(self.unique_key), repr(self.partition_by), repr(_data_spec(self.dimension)),
+            repr(self.fact),
             inspect.getsource(self.transform),
         ]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]

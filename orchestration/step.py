@@ -9,6 +9,7 @@ are replaced, not appended.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -21,14 +22,16 @@ from sqlglot import exp
 
 from loaders import sql
 from loaders.duckdb import DuckDBWarehouse, Publish
-from models.contract import QUARANTINE_REASON, BuildContext, Model, Strategy
+from loaders.duckdb.warehouse import RUN_LOG_COLUMNS
+from models.contract import BuildContext, Model, Strategy
 from models.registry import Catalogue, load_catalogue
+from orchestration.fact_step import build_fact
 from orchestration.inputs import day_inputs, input_days
 from orchestration.messages import StepRequest, StepResult
-from orchestration.output import StepOutput
+from orchestration.output import StepOutput, conform, split_quarantine
 from orchestration.scd_step import build_scd
 from quality.contract import audit_staged
-from starsmith.errors import DataError, StarsmithError
+from starsmith.errors import StarsmithError
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
@@ -79,12 +82,15 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
     audit_staged(wh, staged, model)
     counts = {"rows_read": out.rows_read, "rows_written": out.rows.height,
               "rows_quarantined": out.quarantine.height, **out.counts}
-    log_row |= counts | {"status": "success", "finished_at": datetime.now(),
-                         "duration_s": time.perf_counter() - clock}
+    core = {k: v for k, v in counts.items() if k in RUN_LOG_COLUMNS}
+    extra = {k: v for k, v in counts.items() if k not in RUN_LOG_COLUMNS}
+    log_row |= core | {"details": json.dumps(extra) if extra else None,
+                       "status": "success", "finished_at": datetime.now(),
+                       "duration_s": time.perf_counter() - clock}
     wh.publish(Publish(
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
-        watermark_dates=out.days,
+        watermark_dates=out.days, also_staged=out.also_staged,
     ))
     failpoint("after_publish", model.name)
     return counts
@@ -110,26 +116,10 @@ def _quarantine_frame(rows: pl.DataFrame, model: Model, req: StepRequest, day: d
                              quarantined_at=pl.lit(datetime(day.year, day.month, day.day)))
 
 
-def _conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:
-    """The declared columns, in order, with the declared types: the model's output contract."""
-    missing = [c for c in model.schema.names() if c not in frame.columns]
-    if missing:
-        raise DataError(f"the transform of {model.name} did not produce column(s) {missing}",
-                        where=f"models/{model.name}.py",
-                        fix="Produce every declared column, or remove it from the spec")
-    return frame.select(pl.col(c).cast(t) for c, t in model.schema.items())
-
-
-def _split(frame: pl.DataFrame, model: Model) -> tuple[pl.DataFrame, pl.DataFrame]:
-    if QUARANTINE_REASON not in frame.columns:
-        return frame, pl.DataFrame({"reason": []}, schema={"reason": pl.String()})
-    bad = frame.filter(pl.col(QUARANTINE_REASON).is_not_null())
-    good = frame.filter(pl.col(QUARANTINE_REASON).is_null()).drop(QUARANTINE_REASON)
-    return good, bad.rename({QUARANTINE_REASON: "reason"})
-
-
 def _build(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
            req: StepRequest) -> StepOutput:
+    if model.fact is not None:
+        return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)
     if model.strategy is Strategy.SCD:
         return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)
     days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)
@@ -137,9 +127,9 @@ def _build(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day
     for d in days or [day]:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
-        good, rejected = _split(model.transform(inputs, BuildContext(d, req.run_id)).collect(),
+        good, rejected = split_quarantine(model.transform(inputs, BuildContext(d, req.run_id)).collect(),
                                 model)
-        parts.append(_conform(good, model))
+        parts.append(conform(good, model))
         bad.append(rejected.with_columns(logical_date=pl.lit(d)))
     rows = pl.concat(parts)
     quarantine = pl.concat(bad, how="diagonal_relaxed")

@@ -51,7 +51,7 @@ def test_two_models_with_one_name_are_refused() -> None:
 
 def test_selection_with_dependants_and_inputs() -> None:
     cat = load_catalogue()
-    assert cat.select(["stg_customers+"]) == ["stg_customers", "dim_customer"]
+    assert cat.select(["stg_customers+"]) == ["stg_customers", "dim_customer", "fact_sales"]
     assert cat.select(["+dim_product"]) == ["stg_products", "dim_product"]
     with pytest.raises(ModelGraphError, match="did you mean 'dim_customer'"):
         cat.select(["dim_customers"])

@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.worker import Replayer
 
 from loaders.duckdb import DuckDBWarehouse
+from models.registry import load_catalogue
 from orchestration.server import LocalServer
 from orchestration.workflows import WORKFLOWS
 from tests.temporal_helpers import completions, request, run_build, scheduled_steps
@@ -31,7 +32,7 @@ def test_models_run_in_dependency_order_with_parallel_branches(
         temporal_server: LocalServer, landing: Path, tmp_path: Path) -> None:
     req = request(landing, tmp_path / "wh.duckdb", [D1])
     report, handle = asyncio.run(run_build(temporal_server.address, req))
-    assert report.ok and len(report.days[0].built) == 7
+    assert report.ok and len(report.days[0].built) == len(load_catalogue().order)
 
     async def events() -> list[object]:
         client = await Client.connect(temporal_server.address)
@@ -64,9 +65,10 @@ def test_a_failed_step_skips_only_its_dependants(
     assert day.failed["stg_stores"].startswith(
         f"source 'stores' has no csv extract for {D1} (in {landing}/stores/date={D1}). "
         "Land the extract")
-    assert day.skipped == {"dim_store": "stg_stores"}
-    assert {r.model for r in day.built} == {"dim_date", "stg_customers", "stg_products",
-                                           "dim_customer", "dim_product"}
+    assert day.skipped == {"dim_store": "stg_stores", "fact_sales": "dim_store",
+                           "fact_inventory_daily": "dim_store"}
+    assert {r.model for r in day.built} == set(load_catalogue().order) - {
+        "stg_stores", "dim_store", "fact_sales", "fact_inventory_daily"}
     log = DuckDBWarehouse(wh).run_log().filter(pl.col("model") == "stg_stores")
     assert log["status"].to_list() == ["failed"]  # non-retryable: one attempt only
 
@@ -123,7 +125,7 @@ def test_backfill_runs_days_in_order_and_resumes_after_a_failure(
     assert report.ok
     log = DuckDBWarehouse(wh).run_log().filter(pl.col("status") == "success")
     per_day = log.group_by("logical_date").len().sort("logical_date")
-    assert per_day["len"].to_list()[0] == 7  # day 1 was not rebuilt on resume
+    assert per_day["len"].to_list()[0] == len(load_catalogue().order)  # day 1 not rebuilt
 
 
 def test_schedule_create_trigger_list_delete(temporal_server: LocalServer, landing: Path,

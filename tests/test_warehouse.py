@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -108,13 +108,16 @@ def test_rerunning_days_changes_nothing(built: DuckDBWarehouse, demo_landing: Pa
         assert before[name].equals(after[name]), name
 
 
-def test_full_refresh_equals_the_incremental_build(built: DuckDBWarehouse, demo_landing: Path,
-                                                   tmp_path: Path) -> None:
-    path = tmp_path / "full.duckdb"
-    build(demo_landing, path, DAYS[:1])  # staging must exist to replay from
-    build(demo_landing, path, [DAYS[-1]], full_refresh=True)
+def test_full_refresh_of_dimensions_equals_their_incremental_build(demo_landing: Path,
+                                                                   tmp_path: Path) -> None:
+    # Without facts: facts add inferred members, which are not source history (see README).
+    dims = ["+dim_customer", "+dim_product", "+dim_store"]
+    inc, path = tmp_path / "inc.duckdb", tmp_path / "full.duckdb"
+    build(demo_landing, inc, DAYS, select=dims)
+    build(demo_landing, path, DAYS[:1], select=dims)  # staging must exist to replay from
+    build(demo_landing, path, [DAYS[-1]], full_refresh=True, select=dims)
     full = tables(DuckDBWarehouse(path))
-    incremental = tables(built)
+    incremental = tables(DuckDBWarehouse(inc))
     for dim in DIMS:
         keep = [c for c in incremental[dim].columns if c != "run_id"]
         assert full[dim].select(keep).sort(pl.all()).equals(
@@ -165,3 +168,65 @@ def test_the_contract_audit_blocks_a_bad_staged_table(built: DuckDBWarehouse, tm
         f"1 row(s) with duplicate date_key (in {staged}). The published table "
         "was left as it was; fix the transform or the source, then build again")
     assert wh.read("dim_date").height == built.read("dim_date").height
+
+
+FACTS = ["fact_sales", "fact_inventory_daily", "fact_order_fulfilment"]
+
+
+def test_nightly_incremental_facts_equal_one_full_rebuild(built: DuckDBWarehouse,
+                                                         demo_landing: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "facts.duckdb"
+    copy.write_bytes(built.path.read_bytes())
+    build(demo_landing, copy, [DAYS[-1]], full_refresh=True, select=FACTS)
+    rebuilt, nightly = tables(DuckDBWarehouse(copy)), tables(built)
+    for fact in FACTS:
+        assert nightly[fact].height > 0
+        assert rebuilt[fact].equals(nightly[fact]), fact
+    assert rebuilt["dim_customer"].equals(nightly["dim_customer"])  # no new inferred members
+
+
+def test_fact_keys_point_at_existing_dimension_rows(built: DuckDBWarehouse) -> None:
+    orphans = built.query("""
+        SELECT
+          (SELECT count(*) FROM fact_sales f ANTI JOIN dim_customer d USING (customer_key)) AS c,
+          (SELECT count(*) FROM fact_sales f ANTI JOIN dim_product d USING (product_key)) AS p,
+          (SELECT count(*) FROM fact_sales f ANTI JOIN dim_store d USING (store_key)) AS s,
+          (SELECT count(*) FROM fact_sales f ANTI JOIN dim_date d USING (date_key)) AS d,
+          (SELECT count(*) FROM fact_inventory_daily f ANTI JOIN dim_product d USING (product_key))
+            AS ip""").row(0)
+    assert orphans == (0, 0, 0, 0, 0)
+    members = built.query("""SELECT count(*) FILTER (WHERE customer_key = -2) AS guest,
+                                    count(*) FILTER (WHERE product_key = -2) AS no_product
+                             FROM fact_sales""").row(0)
+    assert all(n > 0 for n in members), members  # the demo's dirt lands on the reserved members
+    unknown = built.query("""
+        SELECT (SELECT count(*) FROM fact_sales WHERE store_key = -1) AS got,
+               (SELECT count(*) FROM fact_sales f JOIN stg_orders o USING (order_id)
+                WHERE o.store_id NOT IN (SELECT store_id FROM dim_store WHERE store_id IS NOT NULL))
+               AS want""").row(0)
+    assert unknown[0] == unknown[1]
+    inferred = built.query("SELECT count(*) AS n FROM dim_customer WHERE run_id LIKE 'build-%' "
+                           "AND valid_from = TIMESTAMP '1900-01-01'")["n"][0]
+    assert inferred > 0  # customers first seen in orders became inferred members
+
+
+def test_a_row_later_than_the_lookback_still_lands_in_its_partition(landing: Path,
+                                                                   tmp_path: Path) -> None:
+    day = DAYS[-1]
+    folder = landing / "order_lines" / f"date={day}"
+    lines = pl.read_parquet(folder / "part-0.parquet")
+    orders = pl.read_parquet(landing / "orders" / f"date={day}" / "part-0.parquet")
+    old = orders.head(1).with_columns(order_id=pl.lit(10**9, dtype=pl.Int64),
+                                      order_ts=pl.lit(datetime(2023, 11, 1, 9)))
+    line = lines.head(1).with_columns(order_id=pl.lit(10**9, dtype=pl.Int64),
+                                      line_ts=pl.lit(datetime(2023, 11, 1, 9)))
+    pl.concat([orders, old]).write_parquet(landing / "orders" / f"date={day}" / "part-0.parquet")
+    pl.concat([lines, line]).write_parquet(folder / "part-0.parquet")
+    path = tmp_path / "late.duckdb"
+    build(landing, path, DAYS)
+    wh = DuckDBWarehouse(path)
+    got = wh.query("SELECT sale_date, order_id FROM fact_sales WHERE order_id = 1000000000")
+    assert got.rows() == [(date(2023, 11, 1), 10**9)]
+    details = wh.query("SELECT details->>'late_beyond_lookback' AS n FROM _starsmith.run_log "
+                       "WHERE model = 'fact_sales' AND logical_date = ?", [day])
+    assert details["n"].to_list() == ["1"]

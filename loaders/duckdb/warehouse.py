@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS {META}.run_log (
     run_id VARCHAR, model VARCHAR, logical_date DATE, strategy VARCHAR, status VARCHAR,
     rows_read BIGINT, rows_written BIGINT, rows_inserted BIGINT, rows_updated BIGINT,
     rows_closed BIGINT, rows_quarantined BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP,
-    duration_s DOUBLE, fingerprint VARCHAR, message VARCHAR
+    duration_s DOUBLE, fingerprint VARCHAR, message VARCHAR, details JSON
 )"""
 WATERMARK_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.watermarks (
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS {META}.watermarks (
 RUN_LOG_COLUMNS = (
     "run_id", "model", "logical_date", "strategy", "status", "rows_read", "rows_written",
     "rows_inserted", "rows_updated", "rows_closed", "rows_quarantined", "started_at",
-    "finished_at", "duration_s", "fingerprint", "message",
+    "finished_at", "duration_s", "fingerprint", "message", "details",
 )
 
 
@@ -64,6 +64,7 @@ class Publish:
     run_log: dict[str, Any]
     quarantine: pl.DataFrame | None = None
     watermark_dates: Sequence[date] = ()
+    also_staged: Sequence[str] = ()  # other staged files the statements read
 
 
 _INIT_LOCK = threading.Lock()
@@ -214,8 +215,8 @@ class DuckDBWarehouse:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        staged = job.staged.removeprefix("read_parquet('").removesuffix("')")
-        Path(staged).unlink(missing_ok=True)  # published: the staged copy has done its job
+        for ref in (job.staged, *job.also_staged):  # published: the staged copies are done
+            Path(ref.removeprefix("read_parquet('").removesuffix("')")).unlink(missing_ok=True)
 
     def _quarantine(self, con: duckdb.DuckDBPyConnection, model: str, rows: pl.DataFrame,
                     logical_date: date) -> None:
