@@ -38,36 +38,44 @@ def lookup_key(facts: pl.LazyFrame, versions: pl.LazyFrame, lk: KeyLookup) -> Lo
     spec = lk.dimension
     nk, sk, out = list(spec.natural_key), spec.surrogate_key, lk.output
     fk = list(lk.fact_columns)
-    ts = pl.col(lk.event_time).cast(pl.Datetime("us"))
-    f = facts.with_row_index("_fid").with_columns(_ts=ts)
-    probe = f.select("_fid", "_ts", *[pl.col(a).alias(b) for a, b in zip(fk, nk, strict=True)]
-                     ).filter(pl.all_horizontal([pl.col(c).is_not_null() for c in nk]))
     v = versions.filter(pl.col(sk) >= 0).select(sk, *nk, "valid_from", "valid_to", "is_current")
-    current = probe.join(v.filter(pl.col("is_current")), on=nk, how="inner").filter(
-        pl.col("_ts") >= pl.col("valid_from")).select("_fid", sk, _how=pl.lit("exact"))
-    rest = probe.join(current.select("_fid"), on="_fid", how="anti")
-    cand = rest.join(v, on=nk, how="inner").with_columns(
-        _gap=pl.when(pl.col("_ts") < pl.col("valid_from"))
-        .then(pl.col("valid_from") - pl.col("_ts"))
-        .when(pl.col("_ts") >= pl.col("valid_to")).then(pl.col("_ts") - pl.col("valid_to"))
-        .otherwise(pl.duration(microseconds=0)))
-    older = cand.sort("_fid", "_gap", sk).group_by("_fid", maintain_order=True).first().select(
-        "_fid", sk, _how=pl.when(pl.col("_gap") == pl.duration(microseconds=0))
-        .then(pl.lit("exact")).otherwise(pl.lit("nearest")))
-    found = pl.concat([current, older])
+    current = v.filter(pl.col("is_current")).select(
+        *[pl.col(b).alias(a) for a, b in zip(fk, nk, strict=True)],
+        _cur=pl.col(sk), _cur_from=pl.col("valid_from"))
+    # Pass 1, one equi-join: facts at or after their key's current version (most of a night).
+    f = facts.with_row_index("_fid").with_columns(_ts=pl.col(lk.event_time).cast(pl.Datetime("us")))
+    f = f.join(current, on=fk, how="left", maintain_order="left").cache()
+    hit = pl.col("_cur").is_not_null() & (pl.col("_ts") >= pl.col("_cur_from"))
     any_null = pl.any_horizontal([pl.col(c).is_null() for c in fk])
-    joined = f.join(found, on="_fid", how="left").with_columns(
+    # Pass 2, on the facts left over only: the older version covering the event, else the
+    # nearest version of a known key.
+    rest = f.filter(~hit & ~any_null).select(
+        "_fid", "_ts", *[pl.col(a).alias(b) for a, b in zip(fk, nk, strict=True)]).cache()
+    older = rest.join(v.filter(~pl.col("is_current")), on=nk, how="inner").filter(
+        (pl.col("valid_from") <= pl.col("_ts")) & (pl.col("_ts") < pl.col("valid_to"))
+    ).select("_fid", _key=pl.col(sk), _how=pl.lit("exact")).cache()
+    gap = (pl.when(pl.col("_ts") < pl.col("valid_from")).then(pl.col("valid_from") - pl.col("_ts"))
+           .otherwise(pl.col("_ts") - pl.col("valid_to")))
+    nearest = (rest.join(older.select("_fid"), on="_fid", how="anti").join(v, on=nk, how="inner")
+               .with_columns(_gap=gap).sort("_fid", "_gap", sk)
+               .group_by("_fid", maintain_order=True).first()
+               .select("_fid", _key=pl.col(sk), _how=pl.lit("nearest")))
+    found = pl.concat([older, nearest])
+    keyed = pl.concat([
+        f.filter(hit).with_columns(_key=pl.col("_cur"), _how=pl.lit("exact")),
+        f.filter(~hit).join(found, on="_fid", how="left"),
+    ], how="vertical_relaxed").sort("_fid")
+    joined = keyed.with_columns(
         pl.when(any_null).then(pl.lit(NOT_APPLICABLE_KEY, dtype=pl.Int64))
-        .when(pl.col(sk).is_not_null()).then(pl.col(sk))
+        .when(pl.col("_key").is_not_null()).then(pl.col("_key"))
         .otherwise(pl.lit(UNKNOWN_KEY, dtype=pl.Int64)).alias(out),
         pl.when(any_null).then(pl.lit("not_applicable"))
-        .when(pl.col(sk).is_not_null()).then(pl.col("_how"))
+        .when(pl.col("_key").is_not_null()).then(pl.col("_how"))
         .otherwise(pl.lit("missing")).alias(MATCH),
-    )
-    drop = ["_fid", "_ts", "_how"] + ([sk] if sk != out and sk not in facts.collect_schema() else [])
+    ).drop("_fid", "_ts", "_cur", "_cur_from", "_key", "_how")
     missing = joined.filter(pl.col(MATCH) == "missing").select(
         [pl.col(a).alias(b) for a, b in zip(fk, nk, strict=True)]).unique().sort(nk)
-    return Lookup(joined.sort("_fid").drop(drop), missing)
+    return Lookup(joined, missing)
 
 
 def apply_missing(facts: pl.LazyFrame, lk: KeyLookup, inferred: pl.LazyFrame | None

@@ -1,0 +1,140 @@
+"""Point-in-time key lookups: starsmith's two-pass lookup against DuckDB's range join.
+
+Four SCD2 dimensions of K keys x ~3 versions each (boundaries spread over 2023), and N facts with
+four natural keys and an event time. Two cases:
+
+- ``night``: every event falls on the last day (a nightly batch: most facts hit the current
+  version, which the first pass answers with a plain equi-join);
+- ``year``: events spread over the year (a full rebuild: most facts need the range pass).
+
+Each contender runs in a fresh child process on the same Parquet inputs and writes its result to
+Parquet; peak RSS is the child's own (VmHWM). Key sums are compared to prove both found the same
+keys. Usage: python benchmarks/pit_lookup.py [--facts 5000000] [--keys 1000000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+DIMS = ("customer", "product", "store", "promo")
+START = datetime(2023, 1, 1)
+OPEN = datetime(9999, 12, 31)
+
+
+def make_inputs(folder: Path, n_facts: int, n_keys: int, case: str) -> None:
+    rng = np.random.default_rng(3)
+    year_us = 365 * 86_400 * 10**6
+    for name in DIMS:
+        per_key = rng.integers(1, 6, n_keys)  # 1..5 versions, ~3 on average
+        key = np.repeat(np.arange(1, n_keys + 1), per_key)
+        first = np.r_[0, np.cumsum(per_key)[:-1]]
+        offs = rng.integers(0, year_us, key.size)
+        offs[first] = 0  # the first version starts at START
+        df = pl.DataFrame({f"{name}_id": key, "_off": offs}).sort(f"{name}_id", "_off")
+        start = pl.lit(START) + pl.duration(microseconds=pl.col("_off"))
+        nxt = start.shift(-1).over(f"{name}_id")
+        df = df.with_columns(valid_from=start, valid_to=pl.coalesce(nxt, pl.lit(OPEN)))
+        df = df.with_columns(
+            **{f"{name}_key": pl.int_range(1, pl.len() + 1, dtype=pl.Int64)},
+            is_current=pl.col("valid_to") == OPEN).drop("_off")
+        df.write_parquet(folder / f"dim_{name}.parquet")
+    if case == "night":
+        ts = np.datetime64(datetime(2023, 12, 31), "us") + rng.integers(
+            0, 86_400 * 10**6, n_facts).astype("timedelta64[us]")
+    else:
+        ts = np.datetime64(START, "us") + rng.integers(0, year_us, n_facts).astype("timedelta64[us]")
+    pl.DataFrame({
+        "fact_id": np.arange(n_facts), "event_ts": ts,
+        **{f"{n}_id": rng.integers(1, n_keys + 1, n_facts) for n in DIMS},
+        "amount": rng.integers(1, 10_000, n_facts),
+    }).write_parquet(folder / "facts.parquet")
+
+
+def run_starsmith(folder: Path) -> None:
+    from dimensions import ChangeDetection, DimensionSpec
+    from facts.keys import lookup_key
+    from facts.spec import KeyLookup
+
+    facts = pl.scan_parquet(folder / "facts.parquet")
+    for name in DIMS:
+        spec = DimensionSpec(name=f"dim_{name}", surrogate_key=f"{name}_key",
+                             natural_key=(f"{name}_id",), columns=(),
+                             detection=ChangeDetection.CHECK)
+        versions = pl.scan_parquet(folder / f"dim_{name}.parquet")
+        found = lookup_key(facts, versions, KeyLookup(spec, (f"{name}_id",), "event_ts"))
+        facts = found.facts.drop("_match").lazy()
+    facts.select("fact_id", "event_ts", "amount", *[f"{n}_key" for n in DIMS]).collect(
+        engine="in-memory").write_parquet(folder / "out_starsmith.parquet")
+
+
+def run_duckdb(folder: Path) -> None:
+    import duckdb
+
+    joins = "\n".join(
+        f"LEFT JOIN read_parquet('{folder}/dim_{n}.parquet') d_{n} ON d_{n}.{n}_id = f.{n}_id "
+        f"AND d_{n}.valid_from <= f.event_ts AND f.event_ts < d_{n}.valid_to" for n in DIMS)
+    keys = ", ".join(f"coalesce(d_{n}.{n}_key, -1) AS {n}_key" for n in DIMS)
+    con = duckdb.connect(config={"memory_limit": "8GB"})
+    con.execute(f"""COPY (SELECT f.fact_id, f.event_ts, f.amount, {keys}
+                    FROM read_parquet('{folder}/facts.parquet') f {joins})
+                    TO '{folder}/out_duckdb.parquet' (FORMAT parquet)""")
+
+
+def child(kind: str, folder: str) -> None:
+    started = time.perf_counter()
+    (run_starsmith if kind == "starsmith" else run_duckdb)(Path(folder))
+    elapsed = time.perf_counter() - started
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))
+    Path(folder, f"{kind}.measure").write_text(f"{elapsed} {hwm / 1024}")
+
+
+def measure(kind: str, folder: Path) -> tuple[float, float]:
+    subprocess.run([sys.executable, __file__, "--child", kind, str(folder)], check=True)
+    t, rss = Path(folder, f"{kind}.measure").read_text().split()
+    return float(t), float(rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--facts", type=int, default=5_000_000)
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", nargs=2)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    for case in ("night", "year"):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+            folder = Path(tmp)
+            make_inputs(folder, args.facts, args.keys, case)
+            res: dict[str, list[tuple[float, float]]] = {"starsmith": [], "duckdb": []}
+            for r in range(args.rounds):
+                for kind in ("starsmith", "duckdb") if r % 2 == 0 else ("duckdb", "starsmith"):
+                    res[kind].append(measure(kind, folder))
+            sums = [pl.scan_parquet(folder / f"out_{k}.parquet").select(
+                [pl.col(f"{n}_key").sum() for n in DIMS]).collect().row(0) for k in res]
+            med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+                   for k, v in res.items()}
+            print(f"{case}: {args.facts:,} facts x 4 lookups into {args.keys:,} keys x ~3 versions")
+            for k, (t, rss) in med.items():
+                print(f"  {k:10s} {t:6.2f} s  peak RSS {rss:6.0f} MiB  "
+                      f"rounds {', '.join(f'{x[0]:.2f}' for x in res[k])}")
+            print(f"  ratio starsmith / duckdb: {med['starsmith'][0] / med['duckdb'][0]:.2f}; "
+                  f"same keys: {sums[0] == sums[1]}")
+
+
+if __name__ == "__main__":
+    main()
