@@ -2,7 +2,7 @@
 
 ``write_landing(root, days, scale, seed)`` simulates the business one day at a time from one seeded
 random stream, so day N's files are the same whether 3 or 30 days are generated. Everything is
-vectorised (numpy draws, Polars frames): ``scale=5000`` reaches 10M customers and, over two weeks,
+vectorised (numpy draws, Polars frames): ``scale=10000`` reaches 10M customers and, over two weeks,
 100M+ order lines.
 
 The dirt real sources have, at these documented rates (``DIRT``):
@@ -146,7 +146,7 @@ def _customers(w: _World, day: date, day_no: int) -> pl.DataFrame:
 
 def _products(w: _World, day: date, day_no: int) -> pl.DataFrame:
     rng = w.rng
-    n_new = max(50, int(200 * w.scale)) if day_no == 0 else max(1, int(w.price.size * 0.005))
+    n_new = max(50, int(200 * w.scale ** 0.5)) if day_no == 0 else max(1, int(w.price.size * 0.005))
     w.price = np.concatenate([w.price, rng.integers(100, 50_000, n_new)])
     w.category = np.concatenate([w.category, rng.choice(CATEGORIES, n_new)])
     w.product_live = np.concatenate([w.product_live, np.ones(n_new, bool)])

@@ -19,7 +19,7 @@ Listener = Callable[[str, str, str], None]  # (logical date, model, state)
 
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
-            listener: Listener | None = None) -> DayOutcome:
+            staging: str = "", listener: Listener | None = None) -> DayOutcome:
     """Run every model of the plan for one day; a failure skips only its dependants."""
     cat = load_catalogue()
     outcome = DayOutcome(day)
@@ -33,7 +33,8 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
         if listener:
             listener(day, planned.name, "running")
         request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
-                              full_refresh=plan.full_refresh, memory_limit=memory_limit)
+                              full_refresh=plan.full_refresh, memory_limit=memory_limit,
+                              staging=staging)
         try:
             outcome.built.append(run_step(request, cat))
         except StarsmithError as err:
@@ -45,12 +46,12 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
 
 
 def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, memory_limit: str = "4GB",
-             listener: Listener | None = None) -> list[DayOutcome]:
+             staging: str = "", listener: Listener | None = None) -> list[DayOutcome]:
     """Days in order; stops after the first day that did not fully build (SCD needs order)."""
     outcomes = []
     for day in plan.dates:
         outcome = run_day(plan, day, landing=landing, warehouse=warehouse,
-                          memory_limit=memory_limit, listener=listener)
+                          memory_limit=memory_limit, staging=staging, listener=listener)
         outcomes.append(outcome)
         if not outcome.ok:
             log.error("stopping after %s: later days wait until it builds", day)

@@ -17,6 +17,7 @@ class Paths:
     landing: str
     warehouse: str
     memory_limit: str = "4GB"
+    staging: str = ""  # the write-audit-publish staging folder; default: beside the warehouse
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class StepRequest:
     warehouse: str
     full_refresh: bool = False
     memory_limit: str = "4GB"
+    staging: str = ""
 
 
 @dataclass(frozen=True)

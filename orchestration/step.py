@@ -48,7 +48,8 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
     cat = catalogue or load_catalogue()
     model = cat.model(req.model)
     day = date.fromisoformat(req.logical_date)
-    wh = DuckDBWarehouse(req.warehouse, memory_limit=req.memory_limit)
+    wh = DuckDBWarehouse(req.warehouse, memory_limit=req.memory_limit,
+                         staging_dir=Path(req.staging) if req.staging else None)
     started = datetime.now()
     clock = time.perf_counter()
     log_row: dict[str, Any] = {

@@ -126,7 +126,11 @@ def build(
             return run_in_process(plan, cfg, console)
         from starsmith.temporal_cli import run_with_temporal
 
-        return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait)
+        # A range runs as a backfill: one child workflow per day, and a re-run after a failure
+        # resumes from the first day not built.
+        ranged = bool(start or end) and not full_refresh
+        return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
+                                 backfill=ranged)
 
     code = _guard(go)
     _exit(code)

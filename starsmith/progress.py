@@ -42,10 +42,11 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console) -> int
                     bar.advance(task)
 
             outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=str(cfg.warehouse),
-                                memory_limit=cfg.memory_limit, listener=listener)
+                                memory_limit=cfg.memory_limit, staging=str(cfg.staging),
+                                listener=listener)
     else:
         outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=str(cfg.warehouse),
-                            memory_limit=cfg.memory_limit)
+                            memory_limit=cfg.memory_limit, staging=str(cfg.staging))
     rows = []
     for o in outcomes:
         rows += [(o.logical_date, r.model, "built",

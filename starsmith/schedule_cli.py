@@ -54,7 +54,8 @@ def create(cron: Annotated[str, typer.Option(help='cron, e.g. "0 2 * * *"')],
            name: str = "nightly", address: Address = None) -> None:
     """Create the schedule: each run builds the landed days up to its scheduled date."""
     async def action(client: Client, cfg: ProjectConfig) -> None:
-        paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit)
+        paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit,
+                      str(cfg.staging.resolve()))
         sid = schedule_id(cfg, name)
         await client.create_schedule(sid, Schedule(
             action=ScheduleActionStartWorkflow(BuildWorkflow.run, BuildRequest(paths),

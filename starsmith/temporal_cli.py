@@ -58,7 +58,8 @@ def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") ->
 
 
 def request_for(cfg: ProjectConfig, plan: BuildPlan, select: tuple[str, ...] = ()) -> BuildRequest:
-    paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit)
+    paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit,
+                  str(cfg.staging.resolve()))
     return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
                         plan.dates, plan.full_refresh, plan.max_parallel)
 
