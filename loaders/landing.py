@@ -14,6 +14,9 @@ import polars as pl
 
 from models.contract import Source
 from starsmith.errors import DataError, SourceMissing
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
 
 
 def source_folder(landing: Path, source: Source, day: date) -> Path:
@@ -30,6 +33,45 @@ def landed_dates(landing: Path, source: Source) -> list[date]:
         if any(folder.glob(f"*.{source.format}")):
             days.append(date.fromisoformat(folder.name.removeprefix("date=")))
     return sorted(days)
+
+
+_COMPATIBLE: dict[pl.DataType, set[pl.DataType]] = {  # widenings that lose no data
+    pl.Int64(): {pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64(), pl.UInt8(), pl.UInt16(),
+                 pl.UInt32()},
+    pl.Int32(): {pl.Int8(), pl.Int16(), pl.Int32(), pl.UInt8(), pl.UInt16()},
+    pl.Float64(): {pl.Float32(), pl.Float64(), pl.Int32(), pl.Int64()},
+}
+
+
+def check_drift(source: Source, found: pl.Schema, where: str) -> None:
+    """Name schema drift precisely: a missing column, a changed type, a new column.
+
+    A missing required column or an incompatible type stops the read (no retry helps); a missing
+    nullable column reads as NULLs and a new column is ignored, both logged as warnings.
+    """
+    problems = []
+    for col in source.columns:
+        if col.name not in found:
+            if not col.nullable:
+                problems.append(f"missing column {col.name!r} ({col.dtype})")
+            else:
+                log.warning("source %r has no column %r (%s): read as NULL (in %s)",
+                            source.name, col.name, col.dtype, where)
+            continue
+        got = found[col.name]
+        text = source.format in ("csv", "ndjson") and got == pl.String()
+        if got != col.dtype and not text and got not in _COMPATIBLE.get(col.dtype, set()) \
+                and not (got.is_decimal() and col.dtype.is_decimal()) \
+                and not (got.is_temporal() and col.dtype.is_temporal()):
+            problems.append(f"column {col.name!r} changed type: declared {col.dtype}, found {got}")
+    for name in found.names():
+        if name not in source.schema:
+            log.warning("source %r has a new column %r (%s) that its contract does not declare;"
+                        " it is ignored (in %s)", source.name, name, found[name], where)
+    if problems:
+        raise DataError(f"source {source.name!r} drifted from its contract: "
+                        + "; ".join(problems), where=where,
+                        fix="Fix the export, or change the contract in models/sources.py")
 
 
 def scan_source(landing: Path, source: Source, day: date) -> pl.LazyFrame:
@@ -51,12 +93,7 @@ def scan_source(landing: Path, source: Source, day: date) -> pl.LazyFrame:
     else:  # pragma: no cover - Source formats are declared in models/sources.py
         raise DataError(f"unknown source format {source.format!r}", where=source.name)
     found = lf.collect_schema()
-    missing = [c.name for c in source.columns if c.name not in found and not c.nullable]
-    if missing:
-        raise DataError(
-            f"source {source.name!r} lacks required column(s) {missing}",
-            where=str(folder), fix="Fix the export, or change the source contract",
-        )
+    check_drift(source, found, str(folder))
     return lf.select(
         (pl.col(c).str.to_datetime(time_unit="us") if t == pl.Datetime("us") and found.get(c) == pl.String()
          else pl.col(c).cast(t)) if c in found else pl.lit(None, dtype=t).alias(c)

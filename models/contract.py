@@ -18,6 +18,7 @@ import polars as pl
 
 from dimensions.spec import DimensionSpec
 from facts.spec import FactSpec
+from quality.expect import Expect
 from starsmith.errors import ConfigError
 
 
@@ -91,6 +92,7 @@ class Model:
     partition_by: str | None = None
     dimension: DimensionSpec | None = None
     fact: FactSpec | None = None
+    expectations: tuple[Expect, ...] = ()
     description: str = ""
     owner: str = ""
     tags: tuple[str, ...] = field(default=())

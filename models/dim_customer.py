@@ -21,6 +21,7 @@ from models.contract import (
     dimension_columns,
 )
 from models.stg_customers import SOURCE
+from quality.expect import Expect
 
 SPEC = DimensionSpec(
     name="dim_customer",
@@ -59,5 +60,14 @@ MODEL = Model(
     strategy=Strategy.SCD,
     dimension=SPEC,
     unique_key=("customer_key",),
+    expectations=(
+        Expect("expect_column_values_to_be_unique", column="customer_key"),
+        Expect("expect_compound_columns_to_be_unique", column_list=["customer_id", "valid_from"],
+               ignore_row_if="any_value_is_missing"),  # the reserved members have no id
+        Expect("expect_column_values_to_be_in_set", column="segment",
+               value_set=["CONS", "CORP", "SMB", "Unknown", "Not applicable"]),
+        Expect("expect_column_values_to_not_be_null", column="email", mostly=0.95,
+               severity="warn"),
+    ),
     description="One row per customer version; join facts on customer_key.",
 )

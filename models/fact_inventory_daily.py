@@ -17,6 +17,7 @@ from facts.snapshots import complete_grain
 from facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
 from models import dim_product, dim_store
 from models.contract import BuildContext, Column, Input, Kind, Model, Strategy, Window
+from quality.expect import Expect
 
 GRAIN = ("snapshot_date", "product_id", "store_id")
 FACT = FactSpec(
@@ -73,6 +74,14 @@ MODEL = Model(
     strategy=Strategy.PARTITION,
     partition_by="snapshot_date",
     unique_key=("snapshot_date", "product_key", "store_key"),
+    expectations=(
+        Expect("expect_compound_columns_to_be_unique",
+               column_list=["snapshot_date", "product_key", "store_key"]),
+        Expect("expect_column_values_to_be_between", column="on_hand", min_value=0,
+               max_value=1_000_000),
+        Expect("expect_column_proportion_of_unique_values_to_be_between", column="is_filled",
+               min_value=0, max_value=1, severity="warn"),
+    ),
     fact=FACT,
     description="Stock per product, store and day; every live pair present every day.",
 )

@@ -16,6 +16,7 @@ from facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
 from models import dim_customer, dim_product, dim_store
 from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
 from models.rules import quarantine_when
+from quality.expect import Expect
 
 MONEY = pl.Decimal(14, 2)
 FACT = FactSpec(
@@ -80,6 +81,15 @@ MODEL = Model(
     strategy=Strategy.PARTITION,
     partition_by="sale_date",
     unique_key=("order_id", "line_no"),
+    expectations=(
+        Expect("expect_compound_columns_to_be_unique", column_list=["order_id", "line_no"]),
+        *[Expect("expect_column_values_to_not_be_null", column=c)
+          for c in ("date_key", "customer_key", "product_key", "store_key")],
+        Expect("expect_column_values_to_be_between", column="quantity", min_value=-100,
+               max_value=100),
+        Expect("expect_column_values_to_be_between", column="net_amount", min_value=-100_000,
+               max_value=100_000, severity="warn"),
+    ),
     fact=FACT,
     description="Order lines and returns, keyed to the dimensions as they were at the sale.",
 )

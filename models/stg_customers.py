@@ -9,6 +9,7 @@ import polars as pl
 from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
 from models.rules import not_in, quarantine_when
 from models.sources import SOURCES
+from quality.expect import Expect
 
 SEGMENTS = ("CONS", "CORP", "SMB")
 SOURCE = next(s for s in SOURCES if s.name == "customers")
@@ -39,5 +40,12 @@ MODEL = Model(
     transform=transform,
     strategy=Strategy.PARTITION,
     partition_by="load_date",
+    expectations=(
+        Expect("expect_column_values_to_not_be_null", column="customer_id"),
+        Expect("expect_column_values_to_be_in_set", column="op", value_set=["I", "U", "D"]),
+        Expect("expect_column_values_to_match_regex", column="email", regex=r"^[^@\s]+@[^@\s]+$",
+               severity="warn"),
+        Expect("expect_table_row_count_to_be_between", min_value=1, severity="warn"),
+    ),
     description="Every valid customer change, one partition per landing day.",
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from models.registry import load_catalogue
+from models.registry import Catalogue, load_catalogue
 from orchestration.messages import BuildPlan, DayOutcome, StepRequest
 from orchestration.step import run_step
 from starsmith.errors import StarsmithError
@@ -19,9 +19,10 @@ Listener = Callable[[str, str, str], None]  # (logical date, model, state)
 
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
-            staging: str = "", listener: Listener | None = None) -> DayOutcome:
+            staging: str = "", listener: Listener | None = None,
+            catalogue: Catalogue | None = None) -> DayOutcome:
     """Run every model of the plan for one day; a failure skips only its dependants."""
-    cat = load_catalogue()
+    cat = catalogue or load_catalogue()
     outcome = DayOutcome(day)
     for planned in plan.models:
         blocked = [n for n in planned.needs if n in outcome.failed or n in outcome.skipped]

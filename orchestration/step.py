@@ -31,6 +31,7 @@ from orchestration.messages import StepRequest, StepResult
 from orchestration.output import StepOutput, conform, split_quarantine
 from orchestration.scd_step import build_scd
 from quality.contract import audit_staged
+from quality.gate import judge, refuse
 from starsmith.errors import StarsmithError
 from starsmith.log import get_logger
 
@@ -81,6 +82,16 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
     staged = wh.stage(model.name, req.run_id, out.rows)
     failpoint("after_stage", model.name)
     audit_staged(wh, staged, model)
+    quality = None
+    if model.expectations:
+        verdict = judge(out.rows, model, req.run_id, day)
+        quality = verdict.results
+        if verdict.failed:
+            wh.record_quality(verdict.results)
+            refuse(verdict, model)
+        if verdict.quarantine:
+            out = _hold_back(out, verdict.quarantine, day)
+            staged = wh.stage(model.name, req.run_id, out.rows)
     counts = {"rows_read": out.rows_read, "rows_written": out.rows.height,
               "rows_quarantined": out.quarantine.height, **out.counts}
     core = {k: v for k, v in counts.items() if k in RUN_LOG_COLUMNS}
@@ -91,10 +102,23 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
     wh.publish(Publish(
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
-        watermark_dates=out.days, also_staged=out.also_staged,
+        watermark_dates=out.days, also_staged=out.also_staged, quality=quality,
     ))
     failpoint("after_publish", model.name)
     return counts
+
+
+def _hold_back(out: StepOutput, rows: dict[int, str], day: date) -> StepOutput:
+    """Move the rows a "mostly" rule let through from the output to the quarantine."""
+    marks = pl.DataFrame({"_i": list(rows), "reason": list(rows.values())},
+                         schema={"_i": pl.UInt32(), "reason": pl.String()})
+    indexed = out.rows.with_row_index("_i")
+    held = indexed.join(marks, on="_i", how="inner").drop("_i").with_columns(
+        logical_date=pl.lit(day))
+    kept = indexed.join(marks, on="_i", how="anti").drop("_i")
+    quarantine = pl.concat([out.quarantine, held], how="diagonal_relaxed")
+    return StepOutput(kept, quarantine, out.statements, out.rows_read, out.counts, out.days,
+                      out.also_staged)
 
 
 def _log_failure(wh: DuckDBWarehouse, row: dict[str, Any], clock: float, err: BaseException

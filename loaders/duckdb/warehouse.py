@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS {META}.watermarks (
     model VARCHAR, logical_date DATE, run_id VARCHAR, fingerprint VARCHAR,
     published_at TIMESTAMP, PRIMARY KEY (model, logical_date)
 )"""
+QUALITY_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.quality_results (
+    run_id VARCHAR, model VARCHAR, layer VARCHAR, logical_date DATE, expectation VARCHAR,
+    column_name VARCHAR, kwargs VARCHAR, severity VARCHAR, success BOOLEAN,
+    observed_value VARCHAR, unexpected_count BIGINT, unexpected_percent DOUBLE,
+    unexpected_sample VARCHAR, checked_at TIMESTAMP
+)"""
 RUN_LOG_COLUMNS = (
     "run_id", "model", "logical_date", "strategy", "status", "rows_read", "rows_written",
     "rows_inserted", "rows_updated", "rows_closed", "rows_quarantined", "started_at",
@@ -65,6 +72,7 @@ class Publish:
     quarantine: pl.DataFrame | None = None
     watermark_dates: Sequence[date] = ()
     also_staged: Sequence[str] = ()  # other staged files the statements read
+    quality: pl.DataFrame | None = None  # this step's expectation results
 
 
 _INIT_LOCK = threading.Lock()
@@ -139,6 +147,7 @@ class DuckDBWarehouse:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {META}")
             con.execute(RUN_LOG_DDL)
             con.execute(WATERMARK_DDL)
+            con.execute(QUALITY_DDL)
             _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
@@ -203,6 +212,8 @@ class DuckDBWarehouse:
                 if job.quarantine is not None:
                     self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"])
                 self._log(con, job.run_log)
+                if job.quality is not None:
+                    self._record_quality(con, job.quality)
                 for day in job.watermark_dates:
                     con.execute(
                         f"INSERT OR REPLACE INTO {META}.watermarks VALUES (?, ?, ?, ?, now())",
@@ -231,6 +242,19 @@ class DuckDBWarehouse:
         values = [row.get(c) for c in RUN_LOG_COLUMNS]
         marks = ", ".join("?" for _ in values)
         con.execute(f"INSERT INTO {META}.run_log VALUES ({marks})", values)
+
+    def _record_quality(self, con: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
+        """Replace this run's results for the model: a retried step never doubles them."""
+        con.register("_r", rows.to_arrow())
+        con.execute(f"DELETE FROM {META}.quality_results WHERE run_id = ? AND model = ?",
+                    [rows["run_id"][0], rows["model"][0]])
+        con.execute(f"INSERT INTO {META}.quality_results BY NAME SELECT * FROM _r")
+
+    def record_quality(self, rows: pl.DataFrame) -> None:
+        """Record results of a step whose gate refused it (nothing else is written)."""
+        if rows.height:
+            with self.connect() as con:
+                self._record_quality(con, rows)
 
     def log_failure(self, row: dict[str, Any]) -> None:
         with self.connect() as con:
