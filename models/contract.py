@@ -18,6 +18,7 @@ import polars as pl
 
 from dimensions.spec import DimensionSpec
 from facts.spec import FactSpec
+from quality.checks import Check
 from quality.expect import Expect
 from starsmith.errors import ConfigError
 
@@ -93,6 +94,7 @@ class Model:
     dimension: DimensionSpec | None = None
     fact: FactSpec | None = None
     expectations: tuple[Expect, ...] = ()
+    checks: tuple[Check, ...] = ()
     description: str = ""
     owner: str = ""
     tags: tuple[str, ...] = field(default=())

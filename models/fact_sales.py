@@ -16,6 +16,7 @@ from facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
 from models import dim_customer, dim_product, dim_store
 from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
 from models.rules import quarantine_when
+from quality.checks import Freshness, References
 from quality.expect import Expect
 
 MONEY = pl.Decimal(14, 2)
@@ -89,6 +90,13 @@ MODEL = Model(
                max_value=100),
         Expect("expect_column_values_to_be_between", column="net_amount", min_value=-100_000,
                max_value=100_000, severity="warn"),
+    ),
+    checks=(
+        References("customer_key", "dim_customer", max_unknown_rate=0.01),
+        References("product_key", "dim_product", max_unknown_rate=0.01),
+        References("store_key", "dim_store", max_unknown_rate=0.02),
+        References("date_key", "dim_date", max_unknown_rate=0.0),
+        Freshness("line_ts", max_hours=48),
     ),
     fact=FACT,
     description="Order lines and returns, keyed to the dimensions as they were at the sale.",

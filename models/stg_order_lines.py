@@ -12,6 +12,7 @@ import polars as pl
 from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
 from models.rules import quarantine_when
 from models.sources import SOURCES
+from quality.checks import Volume
 
 SOURCE = next(s for s in SOURCES if s.name == "order_lines")
 
@@ -36,5 +37,6 @@ MODEL = Model(
     transform=transform,
     strategy=Strategy.PARTITION,
     partition_by="load_date",
+    checks=(Volume(min_ratio=0.5, max_ratio=2.0),),
     description="Order lines and returns, one partition per landing day.",
 )

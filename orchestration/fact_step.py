@@ -160,4 +160,5 @@ def build_fact(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path,
 
     quarantine = pl.concat([h for h in held if h.height] or [held[0]], how="diagonal_relaxed")
     return StepOutput(rows, quarantine, statements, primary.height, counts, days=[day],
-                      also_staged=[ref for _, ref in staged_inferred])
+                      also_staged=[ref for _, ref in staged_inferred],
+                      pending=dict(staged_inferred))

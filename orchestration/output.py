@@ -25,6 +25,7 @@ class StepOutput:
     counts: dict[str, int] = field(default_factory=dict)
     days: list[date] = field(default_factory=list)
     also_staged: list[str] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)  # dimension -> its staged new members
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:

@@ -83,8 +83,8 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
     failpoint("after_stage", model.name)
     audit_staged(wh, staged, model)
     quality = None
-    if model.expectations:
-        verdict = judge(out.rows, model, req.run_id, day)
+    if model.expectations or model.checks:
+        verdict = judge(out.rows, model, req.run_id, day, wh, staged, out.pending)
         quality = verdict.results
         if verdict.failed:
             wh.record_quality(verdict.results)
@@ -118,7 +118,7 @@ def _hold_back(out: StepOutput, rows: dict[int, str], day: date) -> StepOutput:
     kept = indexed.join(marks, on="_i", how="anti").drop("_i")
     quarantine = pl.concat([out.quarantine, held], how="diagonal_relaxed")
     return StepOutput(kept, quarantine, out.statements, out.rows_read, out.counts, out.days,
-                      out.also_staged)
+                      out.also_staged, out.pending)
 
 
 def _log_failure(wh: DuckDBWarehouse, row: dict[str, Any], clock: float, err: BaseException

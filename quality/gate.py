@@ -9,13 +9,15 @@ to ``<model>__quarantine`` with the rule as the reason, instead of publishing th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import date, datetime
 
 import polars as pl
 
 from models.contract import Model
-from quality.gx_engine import Outcome, run_expectations
+from quality.checks import Warehouse
+from quality.gx_engine import run_expectations
 from starsmith.errors import DataError
 
 RESULT_SCHEMA = pl.Schema({
@@ -30,45 +32,64 @@ RESULT_SCHEMA = pl.Schema({
 
 @dataclass(frozen=True)
 class Verdict:
-    results: pl.DataFrame  # one row per expectation, for the results table
-    failed: list[Outcome]  # error-severity failures: the publish must not happen
+    results: pl.DataFrame  # one row per expectation or check, for the results table
+    failed: list[str]  # error-severity failures, described: the publish must not happen
     quarantine: dict[int, str]  # row index -> reason, for rows a "mostly" rule let through
 
 
-def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date) -> Verdict:
-    outcomes = run_expectations(frame, model.name, model.expectations)
+def _describe_failure(what: str, count: int | None, percent: float | None, observed: str | None,
+                      sample: list[object]) -> str:
+    shown = ", ".join(repr(v) for v in sample[:5])
+    amount = (f"{count} unexpected ({percent:.2f}%)" if count is not None and percent is not None
+              else f"observed {observed}")
+    return f"{what}: {amount}" + (f", e.g. {shown}" if shown else "")
+
+
+def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
+          wh: Warehouse | None = None, staged: str = "",
+          pending: Mapping[str, str] | None = None) -> Verdict:
+    """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse)."""
+    outcomes = run_expectations(frame, model.name, model.expectations) if model.expectations \
+        else []
     checked = datetime(logical_date.year, logical_date.month, logical_date.day)
-    results = pl.DataFrame([{
-        "run_id": run_id, "model": model.name, "layer": model.kind.value,
-        "logical_date": logical_date, "expectation": o.expectation.type,
-        "column_name": o.expectation.column, "kwargs": o.expectation.kwargs_json,
-        "severity": o.expectation.severity, "success": o.success,
-        "observed_value": o.observed_value, "unexpected_count": o.unexpected_count,
-        "unexpected_percent": o.unexpected_percent,
+    base: dict[str, object] = {"run_id": run_id, "model": model.name, "layer": model.kind.value,
+            "logical_date": logical_date, "checked_at": checked}
+    rows: list[dict[str, object]] = [base | {
+        "expectation": o.expectation.type, "column_name": o.expectation.column,
+        "kwargs": o.expectation.kwargs_json, "severity": o.expectation.severity,
+        "success": o.success, "observed_value": o.observed_value,
+        "unexpected_count": o.unexpected_count, "unexpected_percent": o.unexpected_percent,
         "unexpected_sample": json.dumps(o.unexpected_sample, default=str),
-        "checked_at": checked,
-    } for o in outcomes], schema=RESULT_SCHEMA)
-    failed = [o for o in outcomes if not o.success and o.expectation.severity == "error"]
+    } for o in outcomes]
+    failed = [_describe_failure(o.expectation.describe(), o.unexpected_count,
+                                o.unexpected_percent, o.observed_value, o.unexpected_sample)
+              for o in outcomes if not o.success and o.expectation.severity == "error"]
+    for check in model.checks:
+        assert wh is not None, "warehouse checks need the warehouse"
+        for r in check.run(wh, staged, model.name, logical_date, pending or {}):
+            rows.append(base | {
+                "expectation": r.name, "column_name": r.column,
+                "kwargs": json.dumps(asdict(check), default=str), "severity": r.severity,
+                "success": r.success, "observed_value": r.observed,
+                "unexpected_count": r.unexpected_count, "unexpected_percent": r.unexpected_percent,
+                "unexpected_sample": json.dumps(list(r.sample), default=str),
+            })
+            if not r.success and r.severity == "error":
+                failed.append(_describe_failure(f"{r.name} ({r.column})", r.unexpected_count,
+                                                r.unexpected_percent, r.observed, list(r.sample)))
     quarantine: dict[int, str] = {}
     for o in outcomes:
         if o.success and "mostly" in o.expectation.kwargs and model.dimension is None:
             for row in o.unexpected_rows:
                 quarantine.setdefault(row, f"failed {o.expectation.describe()}")
-    return Verdict(results, failed, quarantine)
+    return Verdict(pl.DataFrame(rows, schema=RESULT_SCHEMA), failed, quarantine)
 
 
 def refuse(verdict: Verdict, model: Model) -> None:
-    """Raise the gate's error, naming every failed blocking expectation with a sample."""
+    """Raise the gate's error, naming every failed blocking rule with a sample."""
     if not verdict.failed:
         return
-    parts = []
-    for o in verdict.failed:
-        sample = ", ".join(repr(v) for v in o.unexpected_sample[:5])
-        count = (f"{o.unexpected_count} unexpected ({o.unexpected_percent:.2f}%)"
-                 if o.unexpected_count is not None and o.unexpected_percent is not None
-                 else f"observed {o.observed_value}")
-        parts.append(f"{o.expectation.describe()}: {count}" + (f", e.g. {sample}" if sample else ""))
-    raise DataError(f"{len(parts)} blocking expectation(s) failed on {model.name}: "
-                    + "; ".join(parts), where=f"the staged rows of {model.name}",
+    raise DataError(f"{len(verdict.failed)} blocking expectation(s) failed on {model.name}: "
+                    + "; ".join(verdict.failed), where=f"the staged rows of {model.name}",
                     fix="The published table was left as it was and its dependants were "
                     "skipped; see _starsmith.quality_results")

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from quality.expect import SEVERITIES, Expect
+from starsmith.errors import ConfigError
 
 _LOCK = threading.Lock()
 _CONTEXT: Any = None
@@ -44,14 +45,26 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def run_expectations(frame: pl.DataFrame, name: str, expectations: Sequence[Expect]
-                     ) -> list[Outcome]:
-    """Validate ``frame`` against the expectations; one outcome per expectation, in order."""
-    import great_expectations as gx
+def _domain(e: Expect) -> Any:
+    """The GX expectation object; a bad declaration is a configuration error, not a retry."""
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )
     from great_expectations.expectations.metadata_types import FailureSeverity
+
+    try:
+        return ExpectationConfiguration(type=e.type, kwargs=e.kwargs,
+                                        severity=FailureSeverity(SEVERITIES[e.severity])
+                                        ).to_domain_obj()
+    except Exception as err:  # GX raises pydantic and its own errors for bad arguments
+        raise ConfigError(f"great-expectations refused {e.describe()}: {err}".strip(),
+                          fix="Fix the expectation declared beside the model") from err
+
+
+def run_expectations(frame: pl.DataFrame, name: str, expectations: Sequence[Expect]
+                     ) -> list[Outcome]:
+    """Validate ``frame`` against the expectations; one outcome per expectation, in order."""
+    import great_expectations as gx
 
     with _LOCK:  # GX's context registries are not thread-safe; validation itself is quick
         ctx = _context()
@@ -60,11 +73,8 @@ def run_expectations(frame: pl.DataFrame, name: str, expectations: Sequence[Expe
             ctx.data_sources.delete(source)
         batch_def = ctx.data_sources.add_pandas(source).add_dataframe_asset(name) \
             .add_batch_definition_whole_dataframe("staged")
-        suite = gx.ExpectationSuite(name=f"{name}_suite", expectations=[
-            ExpectationConfiguration(type=e.type, kwargs=e.kwargs,
-                                     severity=FailureSeverity(SEVERITIES[e.severity])
-                                     ).to_domain_obj()
-            for e in expectations])
+        suite = gx.ExpectationSuite(name=f"{name}_suite",
+                                    expectations=[_domain(e) for e in expectations])
         batch = batch_def.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
         result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
     outcomes = []

@@ -1,0 +1,119 @@
+"""Checks that look beyond the staged rows: referential integrity, freshness, volume.
+
+great-expectations validates one batch; these rules compare the staged rows with the warehouse
+(the dimension a fact points into, the previous run's row count), so they run as SQL next to the
+data. Their results go to the same results table, with the same severities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Protocol
+
+import polars as pl
+
+from dimensions.spec import UNKNOWN_KEY
+
+
+class Warehouse(Protocol):
+    def query(self, query: str, params: list[object] | None = None, **frames: pl.DataFrame
+              ) -> pl.DataFrame: ...
+
+    def exists(self, table: str, schema: str = "main") -> bool: ...
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    column: str
+    severity: str
+    success: bool
+    observed: str
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    sample: tuple[object, ...] = ()
+
+
+@dataclass(frozen=True)
+class References:
+    """Every key exists in the dimension, and the share of -1 "Unknown" stays under a limit."""
+
+    column: str
+    dimension: str
+    key: str = ""
+    max_unknown_rate: float = 0.05
+    severity: str = "error"
+
+    def run(self, wh: Warehouse, staged: str, model: str, day: date,
+            pending: Mapping[str, str]) -> list[CheckResult]:
+        key = self.key or self.column
+        keys = f'SELECT "{key}" FROM main."{self.dimension}"'
+        if self.dimension in pending:  # members this publish adds (inferred by the facts)
+            keys += f' UNION ALL SELECT "{key}" FROM {pending[self.dimension]}'
+        row = wh.query(f"""
+            SELECT count(*) AS n,
+                   count(*) FILTER (WHERE s."{self.column}" = {UNKNOWN_KEY}) AS unknown,
+                   count(*) FILTER (WHERE d."{key}" IS NULL) AS orphans,
+                   list(DISTINCT s."{self.column}") FILTER (WHERE d."{key}" IS NULL)[:20] AS sample
+            FROM {staged} s LEFT JOIN (SELECT DISTINCT "{key}" FROM ({keys})) d
+              ON s."{self.column}" = d."{key}" """).row(0, named=True)
+        n = max(int(row["n"]), 1)
+        rate = int(row["unknown"]) / n
+        return [
+            CheckResult(f"references {self.dimension}.{key}", self.column, self.severity,
+                        row["orphans"] == 0, f"{row['orphans']} orphan key(s)",
+                        int(row["orphans"]), 100 * int(row["orphans"]) / n,
+                        tuple(row["sample"] or ())),
+            CheckResult(f"unknown member rate <= {self.max_unknown_rate:.2%}", self.column,
+                        self.severity, rate <= self.max_unknown_rate, f"{rate:.4%}",
+                        int(row["unknown"]), 100 * rate),
+        ]
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """The newest event is within ``max_hours`` of the end of the logical date."""
+
+    column: str
+    max_hours: float = 48
+    severity: str = "warn"
+
+    def run(self, wh: Warehouse, staged: str, model: str, day: date,
+            pending: Mapping[str, str]) -> list[CheckResult]:
+        newest = wh.query(f'SELECT max("{self.column}") AS m FROM {staged}')["m"][0]
+        end = datetime(day.year, day.month, day.day) + timedelta(days=1)
+        if newest is None:
+            return [CheckResult(f"freshness <= {self.max_hours}h", self.column, self.severity,
+                                False, "no rows")]
+        newest_dt = newest if isinstance(newest, datetime) else datetime(
+            newest.year, newest.month, newest.day) + timedelta(days=1)
+        lag = (end - newest_dt).total_seconds() / 3600
+        return [CheckResult(f"freshness <= {self.max_hours}h", self.column, self.severity,
+                            lag <= self.max_hours, f"newest {newest}, {lag:.1f}h before day end")]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """The row count is within [min_ratio, max_ratio] of the previous successful run's."""
+
+    min_ratio: float = 0.5
+    max_ratio: float = 2.0
+    severity: str = "warn"
+
+    def run(self, wh: Warehouse, staged: str, model: str, day: date,
+            pending: Mapping[str, str]) -> list[CheckResult]:
+        now = int(wh.query(f"SELECT count(*) AS n FROM {staged}")["n"][0])
+        prev = wh.query("SELECT rows_written AS n FROM _starsmith.run_log WHERE model = ? AND "
+                        "status = 'success' AND logical_date < ? ORDER BY logical_date DESC, "
+                        "finished_at DESC LIMIT 1", [model, day])
+        name = f"volume within {self.min_ratio}x..{self.max_ratio}x of the previous run"
+        if not prev.height or not prev["n"][0]:
+            return [CheckResult(name, "", self.severity, True, f"{now} rows; no previous run")]
+        ratio = now / int(prev["n"][0])
+        return [CheckResult(name, "", self.severity, self.min_ratio <= ratio <= self.max_ratio,
+                            f"{now} rows, {ratio:.2f}x the previous {int(prev['n'][0])}")]
+
+
+Check = References | Freshness | Volume
