@@ -287,5 +287,60 @@ def _schedules() -> None:
 _schedules()
 
 
+@app.command()
+def report(out: Annotated[Path, typer.Option(help="folder for the site")] = Path("quality-report"),
+           runs: Annotated[int, typer.Option(help="runs in the trend")] = 14,
+           warehouse: Warehouse = None) -> None:
+    """Write the data-quality report (static HTML, works offline) from the results table."""
+    from loaders.duckdb import DuckDBWarehouse
+    from quality.report import write_report
+
+    cfg = _config(warehouse=warehouse)
+    index = _guard(lambda: write_report(DuckDBWarehouse(cfg.warehouse), out, runs=runs))
+    console.print(f"report: {index}")
+
+
+@app.command()
+def reprocess(
+    model: str,
+    in_process: Annotated[bool, typer.Option(help="run without Temporal")] = False,
+    address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None,
+    landing: Landing = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Re-run the days whose rows MODEL quarantined, with its dependants, once the source is fixed.
+
+    A re-run replaces that day's quarantine rows: fixed rows reach the table, rows still bad stay.
+    """
+    from loaders.duckdb import DuckDBWarehouse
+    from models.registry import load_catalogue
+    from orchestration.plan import make_plan
+
+    cfg = _config(landing, warehouse)
+
+    def go() -> int:
+        cat = load_catalogue()
+        cat.model(model)
+        wh = DuckDBWarehouse(cfg.warehouse, memory_limit=cfg.memory_limit)
+        if not wh.exists(f"{model}__quarantine"):
+            console.print(f"{model} has no quarantined rows")
+            return 0
+        days = wh.query(f'SELECT DISTINCT logical_date AS d FROM main."{model}__quarantine" '
+                        "ORDER BY 1")["d"].to_list()
+        if not days:
+            console.print(f"{model} has no quarantined rows")
+            return 0
+        plan = make_plan(cat, cat.select([f"{model}+"]), days)
+        if in_process:
+            from starsmith.progress import run_in_process
+
+            return run_in_process(plan, cfg, console)
+        from starsmith.temporal_cli import run_with_temporal
+
+        return run_with_temporal(plan, cfg, console, address=address)
+
+    _exit(_guard(go))
+
+
 def main() -> None:
     app()

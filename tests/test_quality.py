@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +17,7 @@ from models.registry import Catalogue, build_catalogue
 from models.sources import SOURCES
 from orchestration.local import run_day
 from orchestration.plan import make_plan
+from quality.checks import Freshness, References, Volume
 from quality.expect import Expect
 from starsmith.errors import ConfigError, DataError
 
@@ -120,3 +121,48 @@ def test_expectations_are_validated_when_declared() -> None:
         Expect("expect_column_values_to_not_be_null", column="x", severity="fatal")
     e = Expect("expect_column_values_to_not_be_null", column="x", mostly=0.9)
     assert json.loads(e.kwargs_json) == {"column": "x", "mostly": 0.9} and e.column == "x"
+
+
+def checked_catalogue(*checks: object) -> Catalogue:
+    cols = (Column("store_id", pl.Int64()), Column("store_name", pl.String()),
+            Column("load_date", pl.Date()))
+    stg = Model("stores_stg", Kind.STAGING, (Input("landing.stores"),), cols, _stores,
+                Strategy.PARTITION, partition_by="load_date", checks=checks)  # type: ignore[arg-type]
+    return build_catalogue([stg], SOURCES)
+
+
+def test_referential_integrity_blocks_orphans_and_volume_warns(landing: Path, tmp_path: Path
+                                                               ) -> None:
+    wh = tmp_path / "wh.duckdb"
+    warehouse = DuckDBWarehouse(wh)
+    with warehouse.connect() as con:
+        con.execute("CREATE TABLE main.dim_x AS SELECT * FROM range(1, 4) t(store_id)")
+    out = run(checked_catalogue(References("store_id", "dim_x"), Volume(max_ratio=0.5)),
+              landing, wh, D1)
+    reason = out.failed["stores_stg"]  # type: ignore[attr-defined]
+    assert reason.startswith("1 blocking expectation(s) failed on stores_stg: references "
+                             "dim_x.store_id (store_id): 2 unexpected (40.00%), e.g. 4, 5")
+    assert not warehouse.exists("stores_stg")
+    with warehouse.connect() as con:
+        con.execute("INSERT INTO main.dim_x SELECT * FROM range(4, 10)")
+    out = run(checked_catalogue(References("store_id", "dim_x"), Volume(max_ratio=0.5)),
+              landing, wh, D1)
+    assert out.ok  # type: ignore[attr-defined]
+    out = run(checked_catalogue(References("store_id", "dim_x"), Volume(max_ratio=0.5)),
+              landing, wh, D2)
+    assert out.ok  # type: ignore[attr-defined]  # a warn check never blocks
+    rows = warehouse.query("SELECT logical_date, expectation, success, observed_value FROM "
+                           "_starsmith.quality_results WHERE expectation LIKE 'volume%' "
+                           "ORDER BY logical_date")
+    assert rows["success"].to_list() == [True, False]
+    assert rows["observed_value"].to_list() == ["5 rows; no previous run",
+                                                "5 rows, 1.00x the previous 5"]
+
+
+def test_freshness_compares_the_newest_event_with_the_day_end(tmp_path: Path) -> None:
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb")
+    staged = warehouse.stage("f", "r", pl.DataFrame({"ts": [datetime(2024, 1, 1, 20)]}))
+    fresh = Freshness("ts", max_hours=6).run(warehouse, staged, "f", D1, {})
+    stale = Freshness("ts", max_hours=6).run(warehouse, staged, "f", D2, {})
+    assert (fresh[0].success, stale[0].success) == (True, False)
+    assert stale[0].observed == "newest 2024-01-01 20:00:00, 28.0h before day end"
