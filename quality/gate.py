@@ -9,6 +9,7 @@ to ``<model>__quarantine`` with the rule as the reason, instead of publishing th
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
@@ -17,7 +18,8 @@ import polars as pl
 
 from models.contract import Model
 from quality.checks import Warehouse
-from quality.gx_engine import run_expectations
+from quality.gx_engine import Outcome, run_expectations
+from quality.sql_engine import run_sql, supported
 from starsmith.errors import DataError
 
 RESULT_SCHEMA = pl.Schema({
@@ -45,12 +47,31 @@ def _describe_failure(what: str, count: int | None, percent: float | None, obser
     return f"{what}: {amount}" + (f", e.g. {shown}" if shown else "")
 
 
+ENGINE_ENV = "STARSMITH_QUALITY_ENGINE"  # "gx" runs every expectation through GX
+
+
+def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: str
+             ) -> list[Outcome]:
+    """Common expectation types by one SQL pass over the staged rows, the rest by GX."""
+    exps = model.expectations
+    fast = [i for i, e in enumerate(exps) if wh is not None and staged and supported(e)
+            and os.environ.get(ENGINE_ENV, "auto") != "gx"]
+    slow = [i for i in range(len(exps)) if i not in fast]
+    found: dict[int, Outcome] = {}
+    if fast:
+        assert wh is not None
+        found |= dict(zip(fast, run_sql(wh, staged, [exps[i] for i in fast]), strict=True))
+    if slow:
+        found |= dict(zip(slow, run_expectations(frame, model.name, [exps[i] for i in slow]),
+                          strict=True))
+    return [found[i] for i in range(len(exps))]
+
+
 def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
           wh: Warehouse | None = None, staged: str = "",
           pending: Mapping[str, str] | None = None) -> Verdict:
     """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse)."""
-    outcomes = run_expectations(frame, model.name, model.expectations) if model.expectations \
-        else []
+    outcomes = evaluate(frame, model, wh, staged)
     checked = datetime(logical_date.year, logical_date.month, logical_date.day)
     base: dict[str, object] = {"run_id": run_id, "model": model.name, "layer": model.kind.value,
             "logical_date": logical_date, "checked_at": checked}
