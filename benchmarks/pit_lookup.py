@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from harness import measure, report
 
 DIMS = ("customer", "product", "store", "promo")
 START = datetime(2023, 1, 1)
@@ -94,16 +93,7 @@ def run_duckdb(folder: Path) -> None:
 def child(kind: str, folder: str) -> None:
     started = time.perf_counter()
     (run_starsmith if kind == "starsmith" else run_duckdb)(Path(folder))
-    elapsed = time.perf_counter() - started
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
-    Path(folder, f"{kind}.measure").write_text(f"{elapsed} {hwm / 1024}")
-
-
-def measure(kind: str, folder: Path) -> tuple[float, float]:
-    subprocess.run([sys.executable, __file__, "--child", kind, str(folder)], check=True)
-    t, rss = Path(folder, f"{kind}.measure").read_text().split()
-    return float(t), float(rss)
+    report(Path(folder), kind, time.perf_counter() - started)
 
 
 def main() -> None:
@@ -123,7 +113,7 @@ def main() -> None:
             res: dict[str, list[tuple[float, float]]] = {"starsmith": [], "duckdb": []}
             for r in range(args.rounds):
                 for kind in ("starsmith", "duckdb") if r % 2 == 0 else ("duckdb", "starsmith"):
-                    res[kind].append(measure(kind, folder))
+                    res[kind].append(measure(__file__, kind, folder))
             sums = [pl.scan_parquet(folder / f"out_{k}.parquet").select(
                 [pl.col(f"{n}_key").sum() for n in DIMS]).collect().row(0) for k in res]
             med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))

@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
+from harness import peak_rss_mib
 
 DAY = date(2024, 3, 1)
 PREV = datetime(2024, 2, 1)
@@ -104,14 +105,6 @@ INSERT INTO dim_customer
   FROM changed;
 COMMIT;
 """
-
-
-def peak_rss_mib() -> float:
-    """This process's own high-water RSS (VmHWM is per address space, so exec resets it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(kind: str, path: str, memory_limit: str) -> None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from harness import measure, report
 
 SUITE = [
     ("expect_column_values_to_not_be_null", {"column": "order_id"}),
@@ -75,15 +74,7 @@ def child(kind: str, folder: Path) -> None:
         frame = pl.read_parquet(staged)
         out = run_expectations(frame, "bench", [Expect(t, **kw) for t, kw in SUITE])
         assert len(out) == len(SUITE)
-    hwm = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines()
-               if x.startswith("VmHWM:"))
-    (folder / f"{kind}.m").write_text(f"{time.perf_counter() - started} {hwm / 1024}")
-
-
-def measure(kind: str, folder: Path) -> tuple[float, float]:
-    subprocess.run([sys.executable, __file__, "--child", kind, str(folder)], check=True)
-    t, rss = (folder / f"{kind}.m").read_text().split()
-    return float(t), float(rss)
+    report(folder, kind, time.perf_counter() - started)
 
 
 def main() -> None:
@@ -105,7 +96,7 @@ def main() -> None:
             res: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
             for _ in range(args.rounds):
                 for kind in kinds:
-                    res[kind].append(measure(kind, folder))
+                    res[kind].append(measure(__file__, kind, folder))
             med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
                    for k, v in res.items()}
             print(f"{rows:,} rows, 9 rules, medians of {args.rounds}:")

@@ -12,15 +12,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
-import polars as pl
-
 from dimensions.spec import UNKNOWN_KEY
+from quality.contract import Queryable
 
 
-class Warehouse(Protocol):
-    def query(self, query: str, params: list[object] | None = None, **frames: pl.DataFrame
-              ) -> pl.DataFrame: ...
-
+class Warehouse(Queryable, Protocol):
     def exists(self, table: str, schema: str = "main") -> bool: ...
 
 

@@ -7,12 +7,14 @@ staged table, in the warehouse, without moving the data.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
-from models.contract import Model
 from starsmith.errors import DataError
+
+if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtime cycle
+    from models.contract import Model
 
 
 class Queryable(Protocol):

@@ -13,17 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import polars as pl
-
+from quality.contract import Queryable
 from quality.expect import Expect
 from quality.gx_engine import Outcome
-
-
-class Queryable(Protocol):
-    def query(self, query: str, params: list[object] | None = None, **frames: pl.DataFrame
-              ) -> pl.DataFrame: ...
 
 
 def _q(name: str) -> str:
