@@ -39,13 +39,21 @@ def daily_sources(cat: Catalogue, models: list[str]) -> set[str]:
     return wanted
 
 
-def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: DuckDBWarehouse
-                  ) -> list[date]:
-    """Every landed day (on which all needed sources landed) not yet built for every model."""
+def landed_days(cat: Catalogue, models: list[str], landing: Path) -> list[date]:
+    """Days on which every source the models need (through any chain) has landed."""
     sources = daily_sources(cat, models)
     if not sources:
         return []
-    common = set.intersection(*(set(landed_dates(landing, cat.sources[s])) for s in sources))
+    return sorted(set.intersection(*(set(landed_dates(landing, cat.sources[s]))
+                                     for s in sources)))
+
+
+def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: DuckDBWarehouse
+                  ) -> list[date]:
+    """Every landed day (on which all needed sources landed) not yet built for every model."""
+    common = set(landed_days(cat, models, landing))
+    if not common:
+        return []
     built = wh.watermarks()
     incremental = [m for m in models if cat.models[m].inputs]
     done = {d for d in common if all(

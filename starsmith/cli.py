@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from starsmith.config import ProjectConfig
@@ -114,8 +115,14 @@ def build(
         cat = load_catalogue()
         models = cat.select(select)
         dates = _dates(cfg, models, day, start, end)
-        if full_refresh and not dates:
-            dates = [max(_dates(cfg, models, None, None, None) or [date.today()])]
+        if full_refresh and not dates:  # rebuild as of the latest landed day
+            from orchestration.plan import landed_days
+
+            landed = landed_days(cat, models, cfg.landing)
+            if not landed:
+                raise ConfigError("nothing has landed to rebuild from",
+                                  where=str(cfg.landing), fix="Run `starsmith demo` or land data")
+            dates = [landed[-1]]
         if not dates:
             console.print("nothing to build: every landed day is built")
             return 0
@@ -189,6 +196,18 @@ def show(model: str) -> None:
             console.print(f"natural key: {', '.join(d.natural_key)}; surrogate key: "
                           f"{d.surrogate_key}; change detection: {d.detection.value}; deletes: "
                           f"{d.deletes.value}; late changes: {d.late_changes.value}")
+        if m.fact:
+            f = m.fact
+            console.print(f"{f.fact_type.value} fact; grain: {', '.join(f.grain)}; partition: "
+                          f"{m.partition_by or '-'}; lookback: {f.lookback_days} day(s)")
+            for lk in f.lookups:
+                console.print(f"  {lk.output} <- {lk.dimension.name} on "
+                              f"{', '.join(lk.fact_columns)} as of {lk.event_time}; missing: "
+                              f"{lk.missing.value}")
+        for e in m.expectations:
+            console.print(escape(f"expect [{e.severity}] {e.describe()}"))
+        for check in m.checks:
+            console.print(escape(f"check [{check.severity}] {check}"))
         table = Table()
         for col in ("column", "type", "nullable", "scd", "description"):
             table.add_column(col)
