@@ -2,8 +2,9 @@
 
 ``index.html`` summarises each layer and model: the latest run's passed, warned and failed rules,
 a trend over the last runs, and quarantine counts. One page per model lists every rule of the
-latest run with its observed value and a sample of the unexpected values. Every style is inline:
-the pages load no asset from a CDN or a remote URL.
+latest run with its observed value and a sample of the unexpected values, and links to
+great-expectations' Data Docs page for the same run (rendered by GX, made to work offline).
+Every style is inline: the pages load no asset from a CDN or a remote URL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from loaders.duckdb import DuckDBWarehouse
+from quality import data_docs
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1f2933}
@@ -73,6 +75,7 @@ def write_report(wh: DuckDBWarehouse, out: Path, *, runs: int = 14) -> Path:
             f"<td>{failed.filter(pl.col('severity') == 'error').height}</td>"
             f"<td>{trend}</td><td>{quarantined.get(str(model), 0)}</td></tr>")
         (out / f"model_{model}.html").write_text(_model_page(str(model), latest))
+        (out / f"docs_{model}.html").write_text(data_docs.render(str(model), latest))
     head = ("<tr><th>layer</th><th>model</th><th>latest run</th><th>status</th><th>passed</th>"
             "<th>warned</th><th>failed</th><th>trend (last runs)</th><th>quarantined rows</th></tr>")
     body = (f"<h1>Data quality: {html.escape(wh.path.name)}</h1>"
@@ -102,6 +105,8 @@ def _model_page(model: str, latest: pl.DataFrame) -> str:
     head = ("<tr><th>status</th><th>rule</th><th>column</th><th>severity</th><th>observed</th>"
             "<th>unexpected</th><th>%</th><th>sample of unexpected values</th></tr>")
     day = latest["logical_date"][0] if latest.height else ""
-    return _page(model, f"<p><a href='index.html'>&larr; all models</a></p><h1>{model}</h1>"
+    return _page(model, f"<p><a href='index.html'>&larr; all models</a> &middot; "
+                        f"<a href='docs_{model}.html'>great-expectations Data Docs</a></p>"
+                        f"<h1>{model}</h1>"
                         f"<p class='muted'>Run for {day}</p><table id='rules'>{head}"
                         f"{''.join(rows)}</table>")

@@ -48,6 +48,9 @@ def test_the_report_shows_the_summary_and_a_failing_rule_with_its_sample(
     detail = chromium(tmp_path, "--dump-dom", (site / "model_stores_stg.html").as_uri())
     assert "expect_column_values_to_be_between" in detail
     assert "<td class=\"sample\">3, 4, 5</td>" in detail
+    docs = chromium(tmp_path, "--dump-dom", (site / "docs_stores_stg.html").as_uri())
+    assert "expect_column_values_to_be_between" in docs or "store_id" in docs
+    assert "Expectation Validation Result" in docs
     shot = tmp_path / "report.png"
     chromium(tmp_path, "--window-size=1300,700", f"--screenshot={shot}",
              (site / "model_stores_stg.html").as_uri())
