@@ -4,6 +4,8 @@ Lands N days (default 365) of the demo business, builds staging and dimensions, 
 fact in full as of the last day, then runs the last day's nightly (incremental) step again: it
 rebuilds only the partitions that day touched plus the lookback window. Each fact step is timed
 on its own (median of rounds); the two runs end with identical tables, which is checked.
+Then the memory budget: the same full rebuild in a fresh child process with all partitions in
+one batch, and with ``batch_days`` of 31 and 7, reporting each one's peak RSS.
 Usage: python benchmarks/fact_incremental.py [--days 365] [--scale 0.5] [--rounds 3]
 """
 
@@ -14,12 +16,15 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
+from harness import measure, report
+
 from loaders.duckdb import DuckDBWarehouse
 from models.demo_landing import write_landing
-from models.registry import load_catalogue
+from models.registry import Catalogue, load_catalogue
 from orchestration.local import run_plan
 from orchestration.messages import StepRequest
 from orchestration.plan import make_plan, run_id_for
@@ -28,12 +33,31 @@ from orchestration.step import run_step
 FACTS = ("fact_sales", "fact_inventory_daily")
 
 
+def rebuild_child(kind: str, folder: Path, fact: str, day: str) -> None:
+    """A full rebuild of ``fact`` with ``batch_days`` = kind, in this (fresh) process."""
+    cat = load_catalogue()
+    batch = int(kind.removeprefix("batch"))
+    models = dict(cat.models)
+    spec = models[fact].fact
+    assert spec is not None
+    models[fact] = replace(models[fact], fact=replace(spec, batch_days=batch))
+    started = time.perf_counter()
+    run_step(StepRequest(fact, day, run_id_for(day), str(folder / "landing"),
+                         str(folder / "wh.duckdb"), full_refresh=True, memory_limit="1GB"),
+             Catalogue(models, cat.sources, cat.order))
+    report(folder, kind, time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=4)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.child:
+        rebuild_child(args.child[0], Path(args.child[1]), args.child[2], args.child[3])
+        return
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -71,6 +95,11 @@ def main() -> None:
             print(f"  nightly run   {i_t:6.2f} s  ({inc[0][1]:,} rows written)")
             print(f"  nightly / full: {i_t / f_t:.1%}")
         assert last - days[0] == timedelta(days=len(days) - 1) and isinstance(last, date)
+        for fact in FACTS:
+            print(f"{fact} full rebuild by batches of partitions (fresh process each):")
+            for batch in (len(days), 31, 7):
+                t, rss = measure(__file__, f"batch{batch}", root, fact, last.isoformat())
+                print(f"  batch_days={batch:<4d} {t:6.2f} s  peak RSS {rss:6.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def apply_missing(facts: pl.LazyFrame, lk: KeyLookup, inferred: pl.LazyFrame | N
         keyed = inferred.select(*[pl.col(b).alias(a) for a, b in zip(lk.fact_columns,
                                                                     spec.natural_key, strict=True)],
                                 pl.col(spec.surrogate_key).alias("_inferred_key"))
-        facts = facts.join(keyed, on=list(lk.fact_columns), how="left").with_columns(
+        facts = facts.join(keyed, on=list(lk.fact_columns), how="left",
+                           maintain_order="left").with_columns(
             pl.when(is_missing).then(pl.col("_inferred_key")).otherwise(pl.col(out)).alias(out),
             pl.when(is_missing).then(pl.lit("inferred")).otherwise(pl.col(MATCH)).alias(MATCH),
         ).drop("_inferred_key")

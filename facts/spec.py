@@ -58,6 +58,7 @@ class FactSpec:
     event_date: str  # the partition column: facts are partitioned by event date
     lookups: tuple[KeyLookup, ...] = ()
     lookback_days: int = 7  # each run also rebuilds this many recent partitions
+    batch_days: int = 31  # partitions built at once (a full rebuild's memory is one batch's)
     measures: tuple[tuple[str, Additivity], ...] = field(default=())
 
     def __post_init__(self) -> None:

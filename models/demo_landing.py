@@ -208,10 +208,11 @@ def _orders(w: _World, day: date, n_stores: int) -> dict[str, pl.DataFrame]:
     })
     no_product = pl.Series(rng.random(lines.height) < DIRT["line_null_product"])
     lines = lines.with_columns(product_id=pl.when(no_product).then(None).otherwise("product_id"))
-    lines = pl.concat([lines, lines.filter(pl.Series(rng.random(lines.height) < DIRT["line_duplicates"]))])
     returned = lines.filter(pl.Series(rng.random(lines.height) < DIRT["line_return"]))
+    lines = pl.concat([lines, lines.filter(pl.Series(rng.random(lines.height) < DIRT["line_duplicates"]))])
+    return_lag = pl.Series(rng.integers(1, 6, returned.height))  # one return date per line
     for lag in range(1, 6):
-        part = returned.filter(pl.Series(rng.integers(1, 6, returned.height) == lag))
+        part = returned.filter(return_lag == lag)
         ret_day = day + timedelta(days=lag)
         w.pending[("order_lines", ret_day)].append(part.with_columns(
             line_no=pl.col("line_no") + 1000, quantity=-pl.col("quantity"),

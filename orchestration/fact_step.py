@@ -72,33 +72,93 @@ def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: DuckDBWarehouse, pri
 
 
 def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: DuckDBWarehouse, model: Model,
-            run_id: str, counts: dict[str, int]
+            run_id: str, counts: dict[str, int], pending: pl.DataFrame | None
             ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[str, pl.DataFrame] | None]:
+    """Key the facts; ``pending`` holds inferred members an earlier batch of this run made."""
     spec = lk.dimension
     keys = facts.select([pl.col(a).alias(b) for a, b in zip(lk.fact_columns, spec.natural_key,
                                                            strict=True)]).drop_nulls().unique()
     nk = ", ".join(f'"{k}"' for k in spec.natural_key)
     versions = wh.query(f'SELECT d.* FROM main."{spec.name}" d SEMI JOIN _k USING ({nk})', _k=keys)
+    if pending is not None:
+        versions = pl.concat([versions, pending.select(versions.columns)])
     found = lookup_key(facts.lazy(), versions.lazy(), lk)
     looked, missing = pl.collect_all([found.facts, found.missing_keys], engine="in-memory")
     inferred = None
     if lk.missing is MissingKey.INFERRED and missing.height:
         schema = dimension_schema(spec, cat.models[spec.name].schema)
+        issued = wh.max_value(spec.name, spec.surrogate_key)
+        if pending is not None and pending.height:
+            issued = max(issued, int(pending[spec.surrogate_key].max()))  # type: ignore[arg-type]
         inferred = inferred_members(spec, schema, versions.lazy(), missing.lazy(),
-                                    max_key=wh.max_value(spec.name, spec.surrogate_key),
-                                    run_id=run_id).collect()
+                                    max_key=issued, run_id=run_id).collect()
     keep, held = pl.collect_all(
         list(apply_missing(looked.lazy(), lk, inferred.lazy() if inferred is not None else None)))
     for how, n in keep.group_by(MATCH).len().iter_rows():
-        counts[f"{spec.name}:{how}"] = int(n)
+        counts[f"{spec.name}:{how}"] = counts.get(f"{spec.name}:{how}", 0) + int(n)
     if held.height:
-        counts[f"{spec.name}:quarantined"] = held.height
+        counts[f"{spec.name}:quarantined"] = counts.get(f"{spec.name}:quarantined", 0) + held.height
     extra = (spec.name, inferred) if inferred is not None else None
     return keep.drop(MATCH), held.drop(MATCH), extra
 
 
+def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: DuckDBWarehouse, primary: pl.DataFrame,
+           day: date, bound: date, run_id: str, exists: bool, full_refresh: bool,
+           counts: dict[str, int], inferred: dict[str, pl.DataFrame]
+           ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """Build the facts of one batch of partitions: transform, point-in-time keys, grain."""
+    inputs = _inputs(model, fs, cat, wh, primary, bound)
+    if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
+        current = (wh.query(f'SELECT f.* FROM main."{model.name}" f SEMI JOIN _k USING '
+                            f'({", ".join(model.unique_key)})',
+                            _k=primary.select(model.unique_key).unique())
+                   if exists and not full_refresh else pl.DataFrame(schema=model.schema))
+        inputs[model.name] = current.lazy()
+    facts, bad = split_quarantine(model.transform(inputs, BuildContext(day, run_id)).collect(),
+                                  model)
+    held = [bad]
+    for lk in fs.lookups:
+        facts, q, new = _lookup(facts, lk, cat, wh, model, run_id, counts,
+                                inferred.get(lk.dimension.name))
+        held.append(q)
+        if new is not None:
+            name, frame = new
+            inferred[name] = pl.concat([inferred[name], frame]) if name in inferred else frame
+    check_grain(grain_violations(facts.lazy(), fs.grain).collect(), fs.grain, model.name)
+    return conform(facts, model), held
+
+
+def _outside_partitions(wh: DuckDBWarehouse, model: Model, rows: pl.DataFrame,
+                        parts: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Hold back rows whose key is already published in a partition this run does not replace.
+
+    Within the rebuilt partitions the grain check sees every row; a duplicate of a row in an
+    untouched partition (a source re-sending an event with another date) would slip past it.
+    """
+    assert model.partition_by
+    key = list(model.unique_key)
+    grain = ", ".join(f'"{c}"' for c in key)
+    clash = wh.query(
+        f'SELECT {grain}, "{model.partition_by}" AS _published_in FROM main."{model.name}" '
+        f'SEMI JOIN _g USING ({grain}) WHERE "{model.partition_by}" NOT IN (SELECT d FROM _p)',
+        _g=rows.select(key).unique(), _p=pl.DataFrame({"d": parts}, schema={"d": pl.Date()}))
+    if not clash.height:
+        return rows, rows.clear().with_columns(reason=pl.lit(""))
+    marked = rows.join(clash, on=key, how="left")
+    bad = marked.filter(pl.col("_published_in").is_not_null())
+    held = bad.with_columns(reason=pl.format(
+        f"key ({', '.join(key)}) already published in partition {{}}",
+        pl.col("_published_in").cast(pl.String))).drop("_published_in")
+    return marked.filter(pl.col("_published_in").is_null()).drop("_published_in"), held
+
+
 def build_fact(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
                run_id: str, *, full_refresh: bool) -> StepOutput:
+    """Build a fact for one logical date; many partitions are built ``batch_days`` at a time.
+
+    Batching bounds memory: a full rebuild of years of history holds one batch of partitions in
+    memory at once, each batch staged as its own Parquet part, all published in one transaction.
+    """
     fs = model.fact
     assert fs is not None
     primary_name = model.inputs[0].name
@@ -112,37 +172,40 @@ def build_fact(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path,
     built = wh.query("SELECT max(logical_date) AS d FROM _starsmith.watermarks WHERE model = ?",
                      [model.name])["d"][0]
     bound = max(day, built) if built else day
+    inferred: dict[str, pl.DataFrame] = {}
+    held: list[pl.DataFrame] = []
+    staged_parts: list[str] = []
+    read = 0
     if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
         cond = f'"{load}" <= ?' if full_refresh else f'"{load}" = ?'
         primary = wh.query(f'SELECT * FROM main."{primary_name}" WHERE {cond}',
                            [bound if full_refresh else day])
         parts: list[date] = []
+        rows, held = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
+                            full_refresh, counts, inferred)
+        read = primary.height
     else:
         parts, counts["late_beyond_lookback"] = _partitions(
             wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
-        primary = wh.query(f'SELECT p.* FROM main."{primary_name}" p SEMI JOIN _parts d '
-                           f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ?', [bound],
-                           _parts=pl.DataFrame({"d": parts}, schema={"d": pl.Date()}))
-    inputs = _inputs(model, fs, cat, wh, primary, bound)
-    if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
-        current = (wh.query(f'SELECT f.* FROM main."{model.name}" f SEMI JOIN _k USING '
-                            f'({", ".join(model.unique_key)})',
-                            _k=primary.select(model.unique_key).unique())
-                   if exists and not full_refresh else pl.DataFrame(schema=model.schema))
-        inputs[model.name] = current.lazy()
-    facts, bad = split_quarantine(model.transform(inputs, BuildContext(day, run_id)).collect(),
-                                  model)
-    held = [bad]
-    extra_stages: list[tuple[str, pl.DataFrame]] = []
-    for lk in fs.lookups:
-        facts, q, inferred = _lookup(facts, lk, cat, wh, model, run_id, counts)
-        held.append(q)
-        if inferred is not None:
-            extra_stages.append(inferred)
-    check_grain(grain_violations(facts.lazy(), fs.grain).collect(), fs.grain, model.name)
-    rows = conform(facts, model)
+        batches = [parts[i:i + fs.batch_days] for i in range(0, len(parts), fs.batch_days)]
+        for i, batch in enumerate(batches or [[]]):
+            primary = wh.query(f'SELECT p.* FROM main."{primary_name}" p SEMI JOIN _parts d '
+                               f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ?', [bound],
+                               _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
+            read += primary.height
+            rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
+                               full_refresh, counts, inferred)
+            held += bad
+            if len(batches) > 1:  # stage each batch now: only one is ever in memory
+                staged_parts.append(wh.stage(f"{model.name}__part{i:04d}", run_id, rows))
+                rows = rows.clear()
+    if (exists and not full_refresh and parts and not staged_parts and model.partition_by
+            and model.unique_key and model.partition_by not in model.unique_key):
+        rows, clashed = _outside_partitions(wh, model, rows, parts)
+        held.append(clashed)
+        counts["grain_in_other_partition"] = clashed.height
     staged_inferred = [(dim, wh.stage(f"{dim}__inferred_by_{model.name}", run_id, frame))
-                       for dim, frame in extra_stages]
+                       for dim, frame in inferred.items()]
     cols = model.schema.names()
 
     def statements(target: str, staged: str) -> list[exp.Expr]:
@@ -158,7 +221,11 @@ def build_fact(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path,
         return [*adds, create, *sql.overwrite_partitions(qualified, staged, model.partition_by,
                                                          cols, values=parts)]
 
-    quarantine = pl.concat([h for h in held if h.height] or [held[0]], how="diagonal_relaxed")
-    return StepOutput(rows, quarantine, statements, primary.height, counts, days=[day],
+    quarantine = pl.concat([h for h in held if h.height] or held[:1], how="diagonal_relaxed")
+    scope = None if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT else (fs.event_date, parts)
+    if scope and fs.event_date not in quarantine.columns:
+        quarantine = quarantine.with_columns(pl.lit(None, dtype=pl.Date()).alias(fs.event_date))
+    return StepOutput(rows, quarantine, statements, read, counts, days=[day],
                       also_staged=[ref for _, ref in staged_inferred],
-                      pending=dict(staged_inferred))
+                      pending=dict(staged_inferred), parts=staged_parts,
+                      quarantine_scope=scope)

@@ -47,12 +47,14 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
 
 
 def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, memory_limit: str = "4GB",
-             staging: str = "", listener: Listener | None = None) -> list[DayOutcome]:
+             staging: str = "", listener: Listener | None = None,
+             catalogue: Catalogue | None = None) -> list[DayOutcome]:
     """Days in order; stops after the first day that did not fully build (SCD needs order)."""
     outcomes = []
     for day in plan.dates:
         outcome = run_day(plan, day, landing=landing, warehouse=warehouse,
-                          memory_limit=memory_limit, staging=staging, listener=listener)
+                          memory_limit=memory_limit, staging=staging, listener=listener,
+                          catalogue=catalogue)
         outcomes.append(outcome)
         if not outcome.ok:
             log.error("stopping after %s: later days wait until it builds", day)

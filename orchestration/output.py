@@ -26,6 +26,9 @@ class StepOutput:
     days: list[date] = field(default_factory=list)
     also_staged: list[str] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)  # dimension -> its staged new members
+    parts: list[str] = field(default_factory=list)  # rows already staged batch by batch
+    rows_written: int = 0  # set when the rows were staged in parts
+    quarantine_scope: tuple[str, list[date]] | None = None  # default: the logical date
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:

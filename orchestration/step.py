@@ -32,6 +32,7 @@ from orchestration.output import StepOutput, conform, split_quarantine
 from orchestration.scd_step import build_scd
 from quality.contract import audit_staged
 from quality.gate import judge, refuse
+from quality.sql_engine import supported
 from starsmith.errors import StarsmithError
 from starsmith.log import get_logger
 
@@ -79,20 +80,28 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     out = _build(model, cat, wh, Path(req.landing), day, req)
-    staged = wh.stage(model.name, req.run_id, out.rows)
+    staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows)
+    if out.parts:  # built batch by batch: the rows are on disk, read them only if a rule must
+        out.rows_written = int(wh.query(f"SELECT count(*) AS n FROM {staged}")["n"][0])
     failpoint("after_stage", model.name)
     audit_staged(wh, staged, model)
     quality = None
     if model.expectations or model.checks:
-        verdict = judge(out.rows, model, req.run_id, day, wh, staged, out.pending)
+        frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
+            else wh.query(f"SELECT * FROM {staged}")
+        verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending)
         quality = verdict.results
         if verdict.failed:
             wh.record_quality(verdict.results)
             refuse(verdict, model)
         if verdict.quarantine:
+            if out.parts:
+                out.rows = wh.query(f"SELECT * FROM {staged}")
+                out.also_staged.extend(out.parts)
+                out.parts = []
             out = _hold_back(out, verdict.quarantine, day)
             staged = wh.stage(model.name, req.run_id, out.rows)
-    counts = {"rows_read": out.rows_read, "rows_written": out.rows.height,
+    counts = {"rows_read": out.rows_read, "rows_written": out.rows_written or out.rows.height,
               "rows_quarantined": out.quarantine.height, **out.counts}
     core = {k: v for k, v in counts.items() if k in RUN_LOG_COLUMNS}
     extra = {k: v for k, v in counts.items() if k not in RUN_LOG_COLUMNS}
@@ -103,6 +112,7 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
         watermark_dates=out.days, also_staged=out.also_staged, quality=quality,
+        quarantine_scope=out.quarantine_scope,
     ))
     failpoint("after_publish", model.name)
     return counts
@@ -118,7 +128,8 @@ def _hold_back(out: StepOutput, rows: dict[int, str], day: date) -> StepOutput:
     kept = indexed.join(marks, on="_i", how="anti").drop("_i")
     quarantine = pl.concat([out.quarantine, held], how="diagonal_relaxed")
     return StepOutput(kept, quarantine, out.statements, out.rows_read, out.counts, out.days,
-                      out.also_staged, out.pending)
+                      out.also_staged, out.pending, parts=[],
+                      quarantine_scope=out.quarantine_scope)
 
 
 def _log_failure(wh: DuckDBWarehouse, row: dict[str, Any], clock: float, err: BaseException

@@ -38,7 +38,8 @@ def keyed(dim: pl.DataFrame, facts: list[tuple[int | None, datetime]],
     frame = pl.DataFrame({"cid": [f[0] for f in facts], "at": [f[1] for f in facts]},
                          schema={"cid": pl.Int64(), "at": pl.Datetime("us")})
     out = lookup_key(frame.lazy(), dim.lazy(), lk)
-    return out.facts.collect().join(dim.select("sk", "a"), on="sk", how="left")
+    return out.facts.collect().join(dim.select("sk", "a"), on="sk", how="left",
+                                    maintain_order="left")
 
 
 def test_event_at_valid_from_and_at_valid_to(dim: pl.DataFrame) -> None:

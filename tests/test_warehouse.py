@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 
 from loaders.duckdb import DuckDBWarehouse
-from models.registry import load_catalogue
+from models.registry import Catalogue, load_catalogue
 from orchestration.local import run_plan
 from orchestration.messages import DayOutcome
 from orchestration.plan import make_plan, pending_dates
@@ -27,10 +28,12 @@ DIMS = {"dim_customer": ("customer_key", "customer_id"), "dim_product": ("produc
 
 
 def build(landing: Path, wh: Path, dates: list[date], *, full_refresh: bool = False,
-          select: list[str] | None = None) -> list[DayOutcome]:
-    cat = load_catalogue()
+          select: list[str] | None = None, catalogue: Catalogue | None = None
+          ) -> list[DayOutcome]:
+    cat = catalogue or load_catalogue()
     plan = make_plan(cat, cat.select(select), dates, full_refresh=full_refresh)
-    outcomes = run_plan(plan, landing=str(landing), warehouse=str(wh), memory_limit="1GB")
+    outcomes = run_plan(plan, landing=str(landing), warehouse=str(wh), memory_limit="1GB",
+                        catalogue=cat)
     assert all(o.ok for o in outcomes), [(o.failed, o.skipped) for o in outcomes]
     return outcomes
 
@@ -174,11 +177,18 @@ def test_the_contract_audit_blocks_a_bad_staged_table(built: DuckDBWarehouse, tm
 FACTS = ["fact_sales", "fact_inventory_daily", "fact_order_fulfilment"]
 
 
+@pytest.mark.parametrize("batch_days", [31, 1])
 def test_nightly_incremental_facts_equal_one_full_rebuild(built: DuckDBWarehouse,
-                                                         demo_landing: Path, tmp_path: Path) -> None:
+                                                         demo_landing: Path, tmp_path: Path,
+                                                         batch_days: int) -> None:
+    """One rebuild in one batch, and one day at a time (the memory-bounded path)."""
     copy = tmp_path / "facts.duckdb"
     copy.write_bytes(built.path.read_bytes())
-    build(demo_landing, copy, [DAYS[-1]], full_refresh=True, select=FACTS)
+    cat = load_catalogue()
+    models = {name: replace(m, fact=replace(m.fact, batch_days=batch_days)) if m.fact else m
+              for name, m in cat.models.items()}
+    batched = Catalogue(models, cat.sources, cat.order)
+    build(demo_landing, copy, [DAYS[-1]], full_refresh=True, select=FACTS, catalogue=batched)
     rebuilt, nightly = tables(DuckDBWarehouse(copy)), tables(built)
     for fact in FACTS:
         assert nightly[fact].height > 0

@@ -73,10 +73,16 @@ class Publish:
     watermark_dates: Sequence[date] = ()
     also_staged: Sequence[str] = ()  # other staged files the statements read
     quality: pl.DataFrame | None = None  # this step's expectation results
+    quarantine_scope: tuple[str, Sequence[date]] | None = None  # (column, values) it replaces
 
 
 _INIT_LOCK = threading.Lock()
 _INITIALISED: set[str] = set()
+
+
+def _paths(ref: str) -> list[str]:
+    """The files a ``read_parquet(...)`` reference names."""
+    return re.findall(r"'([^']+)'", ref)
 
 
 def _safe(name: str) -> str:
@@ -196,6 +202,11 @@ class DuckDBWarehouse:
         tmp.replace(path)
         return f"read_parquet('{path}')"
 
+    @staticmethod
+    def union(refs: Sequence[str]) -> str:
+        """One reference to several staged files (the batches of one step)."""
+        return "read_parquet([" + ", ".join(f"'{p}'" for r in refs for p in _paths(r)) + "])"
+
     def staged_files(self) -> list[Path]:
         return sorted(self.staging_dir.glob("*.parquet")) if self.staging_dir.exists() else []
 
@@ -210,7 +221,8 @@ class DuckDBWarehouse:
                     con.execute(statement).fetchall()
                     log.debug("%.3f s: %s", time.perf_counter() - clock, statement[:200])
                 if job.quarantine is not None:
-                    self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"])
+                    self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"],
+                                     job.quarantine_scope)
                 self._log(con, job.run_log)
                 if job.quality is not None:
                     self._record_quality(con, job.quality)
@@ -227,15 +239,27 @@ class DuckDBWarehouse:
                 con.execute("ROLLBACK")
                 raise
         for ref in (job.staged, *job.also_staged):  # published: the staged copies are done
-            Path(ref.removeprefix("read_parquet('").removesuffix("')")).unlink(missing_ok=True)
+            for path in _paths(ref):
+                Path(path).unlink(missing_ok=True)
 
     def _quarantine(self, con: duckdb.DuckDBPyConnection, model: str, rows: pl.DataFrame,
-                    logical_date: date) -> None:
-        """Replace this logical date's quarantine rows of the model (a re-run never doubles)."""
+                    logical_date: date, scope: tuple[str, Sequence[date]] | None) -> None:
+        """Replace the quarantine rows this step is responsible for (a re-run never doubles).
+
+        By default those of its logical date; a fact names the event-date partitions it rebuilt,
+        since a row held back from a partition is held back again whenever that partition is.
+        """
         table = f'{PUBLISHED}."{model}__quarantine"'
         con.register("_q", rows.to_arrow())
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _q LIMIT 0")
-        con.execute(f"DELETE FROM {table} WHERE logical_date = ?", [logical_date])
+        if scope is None:
+            con.execute(f"DELETE FROM {table} WHERE logical_date = ?", [logical_date])
+        else:
+            con.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{scope[0]}" DATE')
+            con.register("_scope", pl.DataFrame({"d": list(scope[1])},
+                                                 schema={"d": pl.Date()}).to_arrow())
+            con.execute(f'DELETE FROM {table} WHERE "{scope[0]}" IN (SELECT d FROM _scope) '
+                        f'OR "{scope[0]}" IS NULL')
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _q")
 
     def _log(self, con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
