@@ -2,9 +2,9 @@
 
 ``run_step`` takes one small dataclass and returns one: table names, paths, dates and counts,
 never data, so the same function runs in-process or as a Temporal activity on any worker that can
-reach the landing zone and the warehouse. It is idempotent: the staged table's name is fixed by
-(model, run), every strategy replaces what it writes, and the quarantine rows of a logical date
-are replaced, not appended.
+reach the landing zone and the warehouse. It is idempotent: the staged file's name is fixed by
+(model, run), every strategy replaces what it writes, and the quarantine rows it is responsible
+for are replaced, not appended.
 """
 
 from __future__ import annotations
@@ -62,10 +62,7 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
     try:
         with wh.session():
             counts = _run(model, cat, wh, req, day, log_row, clock)
-    except StarsmithError as err:
-        _log_failure(wh, log_row, clock, err)
-        raise
-    except Exception as err:  # an unexpected bug: logged, then surfaced as it is
+    except Exception as err:  # recorded in the run log, then surfaced as it is
         _log_failure(wh, log_row, clock, err)
         raise
     log.info("%s %s: %s", model.name, day, {k: v for k, v in counts.items() if v})
