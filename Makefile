@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: nightly test lint pytest bench clean
+.PHONY: nightly test lint pytest bench clean emulator
+# The BigQuery emulator needs CPython 3.13 (pyenv has one on these machines; FACTS.md)
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13))
+EMULATOR := .emulator/bin/local-bigquery
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,11 +27,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) emulator
 	$(BIN)/pytest -q
+
+## The local BigQuery emulator for the loader contract tests, in its own 3.13 environment.
+emulator: $(EMULATOR)
+
+$(EMULATOR):
+	@if [ -z "$(PY313)" ]; then echo "no python3.13: the BigQuery emulator tests will be skipped"; else \
+	  $(PY313) -m venv .emulator && .emulator/bin/pip install -q local-bigquery==0.3.2 duckdb==1.5.5 \
+	    sqlglot==30.30.0 duckdb-extension-ducklake==1.5.5 duckdb-extension-icu==1.5.5 \
+	    duckdb-extension-spatial==1.5.5; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scd2_merge.py
 
 clean:
-	rm -rf $(VENV) .state landing
+	rm -rf $(VENV) .emulator .state landing

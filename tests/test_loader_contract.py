@@ -1,0 +1,128 @@
+"""One contract for the load strategies, run on DuckDB and on the BigQuery emulator.
+
+The strategies in ``loaders/sql.py`` are written once as sqlglot trees; here each is rendered for
+both engines and run inside a transaction on the same rows, with the official
+google-cloud-bigquery client against the local emulator. Both engines must end with the same
+table.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pytest
+
+from loaders import sql
+from tests.bigquery_emulator import Emulator, start
+
+TARGET = pl.DataFrame({"k": [1, 2, 3], "d": [date(2024, 1, 1), date(2024, 1, 1), date(2024, 1, 2)],
+                       "v": ["a", "b", "c"]})
+STAGED = pl.DataFrame({"k": [2, 4], "d": [date(2024, 1, 1), date(2024, 1, 3)], "v": ["B", "D"]})
+COLS = ["k", "d", "v"]
+CASES: dict[str, tuple[list[Any], set[tuple[Any, ...]]]] = {
+    "replace_all": (sql.replace_all("wh.t", "stage.s"),
+                    {(2, date(2024, 1, 1), "B"), (4, date(2024, 1, 3), "D")}),
+    "replace_keys": (sql.replace_keys("wh.t", "stage.s", ["k"], COLS),
+                     {(1, date(2024, 1, 1), "a"), (2, date(2024, 1, 1), "B"),
+                      (3, date(2024, 1, 2), "c"), (4, date(2024, 1, 3), "D")}),
+    "replace_compound_keys": (sql.replace_keys("wh.t", "stage.s", ["k", "d"], COLS),
+                              {(1, date(2024, 1, 1), "a"), (2, date(2024, 1, 1), "B"),
+                               (3, date(2024, 1, 2), "c"), (4, date(2024, 1, 3), "D")}),
+    "overwrite_partitions": (sql.overwrite_partitions("wh.t", "stage.s", "d", COLS),
+                             {(2, date(2024, 1, 1), "B"), (3, date(2024, 1, 2), "c"),
+                              (4, date(2024, 1, 3), "D")}),
+    "overwrite_named_partitions": (
+        sql.overwrite_partitions("wh.t", "stage.s", "d", COLS,
+                                 values=[date(2024, 1, 1), date(2024, 1, 2), date(2024, 1, 3)]),
+        {(2, date(2024, 1, 1), "B"), (4, date(2024, 1, 3), "D")}),
+    "merge": (sql.merge("wh.t", "stage.s", ["k"], COLS),
+              {(1, date(2024, 1, 1), "a"), (2, date(2024, 1, 1), "B"),
+               (3, date(2024, 1, 2), "c"), (4, date(2024, 1, 3), "D")}),
+}
+
+
+def run_duckdb(statements: list[Any]) -> set[tuple[Any, ...]]:
+    con = duckdb.connect()
+    for schema in ("wh", "stage"):
+        con.execute(f"CREATE SCHEMA {schema}")
+    con.register("_t", TARGET.to_arrow())
+    con.register("_s", STAGED.to_arrow())
+    con.execute("CREATE TABLE wh.t AS SELECT * FROM _t")
+    con.execute("CREATE TABLE stage.s AS SELECT * FROM _s")
+    con.execute("BEGIN TRANSACTION")
+    for statement in sql.render(statements, "duckdb"):
+        con.execute(statement)
+    con.execute("COMMIT")
+    return set(con.execute("SELECT k, d, v FROM wh.t").fetchall())
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emu = start(tmp_path_factory.mktemp("bigquery"))
+    if emu is None:
+        pytest.skip("the BigQuery emulator is not installed: run `make emulator`")
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def load(client: Any, table: str, frame: pl.DataFrame) -> None:
+    """A real Parquet load job, the way the BigQuery target stages data."""
+    from google.cloud import bigquery
+
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    buf.seek(0)
+    config = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.PARQUET,
+                                    write_disposition="WRITE_TRUNCATE")
+    client.load_table_from_file(buf, f"test-proj.{table}", job_config=config).result()
+
+
+def run_bigquery(client: Any, statements: list[Any]) -> set[tuple[Any, ...]]:
+    for dataset in ("wh", "stage"):
+        client.create_dataset(dataset, exists_ok=True)
+    load(client, "wh.t", TARGET)
+    load(client, "stage.s", STAGED)
+    script = ";\n".join(["BEGIN TRANSACTION", *sql.render(statements, "bigquery"),
+                         "COMMIT TRANSACTION"]) + ";"
+    client.query(script).result()
+    rows = client.query("SELECT k, d, v FROM wh.t").result()
+    return {(r["k"], r["d"], r["v"]) for r in rows}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_strategy_on_duckdb(case: str) -> None:
+    statements, want = CASES[case]
+    assert run_duckdb(statements) == want
+
+
+EMULATOR_GAPS = {
+    # local-bigquery 0.3.2 runs MERGE alone, but aborts a transaction that contains one
+    # (measured here; MERGE outside a transaction passes). Real BigQuery runs MERGE in
+    # multi-statement transactions.
+    "merge": "the emulator aborts a transaction holding a MERGE",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_strategy_renders_valid_bigquery_sql(case: str) -> None:
+    statements, _ = CASES[case]
+    for rendered in sql.render(statements, "bigquery"):
+        parsed = sql.parse_check(rendered, "bigquery")
+        assert parsed.sql(dialect="bigquery") == rendered  # round-trips in the dialect
+
+
+@pytest.mark.bigquery
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_strategy_on_the_bigquery_emulator(case: str, emulator: Emulator, tmp_path: Path) -> None:
+    if case in EMULATOR_GAPS:
+        pytest.skip(f"{EMULATOR_GAPS[case]}; the SQL is parsed for BigQuery above")
+    statements, want = CASES[case]
+    assert run_bigquery(emulator.client(), statements) == want
