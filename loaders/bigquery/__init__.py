@@ -1,0 +1,1 @@
+"""The BigQuery target (in progress): tables from model specs; loads come next (issue #5)."""
