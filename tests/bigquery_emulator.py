@@ -8,22 +8,17 @@ extensions are linked into a private HOME so that nothing is downloaded at start
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.server import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".emulator"
 PROJECT = "test-proj"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -44,12 +39,7 @@ class Emulator:
                                client_options=ClientOptions(api_endpoint=self.endpoint))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
 
 
 def start(tmp: Path, timeout_s: float = 60) -> Emulator | None:
@@ -65,11 +55,11 @@ def start(tmp: Path, timeout_s: float = 60) -> Emulator | None:
         link = ext_dir / found.name
         if not link.exists():
             link.symlink_to(found)
-    port = _port()
+    port = free_port()
     with open(tmp / "emulator.log", "ab") as log:
         process = subprocess.Popen(
             [str(binary), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--grpc-port", str(_port()), "--project", PROJECT, "--data-dir", str(tmp / "data")],
+             "--grpc-port", str(free_port()), "--project", PROJECT, "--data-dir", str(tmp / "data")],
             env={**os.environ, "HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT)
     emulator = Emulator(process, port)
     deadline = time.monotonic() + timeout_s

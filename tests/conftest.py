@@ -10,6 +10,7 @@ import pytest
 
 from models.demo_landing import write_landing
 from orchestration.server import LocalServer, start_local_server
+from tests.bigquery_emulator import Emulator, start
 
 DEMO_DAYS = 4
 DEMO_SCALE = 0.3
@@ -39,3 +40,15 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """The local BigQuery emulator, started once; tests skip (saying why) if not installed."""
+    emu = start(tmp_path_factory.mktemp("bigquery"))
+    if emu is None:
+        pytest.skip("the BigQuery emulator is not installed: run `make emulator`")
+    try:
+        yield emu
+    finally:
+        emu.stop()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import polars as pl
 import pytest
 
 from loaders.bigquery.tables import bigquery_type, current_view_sql, label, table_for
 from models.registry import load_catalogue
 from starsmith.errors import ConfigError
-from tests.bigquery_emulator import PROJECT, Emulator, start
+from tests.bigquery_emulator import PROJECT, Emulator
 
 
 def test_types_map_to_bigquery() -> None:
@@ -23,17 +21,6 @@ def test_types_map_to_bigquery() -> None:
     with pytest.raises(ConfigError, match="type Object has no BigQuery equivalent"):
         bigquery_type(pl.Object(), "m.c")
     assert label("build-2024-01-02T00:00") == "build-2024-01-02t00_00"
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    emu = start(tmp_path_factory.mktemp("bigquery"))
-    if emu is None:
-        pytest.skip("the BigQuery emulator is not installed: run `make emulator`")
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.mark.bigquery

@@ -9,7 +9,6 @@ table.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import polars as pl
 import pytest
 
 from loaders import sql
-from tests.bigquery_emulator import Emulator, start
+from tests.bigquery_emulator import Emulator
 
 TARGET = pl.DataFrame({"k": [1, 2, 3], "d": [date(2024, 1, 1), date(2024, 1, 1), date(2024, 1, 2)],
                        "v": ["a", "b", "c"]})
@@ -60,17 +59,6 @@ def run_duckdb(statements: list[Any]) -> set[tuple[Any, ...]]:
         con.execute(statement)
     con.execute("COMMIT")
     return set(con.execute("SELECT k, d, v FROM wh.t").fetchall())
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    emu = start(tmp_path_factory.mktemp("bigquery"))
-    if emu is None:
-        pytest.skip("the BigQuery emulator is not installed: run `make emulator`")
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def load(client: Any, table: str, frame: pl.DataFrame) -> None:
