@@ -8,25 +8,16 @@ going, so two builds of one warehouse never run at once.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-)
 
-from orchestration.messages import BuildRequest, Paths
-from orchestration.worker import TASK_QUEUE
-from orchestration.workflows import BuildWorkflow
 from starsmith.config import ProjectConfig
-from starsmith.temporal_cli import Connection, session, warehouse_tag
+
+if TYPE_CHECKING:  # temporalio costs ~0.5 s to import: only schedule commands pay it
+    from temporalio.client import Client
 
 app = typer.Typer(no_args_is_help=True, help="Temporal Schedules for the nightly build.")
 console = Console()
@@ -35,10 +26,14 @@ Address = Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS",
 
 
 def schedule_id(cfg: ProjectConfig, name: str) -> str:
+    from starsmith.temporal_cli import warehouse_tag
+
     return f"starsmith-{warehouse_tag(cfg)}-{name}"
 
 
 def _run(address: str | None, action: object) -> None:
+    from starsmith.temporal_cli import Connection, session
+
     cfg = ProjectConfig.load()
 
     async def go() -> None:
@@ -53,6 +48,18 @@ def create(cron: Annotated[str, typer.Option(help='cron, e.g. "0 2 * * *"')],
            timezone: Annotated[str, typer.Option(help="IANA time zone of the cron")] = "UTC",
            name: str = "nightly", address: Address = None) -> None:
     """Create the schedule: each run builds the landed days up to its scheduled date."""
+    from temporalio.client import (
+        Schedule,
+        ScheduleActionStartWorkflow,
+        ScheduleOverlapPolicy,
+        SchedulePolicy,
+        ScheduleSpec,
+    )
+
+    from orchestration.messages import BuildRequest, Paths
+    from orchestration.worker import TASK_QUEUE
+    from orchestration.workflows import BuildWorkflow
+
     async def action(client: Client, cfg: ProjectConfig) -> None:
         paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit,
                       str(cfg.staging.resolve()))
@@ -97,6 +104,8 @@ def _simple(verb: str) -> None:
             elif verb == "unpause":
                 await handle.unpause(note="unpaused with starsmith")
             elif verb == "trigger":
+                from temporalio.client import ScheduleOverlapPolicy
+
                 await handle.trigger(overlap=ScheduleOverlapPolicy.SKIP)
             else:
                 await handle.delete()
