@@ -14,8 +14,9 @@ from sqlglot import exp
 
 
 def _table(name: str) -> exp.Table:
-    """A table name (``schema.table``), or a table function such as ``read_parquet('...')``."""
-    if "(" in name:
+    """A table name (``schema.table``, or already quoted), or a table function such as
+    ``read_parquet('...')``."""
+    if "(" in name or '"' in name:
         table = sqlglot.maybe_parse(name, into=exp.Table, dialect="duckdb")
         assert isinstance(table, exp.Table)
         return table
@@ -59,7 +60,7 @@ def replace_keys(target: str, staged: str, keys: Sequence[str],
                             .where(_keys_match(keys, "s", "t")))
         delete = exp.Delete(this=exp.alias_(_table(target), "t", table=True),
                             where=exp.Where(this=exists))
-    return [delete, _insert(target, staged, columns)]
+    return [delete, insert_from(target, staged, columns)]
 
 
 def overwrite_partitions(target: str, staged: str, partition: str, columns: Sequence[str],
@@ -76,7 +77,7 @@ def overwrite_partitions(target: str, staged: str, partition: str, columns: Sequ
         parts = exp.select(_col(partition)).from_(_table(staged)).distinct()
         cond = exp.In(this=_col(partition), query=exp.Subquery(this=parts))
     delete = exp.Delete(this=_table(target), where=exp.Where(this=cond))
-    return [delete, _insert(target, staged, columns)]
+    return [delete, insert_from(target, staged, columns)]
 
 
 def merge(target: str, staged: str, keys: Sequence[str],
@@ -105,9 +106,16 @@ def _literal(value: object) -> exp.Expr:
     return exp.Literal.string(str(value))
 
 
-def _insert(target: str, staged: str, columns: Sequence[str]) -> exp.Expr:
+def insert_from(target: str, staged: str, columns: Sequence[str]) -> exp.Expr:
+    """``INSERT INTO target (columns) SELECT columns FROM staged``: by name, never by position."""
     return exp.insert(exp.select(*[_col(c) for c in columns]).from_(_table(staged)),
                       _table(target), columns=[exp.to_identifier(c, quoted=True) for c in columns])
+
+
+def semi_join(alias: str, frame: str, columns: Sequence[str]) -> str:
+    """``SEMI JOIN frame ON`` equal columns, as SQL text (``USING`` does not transpile to EXISTS)."""
+    cond = " AND ".join(f'{alias}."{c}" = _sj."{c}"' for c in columns)
+    return f"SEMI JOIN {frame} _sj ON {cond}"
 
 
 def render(statements: Sequence[exp.Expr], dialect: str) -> list[str]:

@@ -57,7 +57,7 @@ def _as_temporal(fn: Callable[[], T]) -> T:
 @activity.defn(name="plan_build")
 def plan_build(req: BuildRequest) -> BuildPlan:
     """Select the models and the dates (by default every landed day not yet built)."""
-    from loaders.duckdb import DuckDBWarehouse
+    from loaders.target import open_warehouse
     from models.registry import load_catalogue
     from orchestration.plan import make_plan, pending_dates
 
@@ -67,7 +67,7 @@ def plan_build(req: BuildRequest) -> BuildPlan:
         if req.dates:
             dates = [date.fromisoformat(d) for d in req.dates]
         else:
-            wh = DuckDBWarehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
+            wh = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
             dates = pending_dates(cat, models, Path(req.paths.landing), wh)
             if req.until:
                 dates = [d for d in dates if d <= date.fromisoformat(req.until)]
@@ -80,14 +80,14 @@ def plan_build(req: BuildRequest) -> BuildPlan:
 @activity.defn(name="days_not_built")
 def days_not_built(req: BuildRequest) -> list[str]:
     """Of the requested days, those some selected model has not built yet (backfill resume)."""
-    from loaders.duckdb import DuckDBWarehouse
+    from loaders.target import open_warehouse
     from models.registry import load_catalogue
 
     def go() -> list[str]:
         cat = load_catalogue()
         models = [m for m in cat.select(list(req.select) or None) if cat.models[m].inputs]
-        marks = DuckDBWarehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit
-                                ).watermarks()
+        marks = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit
+                               ).watermarks()
         built = {(m, d.isoformat()) for m, d in marks.select("model", "logical_date").iter_rows()}
         return [d for d in req.dates if any((m, d) not in built for m in models)]
 

@@ -25,13 +25,13 @@ from facts.grain import check_grain, grain_violations
 from facts.keys import MATCH, apply_missing, lookup_key
 from facts.spec import FactSpec, FactType, KeyLookup, MissingKey
 from loaders import sql
-from loaders.duckdb import DuckDBWarehouse
+from loaders.target import Warehouse, conform_read
 from models.contract import BuildContext, Kind, Model, Window
 from models.registry import Catalogue
 from orchestration.output import StepOutput, conform, split_quarantine
 
 
-def _partitions(wh: DuckDBWarehouse, table: str, event: str, load: str, day: date,
+def _partitions(wh: Warehouse, table: str, event: str, load: str, day: date,
                 fs: FactSpec, full_refresh: bool, bound: date) -> tuple[list[date], int]:
     """Event dates to rebuild, and how many of the day's rows are older than the lookback."""
     if full_refresh:
@@ -49,7 +49,7 @@ def _partitions(wh: DuckDBWarehouse, table: str, event: str, load: str, day: dat
     return sorted(touched | set(window["d"].to_list())), late
 
 
-def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: DuckDBWarehouse, primary: pl.DataFrame,
+def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
             day: date) -> dict[str, pl.LazyFrame]:
     """The primary rows, plus other inputs: whole (Window.ALL) or matched on shared columns."""
     frames = {model.inputs[0].name: primary.lazy()}
@@ -64,29 +64,29 @@ def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: DuckDBWarehouse, pri
         shared = [c for c in other.schema.names() if c in primary.columns
                   and c not in (other.partition_by, cat.models[model.inputs[0].name].partition_by)]
         cond = f'"{other.partition_by}" <= ?' if other.partition_by else "true"
-        frames[inp.name] = wh.query(
-            f'SELECT o.* FROM main."{inp.name}" o SEMI JOIN _k USING ({", ".join(shared)}) '
+        frames[inp.name] = conform_read(wh.query(
+            f'SELECT o.* FROM main."{inp.name}" o {sql.semi_join("o", "_k", shared)} '
             f"WHERE {cond}", [day] if other.partition_by else None,
-            _k=primary.select(shared).unique()).lazy()
+            _k=primary.select(shared).unique()), other.schema).lazy()
     return frames
 
 
-def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: DuckDBWarehouse, model: Model,
+def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, model: Model,
             run_id: str, counts: dict[str, int], pending: pl.DataFrame | None
             ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[str, pl.DataFrame] | None]:
     """Key the facts; ``pending`` holds inferred members an earlier batch of this run made."""
     spec = lk.dimension
     keys = facts.select([pl.col(a).alias(b) for a, b in zip(lk.fact_columns, spec.natural_key,
                                                            strict=True)]).drop_nulls().unique()
-    nk = ", ".join(f'"{k}"' for k in spec.natural_key)
-    versions = wh.query(f'SELECT d.* FROM main."{spec.name}" d SEMI JOIN _k USING ({nk})', _k=keys)
+    schema = dimension_schema(spec, cat.models[spec.name].schema)
+    versions = conform_read(wh.query(f'SELECT d.* FROM main."{spec.name}" d '
+                                     + sql.semi_join("d", "_k", spec.natural_key), _k=keys), schema)
     if pending is not None:
         versions = pl.concat([versions, pending.select(versions.columns)])
     found = lookup_key(facts.lazy(), versions.lazy(), lk)
     looked, missing = pl.collect_all([found.facts, found.missing_keys], engine="in-memory")
     inferred = None
     if lk.missing is MissingKey.INFERRED and missing.height:
-        schema = dimension_schema(spec, cat.models[spec.name].schema)
         issued = wh.max_value(spec.name, spec.surrogate_key)
         if pending is not None and pending.height:
             issued = max(issued, int(pending[spec.surrogate_key].max()))  # type: ignore[arg-type]
@@ -102,16 +102,16 @@ def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: DuckDBWareho
     return keep.drop(MATCH), held.drop(MATCH), extra
 
 
-def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: DuckDBWarehouse, primary: pl.DataFrame,
+def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
            day: date, bound: date, run_id: str, exists: bool, full_refresh: bool,
            counts: dict[str, int], inferred: dict[str, pl.DataFrame]
            ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """Build the facts of one batch of partitions: transform, point-in-time keys, grain."""
     inputs = _inputs(model, fs, cat, wh, primary, bound)
     if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
-        current = (wh.query(f'SELECT f.* FROM main."{model.name}" f SEMI JOIN _k USING '
-                            f'({", ".join(model.unique_key)})',
-                            _k=primary.select(model.unique_key).unique())
+        current = (conform_read(wh.query(f'SELECT f.* FROM main."{model.name}" f '
+                                         + sql.semi_join("f", "_k", model.unique_key),
+                                         _k=primary.select(model.unique_key).unique()), model.schema)
                    if exists and not full_refresh else pl.DataFrame(schema=model.schema))
         inputs[model.name] = current.lazy()
     facts, bad = split_quarantine(model.transform(inputs, BuildContext(day, run_id)).collect(),
@@ -128,7 +128,7 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: DuckDBWarehouse, prim
     return conform(facts, model), held
 
 
-def _outside_partitions(wh: DuckDBWarehouse, model: Model, rows: pl.DataFrame,
+def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
                         parts: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Hold back rows whose key is already published in a partition this run does not replace.
 
@@ -137,10 +137,10 @@ def _outside_partitions(wh: DuckDBWarehouse, model: Model, rows: pl.DataFrame,
     """
     assert model.partition_by
     key = list(model.unique_key)
-    grain = ", ".join(f'"{c}"' for c in key)
+    grain = ", ".join(f'f."{c}"' for c in key)
     clash = wh.query(
-        f'SELECT {grain}, "{model.partition_by}" AS _published_in FROM main."{model.name}" '
-        f'SEMI JOIN _g USING ({grain}) WHERE "{model.partition_by}" NOT IN (SELECT d FROM _p)',
+        f'SELECT {grain}, f."{model.partition_by}" AS _published_in FROM main."{model.name}" f '
+        f'{sql.semi_join("f", "_g", key)} WHERE f."{model.partition_by}" NOT IN (SELECT d FROM _p)',
         _g=rows.select(key).unique(), _p=pl.DataFrame({"d": parts}, schema={"d": pl.Date()}))
     if not clash.height:
         return rows, rows.clear().with_columns(reason=pl.lit(""))
@@ -152,7 +152,7 @@ def _outside_partitions(wh: DuckDBWarehouse, model: Model, rows: pl.DataFrame,
     return marked.filter(pl.col("_published_in").is_null()).drop("_published_in"), held
 
 
-def build_fact(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
+def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
                run_id: str, *, full_refresh: bool) -> StepOutput:
     """Build a fact for one logical date; many partitions are built ``batch_days`` at a time.
 
@@ -206,12 +206,12 @@ def build_fact(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path,
         counts["grain_in_other_partition"] = clashed.height
     staged_inferred = [(dim, wh.stage(f"{dim}__inferred_by_{model.name}", run_id, frame))
                        for dim, frame in inferred.items()]
+    inferred_cols = {dim: frame.columns for dim, frame in inferred.items()}
     cols = model.schema.names()
 
     def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
-        adds: list[exp.Expr] = [exp.insert(exp.select("*").from_(sql._table(ref)), f"main.{dim}")
-                                for dim, ref in staged_inferred]
+        adds = [sql.insert_from(f"main.{dim}", ref, inferred_cols[dim]) for dim, ref in staged_inferred]
         if full_refresh or not exists:
             return [*adds, *sql.replace_all(qualified, staged)]
         create = sql.create_like(qualified, staged)

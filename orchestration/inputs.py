@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from loaders.duckdb import DuckDBWarehouse
 from loaders.landing import landed_dates, scan_source
+from loaders.target import Warehouse, conform_read
 from models.contract import Model, Window
 from models.registry import Catalogue
 
@@ -21,7 +21,7 @@ def _partition(cat: Catalogue, name: str) -> str | None:
     return cat.models[name].partition_by if name in cat.models else None
 
 
-def input_days(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
+def input_days(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
                *, full_refresh: bool) -> list[date]:
     """The days a run reads: the logical date, or on a full refresh every day up to it."""
     daily = [i for i in model.inputs if i.window is Window.DAY]
@@ -39,7 +39,7 @@ def input_days(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path,
     return sorted(d for d in days if d <= day)
 
 
-def day_inputs(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date
+def day_inputs(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date
                ) -> tuple[dict[str, pl.LazyFrame], int]:
     """Each input as a LazyFrame, and how many rows were read."""
     frames: dict[str, pl.LazyFrame] = {}
@@ -53,6 +53,7 @@ def day_inputs(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path,
                 frame = wh.read(inp.name, f'"{col}" = ?', [day])
             else:
                 frame = wh.read(inp.name)
+            frame = conform_read(frame, cat.models[inp.name].schema)
         read += frame.height
         frames[inp.name] = frame.lazy()
     return frames, read

@@ -6,6 +6,7 @@ workflow's overhead, and by tests of the warehouse logic that do not need a serv
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from models.registry import Catalogue, load_catalogue
@@ -20,9 +21,10 @@ Listener = Callable[[str, str, str], None]  # (logical date, model, state)
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
             staging: str = "", listener: Listener | None = None,
-            catalogue: Catalogue | None = None) -> DayOutcome:
+            catalogue: Catalogue | None = None, job_key: str = "") -> DayOutcome:
     """Run every model of the plan for one day; a failure skips only its dependants."""
     cat = catalogue or load_catalogue()
+    job_key = job_key or uuid.uuid4().hex
     outcome = DayOutcome(day)
     for planned in plan.models:
         blocked = [n for n in planned.needs if n in outcome.failed or n in outcome.skipped]
@@ -35,7 +37,7 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
             listener(day, planned.name, "running")
         request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
                               full_refresh=plan.full_refresh, memory_limit=memory_limit,
-                              staging=staging)
+                              staging=staging, job_key=job_key)
         try:
             outcome.built.append(run_step(request, cat))
         except StarsmithError as err:

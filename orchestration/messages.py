@@ -61,6 +61,7 @@ class StepRequest:
     full_refresh: bool = False
     memory_limit: str = "4GB"
     staging: str = ""
+    job_key: str = ""  # one per build run: BigQuery job ids repeat within a run, never across
 
 
 @dataclass(frozen=True)

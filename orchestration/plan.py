@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 from pathlib import Path
 
-from loaders.duckdb import DuckDBWarehouse
 from loaders.landing import landed_dates
+from loaders.target import Warehouse
 from models.contract import Window
 from models.registry import Catalogue
 from orchestration.messages import BuildPlan, PlannedModel
@@ -48,7 +48,7 @@ def landed_days(cat: Catalogue, models: list[str], landing: Path) -> list[date]:
                                      for s in sources)))
 
 
-def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: DuckDBWarehouse
+def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: Warehouse
                   ) -> list[date]:
     """Every landed day (on which all needed sources landed) not yet built for every model."""
     common = set(landed_days(cat, models, landing))

@@ -16,7 +16,7 @@ from sqlglot import exp
 
 from dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
 from loaders import sql
-from loaders.duckdb import DuckDBWarehouse
+from loaders.target import Warehouse, conform_read
 from models.contract import BuildContext, Model
 from models.registry import Catalogue
 from orchestration.inputs import day_inputs, input_days
@@ -25,17 +25,18 @@ from orchestration.output import StepOutput
 COUNTS = {"inserted": "rows_inserted", "updated": "rows_updated", "closed": "rows_closed"}
 
 
-def _existing(wh: DuckDBWarehouse, model: Model, spec: DimensionSpec, batch: pl.DataFrame,
+def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFrame,
               schema: pl.Schema) -> tuple[pl.DataFrame, int]:
     if not wh.exists(model.name):
         return pl.DataFrame(schema=schema), 0
-    nk = ", ".join(f'"{k}"' for k in spec.natural_key)
     if spec.snapshot:
         rows = wh.read(model.name)
     else:
-        rows = wh.query(f'SELECT d.* FROM main."{model.name}" d SEMI JOIN _keys k USING ({nk})',
+        rows = wh.query(f'SELECT d.* FROM main."{model.name}" d '
+                        + sql.semi_join("d", "_keys", spec.natural_key),
                         _keys=batch.select(spec.natural_key).unique())
-    return rows.select(schema.names()), wh.max_value(model.name, spec.surrogate_key)
+    return (conform_read(rows.select(schema.names()), schema),
+            wh.max_value(model.name, spec.surrogate_key))
 
 
 def _apply(dim: pl.DataFrame, changed: pl.DataFrame, spec: DimensionSpec) -> pl.DataFrame:
@@ -43,7 +44,7 @@ def _apply(dim: pl.DataFrame, changed: pl.DataFrame, spec: DimensionSpec) -> pl.
     return pl.concat([dim.join(changed.select(nk), on=nk, how="anti", nulls_equal=True), changed])
 
 
-def build_scd(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
+def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
               run_id: str, *, full_refresh: bool) -> StepOutput:
     spec = model.dimension
     assert spec is not None

@@ -21,8 +21,7 @@ import polars as pl
 from sqlglot import exp
 
 from loaders import sql
-from loaders.duckdb import DuckDBWarehouse, Publish
-from loaders.duckdb.warehouse import RUN_LOG_COLUMNS
+from loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse, open_warehouse
 from models.contract import BuildContext, Model, Strategy
 from models.registry import Catalogue, load_catalogue
 from orchestration.fact_step import build_fact
@@ -50,8 +49,8 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
     cat = catalogue or load_catalogue()
     model = cat.model(req.model)
     day = date.fromisoformat(req.logical_date)
-    wh = DuckDBWarehouse(req.warehouse, memory_limit=req.memory_limit,
-                         staging_dir=Path(req.staging) if req.staging else None)
+    wh = open_warehouse(req.warehouse, memory_limit=req.memory_limit, staging=req.staging,
+                        job_key=req.job_key or f"{req.run_id}-{time.time_ns()}")
     started = datetime.now()
     clock = time.perf_counter()
     log_row: dict[str, Any] = {
@@ -73,7 +72,7 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
                       details={k: v for k, v in counts.items() if k not in core})
 
 
-def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, day: date,
+def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: date,
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     out = _build(model, cat, wh, Path(req.landing), day, req)
@@ -85,7 +84,7 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
     quality = None
     if model.expectations or model.checks:
         frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
-            else wh.query(f"SELECT * FROM {staged}")
+            else wh.read_staged(staged)
         verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending)
         quality = verdict.results
         if verdict.failed:
@@ -93,7 +92,7 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
             refuse(verdict, model)
         if verdict.quarantine:
             if out.parts:
-                out.rows = wh.query(f"SELECT * FROM {staged}")
+                out.rows = wh.read_staged(staged)
                 out.also_staged.extend(out.parts)
                 out.parts = []
             out = _hold_back(out, verdict.quarantine, day)
@@ -109,7 +108,7 @@ def _run(model: Model, cat: Catalogue, wh: DuckDBWarehouse, req: StepRequest, da
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
         watermark_dates=out.days, also_staged=out.also_staged, quality=quality,
-        quarantine_scope=out.quarantine_scope,
+        quarantine_scope=out.quarantine_scope, model=model, full_refresh=req.full_refresh,
     ))
     failpoint("after_publish", model.name)
     return counts
@@ -129,7 +128,7 @@ def _hold_back(out: StepOutput, rows: dict[int, str], day: date) -> StepOutput:
                       quarantine_scope=out.quarantine_scope)
 
 
-def _log_failure(wh: DuckDBWarehouse, row: dict[str, Any], clock: float, err: BaseException
+def _log_failure(wh: Warehouse, row: dict[str, Any], clock: float, err: BaseException
                  ) -> None:
     row = row | {"status": "failed", "finished_at": datetime.now(),
                  "duration_s": time.perf_counter() - clock, "message": str(err)[:2000]}
@@ -149,7 +148,7 @@ def _quarantine_frame(rows: pl.DataFrame, model: Model, req: StepRequest, day: d
                              quarantined_at=pl.lit(datetime(day.year, day.month, day.day)))
 
 
-def _build(model: Model, cat: Catalogue, wh: DuckDBWarehouse, landing: Path, day: date,
+def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
            req: StepRequest) -> StepOutput:
     if model.fact is not None:
         return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)

@@ -17,7 +17,7 @@ from quality.contract import Queryable
 
 
 class Warehouse(Queryable, Protocol):
-    def exists(self, table: str, schema: str = "main") -> bool: ...
+    def exists(self, table: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,17 @@ class References:
         keys = f'SELECT "{key}" FROM main."{self.dimension}"'
         if self.dimension in pending:  # members this publish adds (inferred by the facts)
             keys += f' UNION ALL SELECT "{key}" FROM {pending[self.dimension]}'
+        joined = (f'FROM {staged} s LEFT JOIN (SELECT DISTINCT "{key}" FROM ({keys}) k) d '
+                  f'ON s."{self.column}" = d."{key}"')
         row = wh.query(f"""
             SELECT count(*) AS n,
                    count(*) FILTER (WHERE s."{self.column}" = {UNKNOWN_KEY}) AS unknown,
-                   count(*) FILTER (WHERE d."{key}" IS NULL) AS orphans,
-                   list(DISTINCT s."{self.column}") FILTER (WHERE d."{key}" IS NULL)[:20] AS sample
-            FROM {staged} s LEFT JOIN (SELECT DISTINCT "{key}" FROM ({keys})) d
-              ON s."{self.column}" = d."{key}" """).row(0, named=True)
+                   count(*) FILTER (WHERE d."{key}" IS NULL) AS orphans {joined}""").row(0, named=True)
+        row["sample"] = []
+        if row["orphans"]:
+            found = wh.query(f'SELECT DISTINCT s."{self.column}" AS v {joined} '
+                             f'WHERE d."{key}" IS NULL ORDER BY 1 LIMIT 20')
+            row["sample"] = found["v"].to_list()
         n = max(int(row["n"]), 1)
         rate = int(row["unknown"]) / n
         return [

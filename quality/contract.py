@@ -22,24 +22,29 @@ class Queryable(Protocol):
               ) -> pl.DataFrame: ...
 
 
-def contract_counts_sql(staged: str, model: Model) -> str:
-    parts = [f'count(*) FILTER (WHERE "{c.name}" IS NULL) AS "null:{c.name}"'
-             for c in model.columns if not c.nullable]
+def contract_counts_sql(staged: str, model: Model) -> tuple[str, list[str]]:
+    """One portable query (it transpiles to BigQuery) and what each of its columns counts."""
+    parts: list[str] = []
+    labels: list[str] = []
+    for c in model.columns:
+        if not c.nullable:
+            parts.append(f'count(*) FILTER (WHERE "{c.name}" IS NULL) AS c{len(parts)}')
+            labels.append(f"null {c.name}")
     if model.unique_key:
         keys = ", ".join(f'"{k}"' for k in model.unique_key)
-        key = keys if len(model.unique_key) == 1 else f"({keys})"
-        label = ",".join(model.unique_key)
-        parts.append(f'count({key}) - count(DISTINCT {key}) AS "duplicate:{label}"')
-    return f"SELECT {', '.join(parts) or '0 AS none'} FROM {staged}"
+        parts.append(f"(SELECT coalesce(sum(n) - count(*), 0) FROM (SELECT count(*) AS n "
+                     f"FROM {staged} GROUP BY {keys})) AS c{len(parts)}")
+        labels.append(f"duplicate {','.join(model.unique_key)}")
+    return f"SELECT {', '.join(parts) or '0 AS none'} FROM {staged}", labels
 
 
 def audit_staged(wh: Queryable, staged: str, model: Model) -> None:
     """Raise a non-retryable DataError naming every broken contract rule; publish nothing."""
-    counts = wh.query(contract_counts_sql(staged, model)).row(0, named=True)
-    broken = {k: v for k, v in counts.items() if k != "none" and v}
+    query, labels = contract_counts_sql(staged, model)
+    counts = wh.query(query).row(0) if labels else ()
+    broken = {label: int(v) for label, v in zip(labels, counts, strict=True) if v}
     if broken:
-        detail = "; ".join(f"{v} row(s) with {k.split(':')[0]} {k.split(':')[1]}"
-                           for k, v in broken.items())
+        detail = "; ".join(f"{v} row(s) with {k}" for k, v in broken.items())
         raise DataError(f"staged rows of {model.name} break the model contract: {detail}",
                         where=staged, fix="The published table was left as it was; fix the "
                         "transform or the source, then build again")

@@ -29,8 +29,13 @@ Select = Annotated[list[str] | None, typer.Option("--select", "-s",
                                                   help="models: NAME, NAME+ (and dependants), +NAME")]
 
 
-def _config(landing: Path | None = None, warehouse: Path | None = None) -> ProjectConfig:
-    return ProjectConfig.load(landing=landing, warehouse=warehouse)
+Target = Annotated[str | None, typer.Option(
+    "--target", help="duckdb (default) or bigquery (STARSMITH_BQ_PROJECT, STARSMITH_BQ_DATASET)")]
+
+
+def _config(landing: Path | None = None, warehouse: Path | None = None,
+            target: str | None = None) -> ProjectConfig:
+    return ProjectConfig.load(landing=landing, warehouse=warehouse, target=target)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -73,7 +78,7 @@ def demo(
 
 def _dates(cfg: ProjectConfig, models: list[str], day: str | None, start: str | None,
            end: str | None) -> list[date]:
-    from loaders.duckdb import DuckDBWarehouse
+    from loaders.target import open_warehouse
     from models.registry import load_catalogue
     from orchestration.plan import date_range, pending_dates
 
@@ -86,7 +91,7 @@ def _dates(cfg: ProjectConfig, models: list[str], day: str | None, start: str | 
         if not (first and last) or first > last:
             raise ConfigError("--from and --to need both, with --from <= --to")
         return date_range(first, last)
-    wh = DuckDBWarehouse(cfg.warehouse, memory_limit=cfg.memory_limit)
+    wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
     return pending_dates(load_catalogue(), models, cfg.landing, wh)
 
 
@@ -104,12 +109,13 @@ def build(
     max_parallel: Annotated[int, typer.Option(help="model steps in flight at once")] = 4,
     landing: Landing = None,
     warehouse: Warehouse = None,
+    target: Target = None,
 ) -> None:
     """Build the warehouse: by default every landed day not yet built, in order."""
     from models.registry import load_catalogue
     from orchestration.plan import make_plan
 
-    cfg = _config(landing, warehouse)
+    cfg = _config(landing, warehouse, target)
 
     def go() -> int:
         cat = load_catalogue()
@@ -156,11 +162,12 @@ def plan(select: Select = None,
          day: Annotated[str | None, typer.Option("--date")] = None,
          start: Annotated[str | None, typer.Option("--from")] = None,
          end: Annotated[str | None, typer.Option("--to")] = None,
-         landing: Landing = None, warehouse: Warehouse = None) -> None:
-    """Show what a build would run, in which order, with which strategy."""
+         landing: Landing = None, warehouse: Warehouse = None, target: Target = None) -> None:
+    """Show what a build would run, in which order, with which strategy (on BigQuery, with the
+    bytes its reads would scan, from dry runs)."""
     from models.registry import load_catalogue
 
-    cfg = _config(landing, warehouse)
+    cfg = _config(landing, warehouse, target)
 
     def go() -> None:
         cat = load_catalogue()
@@ -168,13 +175,24 @@ def plan(select: Select = None,
         dates = _dates(cfg, models, day, start, end)
         table = Table(title=f"{len(models)} model(s) x {len(dates)} day(s): "
                       + (", ".join(d.isoformat() for d in dates) or "nothing pending"))
-        for col in ("#", "model", "kind", "strategy", "inputs"):
+        estimate = None
+        if cfg.target == "bigquery" and dates:
+            from loaders.bigquery.estimate import estimate_bytes
+            from loaders.target import open_warehouse
+
+            wh = open_warehouse(cfg.warehouse_ref)
+            estimate = {n: estimate_bytes(wh, cat, cat.models[n], dates) for n in models}  # type: ignore[arg-type]
+        for col in ("#", "model", "kind", "strategy", "inputs", *(["est. bytes"] if estimate else [])):
             table.add_column(col)
         for i, name in enumerate(models, 1):
             m = cat.models[name]
             table.add_row(str(i), name, m.kind.value, m.strategy.value,
-                          ", ".join(m.input_names) or "-")
+                          ", ".join(m.input_names) or "-",
+                          *([f"{estimate[name]:,}"] if estimate else []))
         console.print(table)
+        if estimate:
+            console.print(f"estimated scan: {sum(estimate.values()):,} bytes (BigQuery dry runs "
+                          "of each step's reads; staging loads are free)")
 
     _guard(go)
 
@@ -279,13 +297,14 @@ def backfill(
     address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None,
     landing: Landing = None,
     warehouse: Warehouse = None,
+    target: Target = None,
 ) -> None:
     """Build the days from --from to --to in order, one child workflow per day; resumable."""
     from models.registry import load_catalogue
     from orchestration.plan import date_range, make_plan
     from starsmith.temporal_cli import run_with_temporal
 
-    cfg = _config(landing, warehouse)
+    cfg = _config(landing, warehouse, target)
 
     def go() -> int:
         first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
@@ -326,21 +345,22 @@ def reprocess(
     address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None,
     landing: Landing = None,
     warehouse: Warehouse = None,
+    target: Target = None,
 ) -> None:
     """Re-run the days whose rows MODEL quarantined, with its dependants, once the source is fixed.
 
     A re-run replaces that day's quarantine rows: fixed rows reach the table, rows still bad stay.
     """
-    from loaders.duckdb import DuckDBWarehouse
+    from loaders.target import open_warehouse
     from models.registry import load_catalogue
     from orchestration.plan import make_plan
 
-    cfg = _config(landing, warehouse)
+    cfg = _config(landing, warehouse, target)
 
     def go() -> int:
         cat = load_catalogue()
         cat.model(model)
-        wh = DuckDBWarehouse(cfg.warehouse, memory_limit=cfg.memory_limit)
+        wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
         if not wh.exists(f"{model}__quarantine"):
             console.print(f"{model} has no quarantined rows")
             return 0

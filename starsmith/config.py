@@ -4,6 +4,12 @@ Defaults are relative to the project folder (the current directory); ``STARSMITH
 ``STARSMITH_STATE``, ``STARSMITH_WAREHOUSE``, ``STARSMITH_STAGING`` (the write-audit-publish
 staging folder) and ``STARSMITH_MEMORY_LIMIT`` override them, and CLI
 flags override those. Nothing secret is read here: credentials come from each client's own chain.
+
+The target is DuckDB unless ``STARSMITH_TARGET=bigquery`` (or ``--target bigquery``): then the
+warehouse is ``bigquery://PROJECT/DATASET`` from ``STARSMITH_BQ_PROJECT`` (or
+``GOOGLE_CLOUD_PROJECT``), ``STARSMITH_BQ_DATASET`` (default ``starsmith``, one per
+environment: ``starsmith_dev``, ``starsmith_prod``), ``STARSMITH_BQ_LOCATION``, and
+``STARSMITH_BQ_ENDPOINT`` for a local emulator. ``STARSMITH_WAREHOUSE=bigquery://...`` works too.
 """
 
 from __future__ import annotations
@@ -11,6 +17,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlencode
+
+from starsmith.errors import ConfigError
+
+TARGETS = ("duckdb", "bigquery")
 
 
 @dataclass(frozen=True)
@@ -22,12 +33,21 @@ class ProjectConfig:
     staging: Path
     memory_limit: str = "4GB"
     max_parallel: int = 4
+    target: str = "duckdb"
+    bigquery: str = ""  # bigquery://project/dataset[?location=..&endpoint=..]
+
+    @property
+    def warehouse_ref(self) -> str:
+        """What a step opens: the DuckDB file, or the BigQuery reference."""
+        return self.bigquery if self.target == "bigquery" else str(self.warehouse.resolve())
 
     @classmethod
     def load(cls, root: Path | None = None, **overrides: object) -> ProjectConfig:
         base = (root or Path.cwd()).resolve()
         state = Path(os.environ.get("STARSMITH_STATE", base / ".state"))
-        warehouse = Path(os.environ.get("STARSMITH_WAREHOUSE", state / "warehouse.duckdb"))
+        given_wh = os.environ.get("STARSMITH_WAREHOUSE", "")
+        bq = given_wh if given_wh.startswith("bigquery://") else ""
+        warehouse = Path(given_wh if given_wh and not bq else state / "warehouse.duckdb")
         cfg = cls(
             root=base,
             landing=Path(os.environ.get("STARSMITH_LANDING", base / "landing")),
@@ -36,9 +56,29 @@ class ProjectConfig:
             staging=Path(os.environ.get("STARSMITH_STAGING",
                                         warehouse.parent / f"{warehouse.stem}_staging")),
             memory_limit=os.environ.get("STARSMITH_MEMORY_LIMIT", "4GB"),
+            target="bigquery" if bq else os.environ.get("STARSMITH_TARGET", "duckdb"),
+            bigquery=bq,
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         cfg = replace(cfg, **given)  # type: ignore[arg-type]
         if "staging" not in given and "STARSMITH_STAGING" not in os.environ:
             cfg = replace(cfg, staging=cfg.warehouse.parent / f"{cfg.warehouse.stem}_staging")
+        if cfg.target not in TARGETS:
+            raise ConfigError(f"unknown target {cfg.target!r}", where="--target / STARSMITH_TARGET",
+                              fix=f"Use one of {', '.join(TARGETS)}")
+        if cfg.target == "bigquery" and not cfg.bigquery:
+            cfg = replace(cfg, bigquery=bigquery_ref())
         return cfg
+
+
+def bigquery_ref() -> str:
+    """``bigquery://PROJECT/DATASET`` from the environment (no secrets: those stay with Google's
+    default credential chain)."""
+    project = os.environ.get("STARSMITH_BQ_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise ConfigError("the BigQuery target has no project", where="the environment",
+                          fix="Set STARSMITH_BQ_PROJECT (or GOOGLE_CLOUD_PROJECT)")
+    dataset = os.environ.get("STARSMITH_BQ_DATASET", "starsmith")
+    options = {k: v for k, v in (("location", os.environ.get("STARSMITH_BQ_LOCATION", "")),
+                                 ("endpoint", os.environ.get("STARSMITH_BQ_ENDPOINT", ""))) if v}
+    return f"bigquery://{project}/{dataset}" + (f"?{urlencode(options)}" if options else "")

@@ -41,11 +41,11 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console) -> int
                 if state != "running":
                     bar.advance(task)
 
-            outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=str(cfg.warehouse),
+            outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
                                 memory_limit=cfg.memory_limit, staging=str(cfg.staging),
                                 listener=listener)
     else:
-        outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=str(cfg.warehouse),
+        outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
                             memory_limit=cfg.memory_limit, staging=str(cfg.staging))
     rows = []
     for o in outcomes:

@@ -61,7 +61,7 @@ def create(cron: Annotated[str, typer.Option(help='cron, e.g. "0 2 * * *"')],
     from orchestration.workflows import BuildWorkflow
 
     async def action(client: Client, cfg: ProjectConfig) -> None:
-        paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit,
+        paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
                       str(cfg.staging.resolve()))
         sid = schedule_id(cfg, name)
         await client.create_schedule(sid, Schedule(

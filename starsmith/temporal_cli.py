@@ -49,7 +49,7 @@ class Connection:
 
 def warehouse_tag(cfg: ProjectConfig) -> str:
     """A short stable id of the warehouse, so workflow ids are unique per warehouse."""
-    return hashlib.sha1(str(cfg.warehouse.resolve()).encode()).hexdigest()[:8]
+    return hashlib.sha1(cfg.warehouse_ref.encode()).hexdigest()[:8]
 
 
 def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") -> str:
@@ -58,7 +58,7 @@ def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") ->
 
 
 def request_for(cfg: ProjectConfig, plan: BuildPlan, select: tuple[str, ...] = ()) -> BuildRequest:
-    paths = Paths(str(cfg.landing.resolve()), str(cfg.warehouse.resolve()), cfg.memory_limit,
+    paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
                   str(cfg.staging.resolve()))
     return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
                         plan.dates, plan.full_refresh, plan.max_parallel)

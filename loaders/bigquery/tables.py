@@ -9,6 +9,7 @@ Each SCD dimension also gets a ``<dim>_current`` view of its open versions.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -104,3 +105,70 @@ def current_view_sql(model: Model, project: str, dataset: str) -> str | None:
     view = exp.to_table(f"`{project}`.`{dataset}`.`{model.name}_current`", dialect="bigquery")
     query = exp.select("*").from_(source).where(exp.column("is_current"))
     return exp.Create(this=view, kind="VIEW", replace=True, expression=query).sql("bigquery")
+
+
+_ALIASES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
+
+
+def _kind(field: Any) -> str:
+    base = str(field.field_type).partition("(")[0].strip()  # the emulator says "NUMERIC(10, 2)"
+    return _ALIASES.get(base, base)
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """How a published table differs from its model: columns to add, or why it cannot evolve."""
+
+    added: tuple[Any, ...] = ()
+    relaxed: tuple[str, ...] = ()
+    incompatible: tuple[str, ...] = ()
+
+
+def compare(model: Model, table: Any) -> SchemaChange:
+    """Additive changes (a new nullable column, a column made nullable) evolve in place; a
+    dropped or renamed column, a changed type or a new required column need a full refresh."""
+    have = {f.name: f for f in table.schema}
+    want = {f.name: f for f in schema_for(model)}
+    added, relaxed, bad = [], [], []
+    for name, field in want.items():
+        old = have.get(name)
+        if old is None:
+            if field.mode == "REQUIRED":
+                bad.append(f"new column {name} is required (not null): existing rows have none")
+            else:
+                added.append(field)
+        elif _kind(old) != _kind(field):
+            bad.append(f"column {name} changes type {_kind(old)} -> {_kind(field)}")
+        elif old.mode == "REQUIRED" and field.mode != "REQUIRED":
+            relaxed.append(name)
+    bad += [f"column {name} is no longer in the model (dropped or renamed)"
+            for name in have if name not in want]
+    return SchemaChange(tuple(added), tuple(relaxed), tuple(bad))
+
+
+def evolve(client: Any, model: Model, table: Any, change: SchemaChange, run_id: str) -> Any:
+    """Apply an additive change and refresh descriptions and labels; metadata only, no data."""
+    from google.cloud import bigquery
+
+    described = {f.name: f.description for f in schema_for(model)}
+    fields = []
+    for f in table.schema:
+        api = f.to_api_repr()
+        if f.name in change.relaxed:
+            api["mode"] = "NULLABLE"
+        if described.get(f.name) and api.get("description") != described[f.name]:
+            api["description"] = described[f.name]
+        fields.append(bigquery.SchemaField.from_api_repr(api))
+    table.schema = fields + list(change.added)
+    table.description = model.description
+    table.labels = {**(table.labels or {}), "model": label(model.name), "run_id": label(run_id),
+                    "managed_by": "starsmith"}
+    return client.update_table(table, ["schema", "description", "labels"])
+
+
+def incompatible_error(model: Model, table_id: str, change: SchemaChange) -> ConfigError:
+    return ConfigError(
+        f"the model {model.name} no longer fits its BigQuery table: "
+        + "; ".join(change.incompatible), where=table_id,
+        fix=f"Nothing was loaded. Rebuild it with `starsmith build --target bigquery --select "
+        f"{model.name} --full-refresh` (or restore the column in the model)")

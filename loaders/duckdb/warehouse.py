@@ -19,16 +19,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
-from sqlglot import exp
 
 from loaders import sql
+from loaders.target import RUN_LOG_COLUMNS, Publish
 from starsmith.errors import RetryableError, WarehouseBusy
 from starsmith.log import get_logger
 
@@ -54,26 +53,6 @@ CREATE TABLE IF NOT EXISTS {META}.quality_results (
     observed_value VARCHAR, unexpected_count BIGINT, unexpected_percent DOUBLE,
     unexpected_sample VARCHAR, checked_at TIMESTAMP
 )"""
-RUN_LOG_COLUMNS = (
-    "run_id", "model", "logical_date", "strategy", "status", "rows_read", "rows_written",
-    "rows_inserted", "rows_updated", "rows_closed", "rows_quarantined", "started_at",
-    "finished_at", "duration_s", "fingerprint", "message", "details",
-)
-
-
-@dataclass(frozen=True)
-class Publish:
-    """One atomic publish: the strategy's statements plus what must commit with them."""
-
-    target: str
-    staged: str
-    statements: Sequence[exp.Expr]
-    run_log: dict[str, Any]
-    quarantine: pl.DataFrame | None = None
-    watermark_dates: Sequence[date] = ()
-    also_staged: Sequence[str] = ()  # other staged files the statements read
-    quality: pl.DataFrame | None = None  # this step's expectation results
-    quarantine_scope: tuple[str, Sequence[date]] | None = None  # (column, values) it replaces
 
 
 _INIT_LOCK = threading.Lock()
@@ -206,6 +185,10 @@ class DuckDBWarehouse:
     def union(refs: Sequence[str]) -> str:
         """One reference to several staged files (the batches of one step)."""
         return "read_parquet([" + ", ".join(f"'{p}'" for r in refs for p in _paths(r)) + "])"
+
+    def read_staged(self, ref: str) -> pl.DataFrame:
+        """Every staged row, in the order it was staged."""
+        return self.query(f"SELECT * FROM {ref}")
 
     def staged_files(self) -> list[Path]:
         return sorted(self.staging_dir.glob("*.parquet")) if self.staging_dir.exists() else []

@@ -1,0 +1,121 @@
+"""Step SQL and load strategies, rendered for BigQuery: one source text, mapped by sqlglot.
+
+Build steps write their queries once, in DuckDB's dialect, over ``main.<table>`` (the star),
+``_starsmith.<table>`` (run metadata) and frames passed by name. Here sqlglot parses them, points
+those names at the target's datasets and the uploaded frames, and writes BigQuery SQL (``SEMI
+JOIN`` becomes ``EXISTS``, ``FILTER`` becomes ``COUNTIF``, ``EXCLUDE`` becomes ``EXCEPT``...).
+
+The strategies of ``loaders/sql.py`` are mapped the same way, with two BigQuery rules: a table is
+created from its spec (descriptions, partitioning, clustering) before the transaction, since DDL
+cannot run inside one, so a full replace becomes ``DELETE`` + ``INSERT`` in the transaction and
+"create if missing" disappears; and a ``MERGE`` may be written as the equivalent delete of the
+staged keys plus insert (``merge_mode="delete_insert"``) for engines that cannot run a MERGE
+inside a transaction (the local emulator; FACTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from loaders import sql
+from starsmith.errors import ConfigError
+
+MERGE_MODES = ("merge", "delete_insert")
+
+
+def qualified(project: str, dataset: str, table: str) -> exp.Table:
+    return exp.Table(this=exp.to_identifier(table, quoted=True),
+                     db=exp.to_identifier(dataset, quoted=True),
+                     catalog=exp.to_identifier(project, quoted=True))
+
+
+def ref_text(project: str, dataset: str, table: str) -> str:
+    """A staged table as text that both dialects parse: ``"project"."dataset"."table"``."""
+    return f'"{project}"."{dataset}"."{table}"'
+
+
+def map_tables(tree: exp.Expr, project: str, datasets: Mapping[str, str],
+               frames: Mapping[str, exp.Table]) -> exp.Expr:
+    """Point ``main.x``/``_starsmith.x`` at their datasets and frame names at uploaded tables."""
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    for table in list(tree.find_all(exp.Table)):
+        if table.catalog:
+            continue
+        if table.db in datasets:
+            table.replace(qualified(project, datasets[table.db], table.name).as_(
+                table.alias, table=True) if table.alias else qualified(
+                    project, datasets[table.db], table.name))
+        elif not table.db and table.name in frames and table.name not in ctes:
+            found = frames[table.name].copy()
+            table.replace(found.as_(table.alias or table.name, table=True))
+    return tree
+
+
+def to_bigquery(query: str | exp.Expr, project: str, datasets: Mapping[str, str],
+                frames: Mapping[str, exp.Table] | None = None) -> str:
+    tree = sqlglot.parse_one(query, read="duckdb") if isinstance(query, str) else query.copy()
+    return map_tables(tree, project, datasets, frames or {}).sql(dialect="bigquery")
+
+
+def _replace_all(stmt: exp.Create, columns: Sequence[str]) -> list[exp.Expr]:
+    select = stmt.expression
+    assert isinstance(select, exp.Select)
+    source = select.args["from_"].this
+    target = stmt.this
+    return [exp.Delete(this=target.copy(), where=exp.Where(this=exp.true())),
+            exp.insert(exp.select(*[exp.column(c, quoted=True) for c in columns]).from_(
+                source.copy()), target.copy(),
+                columns=[exp.to_identifier(c, quoted=True) for c in columns])]
+
+
+def _merge_as_replace(stmt: exp.Merge) -> list[exp.Expr]:
+    """A full-row upsert is the staged keys deleted, then the staged rows inserted."""
+    keys = [eq.this.name for eq in stmt.args["on"].find_all(exp.EQ)]
+    insert = next(w.args["then"] for w in stmt.args["whens"].expressions
+                  if isinstance(w.args.get("then"), exp.Insert))
+    columns = [c.name for c in insert.this.expressions]
+    target, source = stmt.this.copy(), stmt.args["using"].copy()
+    target.set("alias", None)
+    source.set("alias", None)
+    return sql.replace_keys(target.sql("duckdb"), source.sql("duckdb"), keys, columns)
+
+
+def publish_statements(statements: Sequence[exp.Expr], columns: Sequence[str],
+                       merge_mode: str = "merge") -> list[exp.Expr]:
+    """The strategy's statements in the form BigQuery runs inside one transaction."""
+    if merge_mode not in MERGE_MODES:
+        raise ConfigError(f"unknown BigQuery merge mode {merge_mode!r}", where="the target",
+                          fix=f"Use one of {', '.join(MERGE_MODES)}")
+    out: list[exp.Expr] = []
+    for stmt in statements:
+        if isinstance(stmt, exp.Create) and stmt.args.get("replace"):
+            out += _replace_all(stmt, columns)
+        elif isinstance(stmt, exp.Create) and stmt.args.get("exists"):
+            continue  # the table was created from its spec before the transaction
+        elif isinstance(stmt, exp.Merge) and merge_mode == "delete_insert":
+            out += _merge_as_replace(stmt)
+        else:
+            out.append(stmt)
+    return out
+
+
+def parameter(value: Any) -> Any:
+    """A positional query parameter for ``?``, typed from the Python value."""
+    from google.cloud import bigquery
+
+    kinds: list[tuple[type, str]] = [(bool, "BOOL"), (int, "INT64"), (float, "FLOAT64"),
+                                     (Decimal, "NUMERIC"), (datetime, "DATETIME"),
+                                     (date, "DATE"), (time, "TIME"), (str, "STRING"),
+                                     (bytes, "BYTES")]
+    for cls, name in kinds:
+        if isinstance(value, cls):
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                name = "TIMESTAMP"
+            return bigquery.ScalarQueryParameter(None, name, value)  # type: ignore[arg-type]
+    raise ConfigError(f"cannot pass {type(value).__name__} as a BigQuery parameter")

@@ -1,0 +1,127 @@
+"""The one-transaction publish script for BigQuery: the strategy plus everything that commits with it.
+
+Rows that go with the publish (quarantine, run log, quality results, watermarks, the cost of the
+jobs so far) are loaded into staging tables under names fixed by (model, run), and the script
+reads them there, so the script's text, and with it the job id, is the same on every retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from sqlglot import exp
+
+from loaders.bigquery import meta
+from loaders.target import RUN_LOG_COLUMNS, Publish
+
+if TYPE_CHECKING:
+    from loaders.bigquery.warehouse import BigQueryWarehouse
+
+
+def _lit(value: object) -> str:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return f"DATE '{value.isoformat()}'"
+    return exp.Literal.string(str(value)).sql("bigquery")
+
+
+def _in(column: str, values: Sequence[date]) -> str:
+    return f"`{column}` IN ({', '.join(_lit(v) for v in values)})" if values else "FALSE"
+
+
+class _Script:
+    def __init__(self, wh: BigQueryWarehouse, job: Publish) -> None:
+        self.wh, self.job = wh, job
+        self.prefix = f"_meta_{wh_safe(job.target)}__{wh_safe(job.run_log['run_id'])}"
+        self.staged: list[str] = []
+        self.lines: list[str] = []
+
+    def table(self, dataset: str, name: str) -> str:
+        return f"`{self.wh.ref.project}`.`{dataset}`.`{name}`"
+
+    def upload(self, kind: str, frame: pl.DataFrame) -> str:
+        name = self.wh._upload(f"{self.prefix}_{kind}", frame)
+        self.staged.append(name)
+        return self.table(self.wh.ref.staging, name)
+
+    def insert(self, target: str, source: str, columns: Sequence[str],
+               types: dict[str, str] | None = None) -> None:
+        cols = ", ".join(f"`{c}`" for c in columns)
+        picks = ", ".join(f"CAST(`{c}` AS {types[c]})" if types and c in types else f"`{c}`"
+                          for c in columns)
+        self.lines.append(f"INSERT INTO {target} ({cols}) SELECT {picks} FROM {source}")
+
+
+def wh_safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _quarantine(s: _Script, rows: pl.DataFrame) -> None:
+    """Replace the quarantine rows this step answers for (its date, or its partitions)."""
+    from google.cloud import bigquery
+
+    job, wh = s.job, s.wh
+    rows = meta.portable(rows)
+    table_id = wh._id(f"{job.target}__quarantine")
+    wanted = {f.name: f for f in meta.fields(rows.schema)}
+    scope = job.quarantine_scope
+    if scope and scope[0] not in wanted:
+        wanted[scope[0]] = bigquery.SchemaField(scope[0], "DATE")
+    table = wh._table(table_id)
+    if table is None:
+        spec = bigquery.Table(table_id, schema=list(wanted.values()))
+        spec.description = f"Rows of {job.target} held back, with the reason"
+        table = wh.client.create_table(spec, exists_ok=True)
+    missing = [f for n, f in wanted.items() if n not in {x.name for x in table.schema}]
+    if missing:
+        table.schema = [*table.schema, *missing]
+        table = wh.client.update_table(table, ["schema"])
+    types = {f.name: str(f.field_type).partition("(")[0] for f in table.schema}
+    target = s.table(wh.ref.dataset, f"{job.target}__quarantine")
+    if scope is None:
+        s.lines.append(f"DELETE FROM {target} WHERE `logical_date` = "
+                       f"{_lit(job.run_log['logical_date'])}")
+    else:
+        s.lines.append(f"DELETE FROM {target} WHERE {_in(scope[0], list(scope[1]))} "
+                       f"OR `{scope[0]}` IS NULL")
+    if rows.height:
+        s.insert(target, s.upload("quarantine", rows), rows.columns, types)
+
+
+def publish_script(wh: BigQueryWarehouse, job: Publish, body: Sequence[str]
+                   ) -> tuple[str, list[str]]:
+    """The script text and the staging tables it reads (to drop once it committed)."""
+    s = _Script(wh, job)
+    s.lines += body
+    if job.quarantine is not None:
+        _quarantine(s, job.quarantine)
+    meta_ds = wh.ref.meta
+    run_log = pl.DataFrame([{c: job.run_log.get(c) for c in RUN_LOG_COLUMNS}], schema=meta.RUN_LOG)
+    s.insert(s.table(meta_ds, "run_log"), s.upload("run_log", run_log), RUN_LOG_COLUMNS)
+    if job.quality is not None and job.quality.height:
+        quality = job.quality.cast(meta.quality_schema())
+        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'quality_results')} WHERE `run_id` = "
+                       f"{_lit(job.run_log['run_id'])} AND `model` = {_lit(job.target)}")
+        s.insert(s.table(meta_ds, "quality_results"), s.upload("quality", quality),
+                 quality.columns)
+    if job.watermark_dates:
+        days = sorted(set(job.watermark_dates))
+        marks = pl.DataFrame({
+            "model": job.target, "logical_date": days, "run_id": job.run_log["run_id"],
+            "fingerprint": job.run_log["fingerprint"],
+            "published_at": job.run_log.get("finished_at") or datetime.now()}, schema=meta.WATERMARKS)
+        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'watermarks')} WHERE `model` = "
+                       f"{_lit(job.target)} AND {_in('logical_date', days)}")
+        s.insert(s.table(meta_ds, "watermarks"), s.upload("watermarks", marks), marks.columns)
+    jobs: list[dict[str, Any]] = [
+        {"run_id": job.run_log["run_id"], "model": job.target,
+         "logical_date": job.run_log["logical_date"], **r} for r in wh.jobs.rows()]
+    if jobs:
+        frame = pl.DataFrame(jobs, schema=meta.JOBS)
+        s.insert(s.table(meta_ds, "jobs"), s.upload("jobs", frame), frame.columns)
+    text = "BEGIN TRANSACTION;\n" + ";\n".join(s.lines) + ";\nCOMMIT TRANSACTION;"
+    return text, s.staged

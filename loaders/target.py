@@ -1,0 +1,107 @@
+"""The warehouse target contract every build step talks to, and how a reference picks one.
+
+A build step never names an engine: it asks a ``Warehouse`` to read tables (by name), to stage
+its output (returning a reference the SQL can read), and to publish the strategy's statements
+atomically with the run log, watermarks, quarantine and quality results. Step SQL is written in
+DuckDB's dialect over ``main.<table>`` and ``_starsmith.<table>``; the BigQuery target
+transpiles it with sqlglot and maps those schemas to its datasets, so each query exists once.
+
+A reference is a DuckDB file path (the embedded default) or ``bigquery://project/dataset``
+(optionally ``?location=EU``); it is a plain string so it can cross Temporal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import polars as pl
+from sqlglot import exp
+
+if TYPE_CHECKING:
+    from models.contract import Model
+
+BIGQUERY_SCHEME = "bigquery://"
+RUN_LOG_COLUMNS = (
+    "run_id", "model", "logical_date", "strategy", "status", "rows_read", "rows_written",
+    "rows_inserted", "rows_updated", "rows_closed", "rows_quarantined", "started_at",
+    "finished_at", "duration_s", "fingerprint", "message", "details",
+)
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One atomic publish: the strategy's statements plus what must commit with them."""
+
+    target: str
+    staged: str
+    statements: Sequence[exp.Expr]
+    run_log: dict[str, Any]
+    quarantine: pl.DataFrame | None = None
+    watermark_dates: Sequence[date] = ()
+    also_staged: Sequence[str] = ()  # other staged references the statements read
+    quality: pl.DataFrame | None = None  # this step's expectation results
+    quarantine_scope: tuple[str, Sequence[date]] | None = None  # (column, values) it replaces
+    model: Model | None = None  # the spec, for targets that create and evolve tables from it
+    full_refresh: bool = False
+
+
+class Warehouse(Protocol):
+    """What a build step needs from a target; DuckDB and BigQuery both provide it."""
+
+    dialect: str
+
+    def session(self) -> AbstractContextManager[None]: ...
+
+    def exists(self, table: str) -> bool: ...
+
+    def query(self, query: str, params: Sequence[Any] | None = None, **frames: pl.DataFrame
+              ) -> pl.DataFrame: ...
+
+    def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
+             **frames: pl.DataFrame) -> pl.DataFrame: ...
+
+    def max_value(self, table: str, column: str) -> int: ...
+
+    def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str: ...
+
+    def union(self, refs: Sequence[str]) -> str: ...
+
+    def read_staged(self, ref: str) -> pl.DataFrame: ...
+
+    def publish(self, job: Publish) -> None: ...
+
+    def record_quality(self, rows: pl.DataFrame) -> None: ...
+
+    def log_failure(self, row: dict[str, Any]) -> None: ...
+
+    def watermarks(self) -> pl.DataFrame: ...
+
+    def run_log(self) -> pl.DataFrame: ...
+
+
+def is_bigquery(ref: str | Path) -> bool:
+    return str(ref).startswith(BIGQUERY_SCHEME)
+
+
+def open_warehouse(ref: str | Path, *, memory_limit: str = "4GB", staging: str = "",
+                   job_key: str = "") -> Warehouse:
+    """The target a reference names. ``job_key`` makes BigQuery job ids unique per build run."""
+    if is_bigquery(ref):
+        from loaders.bigquery.warehouse import BigQueryWarehouse
+
+        return BigQueryWarehouse.from_ref(str(ref), job_key=job_key)
+    from loaders.duckdb import DuckDBWarehouse
+
+    return DuckDBWarehouse(ref, memory_limit=memory_limit,
+                           staging_dir=Path(staging) if staging else None)
+
+
+def conform_read(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+    """Rows read back from a target, with the model's types (BigQuery widens NUMERIC, say)."""
+    casts = {c: t for c, t in schema.items() if c in frame.columns and frame.schema[c] != t}
+    return frame.cast(casts) if casts else frame  # type: ignore[arg-type]
