@@ -20,10 +20,12 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import polars as pl
 import sqlglot
 from sqlglot import exp
 
 from loaders import sql
+from loaders.bigquery.tables import bigquery_type
 from starsmith.errors import ConfigError
 
 MERGE_MODES = ("merge", "delete_insert")
@@ -41,7 +43,7 @@ def ref_text(project: str, dataset: str, table: str) -> str:
 
 
 def map_tables(tree: exp.Expr, project: str, datasets: Mapping[str, str],
-               frames: Mapping[str, exp.Table]) -> exp.Expr:
+               frames: Mapping[str, exp.Expr]) -> exp.Expr:
     """Point ``main.x``/``_starsmith.x`` at their datasets and frame names at uploaded tables."""
     ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
     for table in list(tree.find_all(exp.Table)):
@@ -53,14 +55,38 @@ def map_tables(tree: exp.Expr, project: str, datasets: Mapping[str, str],
                     project, datasets[table.db], table.name))
         elif not table.db and table.name in frames and table.name not in ctes:
             found = frames[table.name].copy()
-            table.replace(found.as_(table.alias or table.name, table=True))
+            alias = table.alias or table.name
+            table.replace(found.subquery(alias) if isinstance(found, exp.Select)
+                          else found.as_(alias, table=True))
+    positional = [m for m in tree.find_all(exp.Placeholder, bfs=False) if not m.this]
+    for i, mark in enumerate(positional):  # ``?`` -> ``@p0``: named and positional cannot mix
+        mark.set("this", f"p{i}")
     return tree
 
 
 def to_bigquery(query: str | exp.Expr, project: str, datasets: Mapping[str, str],
-                frames: Mapping[str, exp.Table] | None = None) -> str:
+                frames: Mapping[str, exp.Expr] | None = None) -> str:
     tree = sqlglot.parse_one(query, read="duckdb") if isinstance(query, str) else query.copy()
     return map_tables(tree, project, datasets, frames or {}).sql(dialect="bigquery")
+
+
+INLINE_VALUES = 20_000  # frames up to this many values travel as a query parameter
+
+
+def inline_frame(name: str, frame: pl.DataFrame) -> tuple[exp.Select, Any | None]:
+    """A small frame as ``SELECT s.* FROM UNNEST(@name) AS s``: no load job, no table to drop."""
+    from google.cloud import bigquery
+
+    kinds = {c: bigquery_type(t, c)[0].partition("(")[0] for c, t in frame.schema.items()}
+    if not frame.height:
+        cols = ", ".join(f"CAST(NULL AS {k}) AS `{c}`" for c, k in kinds.items())
+        return sqlglot.parse_one(f"SELECT * FROM (SELECT {cols}) WHERE FALSE",
+                                 read="bigquery"), None  # type: ignore[return-value]
+    rows = [bigquery.StructQueryParameter(None, *[
+        bigquery.ScalarQueryParameter(c, kinds[c], v) for c, v in row.items()])
+        for row in frame.iter_rows(named=True)]
+    select = sqlglot.parse_one(f"SELECT s.* FROM UNNEST(@{name}) AS s", read="bigquery")
+    return select, bigquery.ArrayQueryParameter(name, "STRUCT", rows)  # type: ignore[return-value]
 
 
 def _replace_all(stmt: exp.Create, columns: Sequence[str]) -> list[exp.Expr]:
@@ -105,7 +131,7 @@ def publish_statements(statements: Sequence[exp.Expr], columns: Sequence[str],
     return out
 
 
-def parameter(value: Any) -> Any:
+def parameter(value: Any, index: int) -> Any:
     """A positional query parameter for ``?``, typed from the Python value."""
     from google.cloud import bigquery
 
@@ -117,5 +143,5 @@ def parameter(value: Any) -> Any:
         if isinstance(value, cls):
             if isinstance(value, datetime) and value.tzinfo is not None:
                 name = "TIMESTAMP"
-            return bigquery.ScalarQueryParameter(None, name, value)  # type: ignore[arg-type]
+            return bigquery.ScalarQueryParameter(f"p{index}", name, value)  # type: ignore[arg-type]
     raise ConfigError(f"cannot pass {type(value).__name__} as a BigQuery parameter")

@@ -1,12 +1,13 @@
 """The one-transaction publish script for BigQuery: the strategy plus everything that commits with it.
 
-Rows that go with the publish (quarantine, run log, quality results, watermarks, the cost of the
-jobs so far) are loaded into staging tables under names fixed by (model, run), and the script
-reads them there, so the script's text, and with it the job id, is the same on every retry.
+The small rows that go with the publish (run log, quality results, watermarks, the cost of the
+jobs so far) are written into the script as ``VALUES``; quarantined rows, which can be many, are
+loaded into a staging table under a name fixed by (model, run) and read from there.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,18 @@ if TYPE_CHECKING:
 
 
 def _lit(value: object) -> str:
-    if isinstance(value, date) and not isinstance(value, datetime):
+    """A BigQuery literal for a value of the run metadata."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"CAST('{value}' AS FLOAT64)"
+    if isinstance(value, datetime):
+        return f"DATETIME '{value.replace(tzinfo=None).isoformat(sep=' ')}'"
+    if isinstance(value, date):
         return f"DATE '{value.isoformat()}'"
     return exp.Literal.string(str(value)).sql("bigquery")
 
@@ -46,12 +58,23 @@ class _Script:
         self.staged.append(name)
         return self.table(self.wh.ref.staging, name)
 
+    def values(self, target: str, frame: pl.DataFrame) -> None:
+        """Small metadata rows written into the script itself: no load job for them."""
+        if frame.height:
+            self.lines.append(values_insert(target, frame))
+
     def insert(self, target: str, source: str, columns: Sequence[str],
                types: dict[str, str] | None = None) -> None:
         cols = ", ".join(f"`{c}`" for c in columns)
         picks = ", ".join(f"CAST(`{c}` AS {types[c]})" if types and c in types else f"`{c}`"
                           for c in columns)
         self.lines.append(f"INSERT INTO {target} ({cols}) SELECT {picks} FROM {source}")
+
+
+def values_insert(target: str, frame: pl.DataFrame) -> str:
+    cols = ", ".join(f"`{c}`" for c in frame.columns)
+    rows = ", ".join("(" + ", ".join(_lit(v) for v in row) + ")" for row in frame.iter_rows())
+    return f"INSERT INTO {target} ({cols}) VALUES {rows}"
 
 
 def wh_safe(name: str) -> str:
@@ -101,13 +124,12 @@ def publish_script(wh: BigQueryWarehouse, job: Publish, body: Sequence[str]
         _quarantine(s, job.quarantine)
     meta_ds = wh.ref.meta
     run_log = pl.DataFrame([{c: job.run_log.get(c) for c in RUN_LOG_COLUMNS}], schema=meta.RUN_LOG)
-    s.insert(s.table(meta_ds, "run_log"), s.upload("run_log", run_log), RUN_LOG_COLUMNS)
+    s.values(s.table(meta_ds, "run_log"), run_log)
     if job.quality is not None and job.quality.height:
         quality = job.quality.cast(meta.quality_schema())
         s.lines.append(f"DELETE FROM {s.table(meta_ds, 'quality_results')} WHERE `run_id` = "
                        f"{_lit(job.run_log['run_id'])} AND `model` = {_lit(job.target)}")
-        s.insert(s.table(meta_ds, "quality_results"), s.upload("quality", quality),
-                 quality.columns)
+        s.values(s.table(meta_ds, "quality_results"), quality)
     if job.watermark_dates:
         days = sorted(set(job.watermark_dates))
         marks = pl.DataFrame({
@@ -116,12 +138,11 @@ def publish_script(wh: BigQueryWarehouse, job: Publish, body: Sequence[str]
             "published_at": job.run_log.get("finished_at") or datetime.now()}, schema=meta.WATERMARKS)
         s.lines.append(f"DELETE FROM {s.table(meta_ds, 'watermarks')} WHERE `model` = "
                        f"{_lit(job.target)} AND {_in('logical_date', days)}")
-        s.insert(s.table(meta_ds, "watermarks"), s.upload("watermarks", marks), marks.columns)
+        s.values(s.table(meta_ds, "watermarks"), marks)
     jobs: list[dict[str, Any]] = [
         {"run_id": job.run_log["run_id"], "model": job.target,
          "logical_date": job.run_log["logical_date"], **r} for r in wh.jobs.rows()]
     if jobs:
-        frame = pl.DataFrame(jobs, schema=meta.JOBS)
-        s.insert(s.table(meta_ds, "jobs"), s.upload("jobs", frame), frame.columns)
+        s.values(s.table(meta_ds, "jobs"), pl.DataFrame(jobs, schema=meta.JOBS))
     text = "BEGIN TRANSACTION;\n" + ";\n".join(s.lines) + ";\nCOMMIT TRANSACTION;"
     return text, s.staged

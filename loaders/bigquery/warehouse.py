@@ -20,15 +20,18 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import polars as pl
+from sqlglot import exp
 
 from loaders.bigquery import dialect, meta
 from loaders.bigquery.connection import BigQueryRef, Jobs, job_id, make_client, retrying
+from loaders.bigquery.script import publish_script, values_insert
 from loaders.bigquery.tables import compare, current_view_sql, evolve, incompatible_error, table_for
 from loaders.target import RUN_LOG_COLUMNS, Publish
 from starsmith.errors import ConfigError
@@ -39,6 +42,7 @@ log = get_logger(__name__)
 STAGING_TTL = timedelta(hours=int(os.environ.get("STARSMITH_BQ_STAGING_HOURS", "24")))
 MERGE_MODE_ENV = "STARSMITH_BQ_MERGE_MODE"
 _READY: set[str] = set()
+_DROPS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="starsmith-bq-drop")
 _READY_LOCK = threading.Lock()
 
 
@@ -115,7 +119,12 @@ class BigQueryWarehouse:
                 if ttl is not None:
                     ds.default_table_expiration_ms = int(ttl.total_seconds() * 1000)
                     ds.description = "starsmith staging: tables expire on their own"
-                retrying(partial(self.client.create_dataset, ds, exists_ok=True), name)
+                made = retrying(partial(self.client.create_dataset, ds, exists_ok=True), name)
+                if ttl is not None and made.default_table_expiration_ms != \
+                        ds.default_table_expiration_ms:  # made by someone else: expire anyway
+                    made.default_table_expiration_ms = ds.default_table_expiration_ms
+                    retrying(partial(self.client.update_dataset, made,
+                                     ["default_table_expiration_ms"]), name)
             for table, schema in meta.meta_tables().items():
                 t = bigquery.Table(self._id(table, self.ref.meta), schema=meta.fields(schema))
                 retrying(partial(self.client.create_table, t, exists_ok=True), table)
@@ -138,13 +147,21 @@ class BigQueryWarehouse:
     def query(self, query: str, params: Sequence[Any] | None = None, **frames: pl.DataFrame
               ) -> pl.DataFrame:
         """Run step SQL (DuckDB dialect) here; keyword frames are uploaded as staging tables."""
-        uploaded = {name: self._upload(f"_frame_{_safe(name)}_{uuid.uuid4().hex[:12]}", frame)
-                    for name, frame in frames.items()}
+        uploaded: dict[str, str] = {}
+        sources: dict[str, exp.Expr] = {}
+        bound = [dialect.parameter(p, i) for i, p in enumerate(params or ())]
+        for name, frame in frames.items():
+            if frame.height * max(frame.width, 1) <= dialect.INLINE_VALUES:
+                sources[name], param = dialect.inline_frame(f"_f_{_safe(name)}", frame)
+                bound += [param] if param is not None else []
+            else:  # a big frame goes up as a table
+                uploaded[name] = self._upload(f"_frame_{_safe(name)}_{uuid.uuid4().hex[:12]}",
+                                              frame)
+                sources[name] = dialect.qualified(self.ref.project, self.ref.staging,
+                                                  uploaded[name])
         try:
-            text = dialect.to_bigquery(query, self.ref.project, self.datasets,
-                                       {k: dialect.qualified(self.ref.project, self.ref.staging, v)
-                                        for k, v in uploaded.items()})
-            job = self._run(text, [dialect.parameter(p) for p in params or ()], "query")
+            text = dialect.to_bigquery(query, self.ref.project, self.datasets, sources)
+            job = self._run(text, bound, "query")
             table = job.result().to_arrow(create_bqstorage_client=False)
         finally:
             for name in uploaded.values():
@@ -215,15 +232,7 @@ class BigQueryWarehouse:
         name = self._upload(f"{_safe(model)}__{_safe(run_id)}",
                             frame.with_row_index(meta.ROW).with_columns(pl.col(meta.ROW).cast(
                                 pl.Int64())))
-        self._expire(name)
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
-
-    def _expire(self, name: str) -> None:
-        """An explicit expiry on top of the dataset default: a dead run leaves nothing behind."""
-        table = self._table(self._id(name, self.ref.staging))
-        if table is not None:
-            table.expires = datetime.now(UTC) + STAGING_TTL
-            retrying(lambda: self.client.update_table(table, ["expires"]), name)
 
     def union(self, refs: Sequence[str]) -> str:
         """The batches of one step as one staged table, numbered in batch order."""
@@ -235,7 +244,6 @@ class BigQueryWarehouse:
                 f"ROW_NUMBER() OVER (ORDER BY _part, {meta.ROW}) - 1 AS {meta.ROW} FROM "
                 f"({dialect.to_bigquery(parts, self.ref.project, self.datasets)})")
         self._run(text, [], "stage")
-        self._expire(name)
         self._digests[name] = hashlib.sha256("".join(
             self._digests.get(r.split(".")[-1].strip('"'), r) for r in refs).encode()).hexdigest()
         for ref in refs:
@@ -243,10 +251,14 @@ class BigQueryWarehouse:
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
 
     def drop_staged(self, name: str) -> None:
-        try:
-            self.client.delete_table(self._id(name, self.ref.staging), not_found_ok=True)
-        except Exception as err:  # it expires anyway
-            log.warning("could not drop staging table %s: %s", name, err)
+        """Drop a staging table in the background: nothing waits for it, and it expires anyway."""
+        def drop() -> None:
+            try:
+                self.client.delete_table(self._id(name, self.ref.staging), not_found_ok=True)
+            except Exception as err:
+                log.warning("could not drop staging table %s (it will expire): %s", name, err)
+
+        _DROPS.submit(drop)
 
     # -- publishing --------------------------------------------------------------------------
     def prepare(self, job: Publish) -> None:
@@ -276,8 +288,6 @@ class BigQueryWarehouse:
                 self._run(view, [], "ddl")
 
     def publish(self, job: Publish) -> None:
-        from loaders.bigquery.script import publish_script
-
         self.prepare(job)
         assert job.model is not None
         statements = dialect.publish_statements(job.statements, job.model.schema.names(),
@@ -285,7 +295,10 @@ class BigQueryWarehouse:
         body = [dialect.to_bigquery(s, self.ref.project, self.datasets) for s in statements]
         script, staged_meta = publish_script(self, job, body)
         names = [r.split(".")[-1].strip('"') for r in (job.staged, *job.also_staged)]
-        ident = job_id(f"publish_{job.target}", self.job_key, job.run_log["run_id"], script,
+        # The publish's identity: this build run, this model and date, these statements over
+        # these staged rows. A retry of the step finds the job done and does not publish twice.
+        ident = job_id(f"publish_{job.target}", self.job_key, job.run_log["run_id"],
+                       str(job.run_log["logical_date"]), *body,
                        *[self._digests.get(n, n) for n in names])
         self._run(script, [], "publish", ident=ident)
         self._record_jobs(job.run_log, self.jobs.stats[-1:])
@@ -302,10 +315,7 @@ class BigQueryWarehouse:
                               "bytes_billed": s.bytes_billed, "slot_ms": s.slot_ms,
                               "reused": s.reused} for s in stats], schema=meta.JOBS)
         try:
-            name = self._upload(f"_jobs_{uuid.uuid4().hex[:12]}", rows)
-            self._run(f"INSERT INTO {_q(self.ref.project, self.ref.meta, 'jobs')} "
-                      f"SELECT * FROM {_q(self.ref.project, self.ref.staging, name)}", [], "log")
-            self.drop_staged(name)
+            self._run(values_insert(_q(self.ref.project, self.ref.meta, "jobs"), rows), [], "log")
         except Exception as err:
             log.warning("could not record the cost of %s: %s", run_log["model"], err)
 
