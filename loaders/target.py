@@ -75,6 +75,9 @@ class Warehouse(Protocol):
 
     def publish(self, job: Publish) -> None: ...
 
+    def check_schema(self, model: Model, *, full_refresh: bool) -> None:
+        """Refuse, before a step reads or stages anything, a model its table cannot take."""
+
     def record_quality(self, rows: pl.DataFrame) -> None: ...
 
     def log_failure(self, row: dict[str, Any]) -> None: ...

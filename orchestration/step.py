@@ -75,6 +75,7 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
 def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: date,
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
+    wh.check_schema(model, full_refresh=req.full_refresh)  # fail before any data moves
     out = _build(model, cat, wh, Path(req.landing), day, req)
     staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows)
     if out.parts:  # built batch by batch: the rows are on disk, read them only if a rule must

@@ -111,7 +111,7 @@ def classify(err: BaseException, where: str) -> StarsmithError:
     return StarsmithError(f"BigQuery error: {message}", where=where)
 
 
-def retrying(fn: Callable[[], Any], where: str, attempts: int = 6) -> Any:
+def retrying(fn: Callable[[], Any], where: str, attempts: int = 6, delay: float = 1.0) -> Any:
     """Call ``fn``; transient failures are retried with exponential backoff, others raised."""
     for attempt in range(attempts):
         try:
@@ -121,9 +121,9 @@ def retrying(fn: Callable[[], Any], where: str, attempts: int = 6) -> Any:
         except Exception as err:
             if not is_transient(err) or attempt == attempts - 1:
                 raise classify(err, where) from err
-            delay = min(2.0 ** attempt, 30.0)
-            log.warning("BigQuery (%s) transient error, retry in %.0f s: %s", where, delay, err)
-            time.sleep(delay)
+            wait = min(delay * 2.0 ** attempt, 30.0)
+            log.warning("BigQuery (%s) transient error, retry in %.1f s: %s", where, wait, err)
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 

@@ -2,7 +2,7 @@
 
 The small rows that go with the publish (run log, quality results, watermarks, the cost of the
 jobs so far) are written into the script as ``VALUES``; quarantined rows, which can be many, are
-loaded into a staging table under a name fixed by (model, run) and read from there.
+loaded into a staging table of this attempt and read from there.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def _in(column: str, values: Sequence[date]) -> str:
 class _Script:
     def __init__(self, wh: BigQueryWarehouse, job: Publish) -> None:
         self.wh, self.job = wh, job
-        self.prefix = f"_meta_{wh_safe(job.target)}__{wh_safe(job.run_log['run_id'])}"
+        self.prefix = (f"_meta_{wh_safe(job.target)}__{wh_safe(job.run_log['run_id'])}__"
+                       f"{wh.nonce}")
         self.staged: list[str] = []
         self.lines: list[str] = []
 

@@ -34,6 +34,7 @@ from loaders.bigquery.connection import BigQueryRef, Jobs, job_id, make_client, 
 from loaders.bigquery.script import publish_script, values_insert
 from loaders.bigquery.tables import compare, current_view_sql, evolve, incompatible_error, table_for
 from loaders.target import RUN_LOG_COLUMNS, Publish
+from models.contract import Model
 from starsmith.errors import ConfigError
 from starsmith.log import get_logger
 
@@ -77,6 +78,7 @@ class BigQueryWarehouse:
         self._client: Any = None
         self._jobs: Jobs | None = None
         self._digests: dict[str, str] = {}
+        self.nonce = uuid.uuid4().hex[:8]
         self.datasets = {"main": ref.dataset, "_starsmith": ref.meta}
 
     @classmethod
@@ -229,7 +231,9 @@ class BigQueryWarehouse:
         return name
 
     def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str:
-        name = self._upload(f"{_safe(model)}__{_safe(run_id)}",
+        # A name of its own per attempt: a retry never loads into a table an earlier attempt
+        # is still dropping; the publish job id is derived from the rows, not from this name.
+        name = self._upload(f"{_safe(model)}__{_safe(run_id)}__{self.nonce}",
                             frame.with_row_index(meta.ROW).with_columns(pl.col(meta.ROW).cast(
                                 pl.Int64())))
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
@@ -287,6 +291,14 @@ class BigQueryWarehouse:
             if view:
                 self._run(view, [], "ddl")
 
+    def check_schema(self, model: Model, *, full_refresh: bool) -> None:
+        table_id = self._id(model.name)
+        table = self._table(table_id)
+        if table is not None and not full_refresh:
+            change = compare(model, table)
+            if change.incompatible:
+                raise incompatible_error(model, table_id, change)
+
     def publish(self, job: Publish) -> None:
         self.prepare(job)
         assert job.model is not None
@@ -297,9 +309,11 @@ class BigQueryWarehouse:
         names = [r.split(".")[-1].strip('"') for r in (job.staged, *job.also_staged)]
         # The publish's identity: this build run, this model and date, these statements over
         # these staged rows. A retry of the step finds the job done and does not publish twice.
+        identity = "\n".join(body)
+        for n in names:  # staged tables by their content, not their per-attempt names
+            identity = identity.replace(n, self._digests.get(n, n))
         ident = job_id(f"publish_{job.target}", self.job_key, job.run_log["run_id"],
-                       str(job.run_log["logical_date"]), *body,
-                       *[self._digests.get(n, n) for n in names])
+                       str(job.run_log["logical_date"]), identity)
         self._run(script, [], "publish", ident=ident)
         self._record_jobs(job.run_log, self.jobs.stats[-1:])
         for name in (*names, *staged_meta):
