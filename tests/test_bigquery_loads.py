@@ -104,12 +104,12 @@ def test_a_retried_publish_finds_its_job_and_does_not_publish_twice(emulator: Em
     publish(retry, model(K, V), rows, "r1")
     published = [s for s in retry.jobs.stats if s.kind == "publish"]
     assert published and published[0].reused
-    assert published[0].job_id == [s for s in first.jobs.stats if s.kind == "publish"][0].job_id
+    assert published[0].job_id == next(s for s in first.jobs.stats if s.kind == "publish").job_id
     assert retry.run_log().height == 1  # one publish, one run-log row
     # another build run of the same day publishes again (and changes nothing)
     again = warehouse(emulator, "retry_once", job_key="workflow-run-2")
     publish(again, model(K, V), rows, "r1")
-    assert not [s for s in again.jobs.stats if s.kind == "publish"][0].reused
+    assert not next(s for s in again.jobs.stats if s.kind == "publish").reused
     assert again.run_log().height == 2 and again.read("orders").sort("k").rows() == rows.rows()
 
 
