@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from loaders.duckdb import DuckDBWarehouse
+from loaders.target import Warehouse
 from quality import data_docs
 
 STYLE = """
@@ -45,18 +45,16 @@ def _page(title: str, body: str) -> str:
             f"{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
 
 
-def _quarantine_counts(wh: DuckDBWarehouse) -> dict[str, int]:
-    tables = wh.query("SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                      "'main' AND table_name LIKE '%__quarantine'")["table_name"].to_list()
-    return {t.removesuffix("__quarantine"): int(wh.query(f'SELECT count(*) AS n FROM "{t}"')
-                                                ["n"][0]) for t in tables}
+def _quarantine_counts(wh: Warehouse, models: list[str]) -> dict[str, int]:
+    return {m: int(wh.query(f'SELECT count(*) AS n FROM main."{m}__quarantine"')["n"][0])
+            for m in models if wh.exists(f"{m}__quarantine")}
 
 
-def write_report(wh: DuckDBWarehouse, out: Path, *, runs: int = 14) -> Path:
-    """Write the site under ``out``; returns the summary page."""
+def write_report(wh: Warehouse, out: Path, *, runs: int = 14, name: str = "warehouse") -> Path:
+    """Write the site under ``out`` from either target; returns the summary page."""
     out.mkdir(parents=True, exist_ok=True)
     results = wh.query("SELECT * FROM _starsmith.quality_results ORDER BY model, logical_date")
-    quarantined = _quarantine_counts(wh)
+    quarantined = _quarantine_counts(wh, sorted(set(results["model"].to_list())))
     rows = []
     for (layer, model), part in results.sort("layer", "model").group_by(
             ["layer", "model"], maintain_order=True):
@@ -78,7 +76,7 @@ def write_report(wh: DuckDBWarehouse, out: Path, *, runs: int = 14) -> Path:
         (out / f"docs_{model}.html").write_text(data_docs.render(str(model), latest))
     head = ("<tr><th>layer</th><th>model</th><th>latest run</th><th>status</th><th>passed</th>"
             "<th>warned</th><th>failed</th><th>trend (last runs)</th><th>quarantined rows</th></tr>")
-    body = (f"<h1>Data quality: {html.escape(wh.path.name)}</h1>"
+    body = (f"<h1>Data quality: {html.escape(name)}</h1>"
             f"<p class='muted'>Generated {datetime.now():%Y-%m-%d %H:%M}. A failed "
             f"<b>error</b> rule kept the previous table and skipped its dependants; a "
             f"<b>warn</b> rule was recorded and the build went on.</p>"

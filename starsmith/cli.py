@@ -328,13 +328,15 @@ _schedules()
 @app.command()
 def report(out: Annotated[Path, typer.Option(help="folder for the site")] = Path("quality-report"),
            runs: Annotated[int, typer.Option(help="runs in the trend")] = 14,
-           warehouse: Warehouse = None) -> None:
+           warehouse: Warehouse = None, target: Target = None) -> None:
     """Write the data-quality report (static HTML, works offline) from the results table."""
-    from loaders.duckdb import DuckDBWarehouse
+    from loaders.target import open_warehouse
     from quality.report import write_report
 
-    cfg = _config(warehouse=warehouse)
-    index = _guard(lambda: write_report(DuckDBWarehouse(cfg.warehouse), out, runs=runs))
+    cfg = _config(warehouse=warehouse, target=target)
+    name = cfg.warehouse_ref.split("?")[0] if cfg.target == "bigquery" else cfg.warehouse.name
+    index = _guard(lambda: write_report(open_warehouse(cfg.warehouse_ref), out, runs=runs,
+                                        name=name))
     console.print(f"report: {index}")
 
 

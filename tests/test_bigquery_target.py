@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,3 +146,29 @@ def test_the_readme_analyst_queries_run(built: Built, emulator: Emulator, index:
     if index == 0:  # revenue by month and region: the same total as the fact in DuckDB
         total = built.duck.query("SELECT sum(net_amount) AS s FROM main.fact_sales")["s"][0]
         assert sum(r["net_revenue"] for r in rows) == total
+
+
+def _cli(built: Built, emulator: Emulator, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "STARSMITH_TARGET": "bigquery", "STARSMITH_BQ_PROJECT": PROJECT,
+           "STARSMITH_BQ_DATASET": DATASET, "STARSMITH_BQ_ENDPOINT": emulator.endpoint,
+           "COLUMNS": "200"}
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "starsmith"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_plan_estimates_bytes_with_dry_runs(built: Built, emulator: Emulator,
+                                            tmp_path: Path) -> None:
+    out = _cli(built, emulator, "plan", "--landing", str(built.landing), "--date",
+               built.days[-1], cwd=tmp_path)
+    assert "est. bytes" in out and "estimated scan:" in out and "fact_sales" in out
+
+
+def test_the_stewards_report_reads_bigquery(built: Built, emulator: Emulator,
+                                            tmp_path: Path) -> None:
+    _cli(built, emulator, "report", "--out", str(tmp_path / "site"), cwd=tmp_path)
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert f"bigquery://{PROJECT}/{DATASET}" in index and "fact_sales" in index
+    quarantined = built.bq.query('SELECT count(*) AS n FROM main."fact_sales__quarantine"')
+    assert f"<td>{quarantined['n'][0]}</td></tr>" in index.split("fact_sales</a>", 1)[1]
