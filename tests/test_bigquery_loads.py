@@ -116,7 +116,9 @@ def test_a_retried_publish_finds_its_job_and_does_not_publish_twice(emulator: Em
 def test_transient_errors_are_retryable_and_bad_requests_are_not() -> None:
     for err in (api.TooManyRequests("slow down"), api.ServiceUnavailable("try later"),
                 api.InternalServerError("boom"), ConnectionResetError("reset"),
-                api.Forbidden("quota", errors=[{"reason": "rateLimitExceeded"}])):
+                api.Forbidden("quota", errors=[{"reason": "rateLimitExceeded"}]),
+                api.BadRequest("Transaction is aborted due to concurrent update against table "
+                               "p.d_starsmith.watermarks", errors=[{"reason": "invalidQuery"}])):
         assert is_transient(err)
         assert isinstance(classify(err, "t"), RetryableError) and classify(err, "t").retryable
     bad = classify(api.BadRequest("Syntax error", errors=[{"reason": "invalidQuery"}]), "t")

@@ -27,6 +27,10 @@ log = get_logger(__name__)
 TRANSIENT_REASONS = {"backendError", "internalError", "rateLimitExceeded", "jobBackendError",
                      "jobRateLimitExceeded", "quotaExceeded"}
 DATA_REASONS = {"invalid", "invalidQuery"}
+# Two publishes that both delete from one table (the watermarks, say) conflict in BigQuery: one
+# transaction is rolled back whole with this message, and running it again is safe.
+CONFLICT = re.compile(r"concurrent update|could not serialize access|aborted due to concurren",
+                      re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def is_transient(err: BaseException) -> bool:
                         TimeoutError)):
         return True
     if isinstance(err, api.GoogleAPICallError):
-        return bool(_reasons(err) & TRANSIENT_REASONS)
+        return bool(_reasons(err) & TRANSIENT_REASONS) or bool(CONFLICT.search(str(err)))
     import requests
 
     return isinstance(err, (requests.ConnectionError, requests.Timeout))
