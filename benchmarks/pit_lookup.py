@@ -8,8 +8,9 @@ four natural keys and an event time. Two cases:
 - ``year``: events spread over the year (a full rebuild: most facts need the range pass).
 
 Each contender runs in a fresh child process on the same Parquet inputs and writes its result to
-Parquet; peak RSS is the child's own (VmHWM). Key sums are compared to prove both found the same
-keys. Usage: python benchmarks/pit_lookup.py [--facts 5000000] [--keys 1000000] [--rounds 3]
+Parquet (snappy, DuckDB's default codec, for both); peak RSS is the child's own (VmHWM). Key
+sums are compared to prove both found the same keys.
+Usage: python benchmarks/pit_lookup.py [--facts 5000000] [--keys 1000000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run_starsmith(folder: Path) -> None:
         found = lookup_key(facts, versions, KeyLookup(spec, (f"{name}_id",), "event_ts"))
         facts = found.facts.drop("_match").lazy()
     facts.select("fact_id", "event_ts", "amount", *[f"{n}_key" for n in DIMS]).collect(
-        engine="in-memory").write_parquet(folder / "out_starsmith.parquet")
+        engine="in-memory").write_parquet(folder / "out_starsmith.parquet", compression="snappy")
 
 
 def run_duckdb(folder: Path) -> None:

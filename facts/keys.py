@@ -34,7 +34,12 @@ class Lookup:
 
 
 def lookup_key(facts: pl.LazyFrame, versions: pl.LazyFrame, lk: KeyLookup) -> Lookup:
-    """Add ``lk.output`` to every fact; missing keys are -1 until the caller applies the policy."""
+    """Add ``lk.output`` to every fact; missing keys are -1 until the caller applies the policy.
+
+    Keys are found on narrow rows (row id, natural key, event time) and joined without keeping
+    order, then sorted back by row id and set beside the facts: an order-keeping join of the
+    wide fact rows cost ~3x more here (benchmarks/pit_lookup.py).
+    """
     spec = lk.dimension
     nk, sk, out = list(spec.natural_key), spec.surrogate_key, lk.output
     fk = list(lk.fact_columns)
@@ -42,14 +47,16 @@ def lookup_key(facts: pl.LazyFrame, versions: pl.LazyFrame, lk: KeyLookup) -> Lo
     current = v.filter(pl.col("is_current")).select(
         *[pl.col(b).alias(a) for a, b in zip(fk, nk, strict=True)],
         _cur=pl.col(sk), _cur_from=pl.col("valid_from"))
-    # Pass 1, one equi-join: facts at or after their key's current version (most of a night).
-    f = facts.with_row_index("_fid").with_columns(_ts=pl.col(lk.event_time).cast(pl.Datetime("us")))
-    f = f.join(current, on=fk, how="left", maintain_order="left").cache()
-    hit = pl.col("_cur").is_not_null() & (pl.col("_ts") >= pl.col("_cur_from"))
+    wide = facts.collect(engine="in-memory")
     any_null = pl.any_horizontal([pl.col(c).is_null() for c in fk])
+    # Pass 1, one equi-join: facts at or after their key's current version (most of a night).
+    f = (wide.lazy().select(*fk, _ts=pl.col(lk.event_time).cast(pl.Datetime("us")))
+         .with_row_index("_fid").join(current, on=fk, how="left")
+         .with_columns(_na=any_null).cache())
+    hit = pl.col("_cur").is_not_null() & (pl.col("_ts") >= pl.col("_cur_from"))
     # Pass 2, on the facts left over only: the older version covering the event, else the
     # nearest version of a known key.
-    rest = f.filter(~hit & ~any_null).select(
+    rest = f.filter(~hit & ~pl.col("_na")).select(
         "_fid", "_ts", *[pl.col(a).alias(b) for a, b in zip(fk, nk, strict=True)]).cache()
     older = rest.join(v.filter(~pl.col("is_current")), on=nk, how="inner").filter(
         (pl.col("valid_from") <= pl.col("_ts")) & (pl.col("_ts") < pl.col("valid_to"))
@@ -62,20 +69,19 @@ def lookup_key(facts: pl.LazyFrame, versions: pl.LazyFrame, lk: KeyLookup) -> Lo
                .select("_fid", _key=pl.col(sk), _how=pl.lit("nearest")))
     found = pl.concat([older, nearest])
     keyed = pl.concat([
-        f.filter(hit).with_columns(_key=pl.col("_cur"), _how=pl.lit("exact")),
-        f.filter(~hit).join(found, on="_fid", how="left"),
-    ], how="vertical_relaxed").sort("_fid")
-    joined = keyed.with_columns(
-        pl.when(any_null).then(pl.lit(NOT_APPLICABLE_KEY, dtype=pl.Int64))
-        .when(pl.col("_key").is_not_null()).then(pl.col("_key"))
-        .otherwise(pl.lit(UNKNOWN_KEY, dtype=pl.Int64)).alias(out),
-        pl.when(any_null).then(pl.lit("not_applicable"))
-        .when(pl.col("_key").is_not_null()).then(pl.col("_how"))
-        .otherwise(pl.lit("missing")).alias(MATCH),
-    ).drop("_fid", "_ts", "_cur", "_cur_from", "_key", "_how")
-    missing = joined.filter(pl.col(MATCH) == "missing").select(
+        f.filter(hit & ~pl.col("_na")).select("_fid", _key=pl.col("_cur"), _how=pl.lit("exact")),
+        f.filter(pl.col("_na")).select("_fid", _key=pl.lit(NOT_APPLICABLE_KEY, dtype=pl.Int64),
+                                       _how=pl.lit("not_applicable")),
+        rest.select("_fid").join(found, on="_fid", how="left").select(
+            "_fid", _key=pl.col("_key").fill_null(UNKNOWN_KEY),
+            _how=pl.col("_how").fill_null("missing")),
+    ], how="vertical_relaxed").sort("_fid").select(
+        pl.col("_key").cast(pl.Int64).alias(out), pl.col("_how").alias(MATCH)
+    ).collect(engine="in-memory")
+    joined = wide.hstack(keyed.get_columns())
+    missing = joined.lazy().filter(pl.col(MATCH) == "missing").select(
         [pl.col(a).alias(b) for a, b in zip(fk, nk, strict=True)]).unique().sort(nk)
-    return Lookup(joined, missing)
+    return Lookup(joined.lazy(), missing)
 
 
 def apply_missing(facts: pl.LazyFrame, lk: KeyLookup, inferred: pl.LazyFrame | None
