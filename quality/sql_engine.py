@@ -50,10 +50,29 @@ ROW_RULES: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 UNIQUE_RULES = {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"}
 TABLE_RULES = {"expect_table_row_count_to_be_between"}
+# type -> the aggregates it needs, and its observed value from them (GX's metric definitions)
+AGG_RULES: dict[str, tuple[Callable[[str], list[str]], Callable[[list[Any]], Any]]] = {
+    "expect_column_proportion_of_unique_values_to_be_between": (
+        lambda c: [f"count(DISTINCT {c})", f"count({c})"],
+        lambda v: v[0] / v[1] if v[1] else 0.0),
+    "expect_column_unique_value_count_to_be_between": (
+        lambda c: [f"count(DISTINCT {c})"], lambda v: int(v[0])),
+}
 
 
 def supported(e: Expect) -> bool:
-    return e.type in ROW_RULES or e.type in UNIQUE_RULES or e.type in TABLE_RULES
+    return (e.type in ROW_RULES or e.type in UNIQUE_RULES or e.type in TABLE_RULES
+            or e.type in AGG_RULES)
+
+
+def _within(value: Any, kw: dict[str, Any]) -> bool:
+    """GX's ``min_value``/``max_value`` test, with ``strict_min``/``strict_max``."""
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    if value is None:
+        return False
+    above = lo is None or (value > lo if kw.get("strict_min") else value >= lo)
+    below = hi is None or (value < hi if kw.get("strict_max") else value <= hi)
+    return bool(above and below)
 
 
 def _unique_keep(kw: dict[str, Any]) -> str:
@@ -84,15 +103,21 @@ def run_sql(wh: Queryable, staged: str, expectations: Sequence[Expect]) -> list[
             nonnull = "count(*)" if e.type == "expect_column_values_to_not_be_null" \
                 else f"count({col})"
             aggs += [f"count(*) FILTER (WHERE {ROW_RULES[e.type](kw)}) AS u{i}", f"{nonnull} AS d{i}"]
+        elif e.type in AGG_RULES:
+            aggs += [f"{a} AS a{i}_{j}" for j, a in enumerate(AGG_RULES[e.type][0](_q(kw["column"])))]
     counts = wh.query(f"SELECT {', '.join(aggs)} FROM {staged}").row(0, named=True)
     total = int(counts["n"])
     outcomes = []
     for i, e in enumerate(expectations):
         kw = e.kwargs
         if e.type in TABLE_RULES:
-            lo, hi = kw.get("min_value"), kw.get("max_value")
-            ok = (lo is None or total >= lo) and (hi is None or total <= hi)
-            outcomes.append(Outcome(e, ok, json.dumps(total), None, None, [], []))
+            outcomes.append(Outcome(e, _within(total, kw), json.dumps(total), None, None, [], []))
+            continue
+        if e.type in AGG_RULES:
+            parts = [counts[k] for k in sorted(k for k in counts if k.startswith(f"a{i}_"))]
+            observed = AGG_RULES[e.type][1](parts)
+            outcomes.append(Outcome(e, _within(observed, kw), json.dumps(observed), None, None,
+                                    [], []))
             continue
         if e.type in ROW_RULES:
             where = f"({ROW_RULES[e.type](kw)})"

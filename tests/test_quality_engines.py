@@ -10,7 +10,7 @@ import pytest
 from loaders.duckdb import DuckDBWarehouse
 from quality.expect import Expect
 from quality.gx_engine import run_expectations
-from quality.sql_engine import run_sql, supported
+from quality.sql_engine import AGG_RULES, run_sql, supported
 
 FRAME = pl.DataFrame({
     "id": [1, 2, 2, 3, None, 5, 6, 6],
@@ -32,6 +32,14 @@ CASES = [
     Expect("expect_compound_columns_to_be_unique", column_list=["id", "code"],
            ignore_row_if="any_value_is_missing"),
     Expect("expect_table_row_count_to_be_between", min_value=1, max_value=5),
+    Expect("expect_column_proportion_of_unique_values_to_be_between", column="code",
+           min_value=0.5, max_value=1),
+    Expect("expect_column_proportion_of_unique_values_to_be_between", column="id",
+           min_value=0.9, strict_max=True),
+    Expect("expect_column_unique_value_count_to_be_between", column="email", min_value=1,
+           max_value=6),
+    Expect("expect_column_unique_value_count_to_be_between", column="code", max_value=4,
+           strict_max=True),
 ]
 
 
@@ -56,5 +64,6 @@ def test_sql_and_gx_agree(expectation: Expect, tmp_path: Path) -> None:
             map(_norm, slow.unexpected_sample))
     if fast.success and "mostly" in expectation.kwargs:
         assert fast.unexpected_rows == slow.unexpected_rows
-    if expectation.type.startswith("expect_table"):
-        assert fast.observed_value == slow.observed_value
+    if expectation.type.startswith("expect_table") or expectation.type in AGG_RULES:
+        assert fast.observed_value is not None and slow.observed_value is not None
+        assert float(fast.observed_value) == pytest.approx(float(slow.observed_value))
