@@ -172,3 +172,24 @@ def test_the_stewards_report_reads_bigquery(built: Built, emulator: Emulator,
     assert f"bigquery://{PROJECT}/{DATASET}" in index and "fact_sales" in index
     quarantined = built.bq.query('SELECT count(*) AS n FROM main."fact_sales__quarantine"')
     assert f"<td>{quarantined['n'][0]}</td></tr>" in index.split("fact_sales</a>", 1)[1]
+
+
+@pytest.mark.temporal
+def test_a_temporal_build_publishes_to_bigquery(built: Built, temporal_server: Any) -> None:
+    """The workflow path (plan activity, build activities on a worker) with the BigQuery target:
+    the dimensions re-run for the last day through Temporal, and the star stays as it was."""
+    import asyncio
+
+    from orchestration.messages import BuildRequest, Paths
+    from tests.temporal_helpers import run_build
+
+    before = _star(built.bq, built.cat)
+    select = ("stg_stores", "dim_store", "stg_products", "dim_product")
+    req = BuildRequest(Paths(str(built.landing), built.ref), select=select,
+                       dates=(built.days[-1],))
+    report, _ = asyncio.run(run_build(temporal_server.address, req))
+    assert report.ok and {m.model for m in report.days[0].built} == set(select)
+    after = _star(built.bq, built.cat)
+    assert all(after[name].equals(before[name]) for name in before)
+    jobs = built.bq.job_log().filter(pl.col("kind") == "publish")
+    assert jobs.filter(pl.col("model") == "dim_store").height >= 3  # 2 days + this re-run

@@ -28,9 +28,10 @@ TRANSIENT_REASONS = {"backendError", "internalError", "rateLimitExceeded", "jobB
                      "jobRateLimitExceeded", "quotaExceeded"}
 DATA_REASONS = {"invalid", "invalidQuery"}
 # Two publishes that both delete from one table (the watermarks, say) conflict in BigQuery: one
-# transaction is rolled back whole with this message, and running it again is safe.
-CONFLICT = re.compile(r"concurrent update|could not serialize access|aborted due to concurren",
-                      re.IGNORECASE)
+# transaction is rolled back whole with this message, and running it again is safe. The local
+# emulator reports the same conflict as a failed commit.
+CONFLICT = re.compile(r"concurrent update|could not serialize access|aborted due to concurren"
+                      r"|failed to commit", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
