@@ -45,11 +45,12 @@ def step_child(kind: str, folder: Path, fact: str, day: str) -> None:
     cat = load_catalogue()
     models = dict(cat.models)
     memory = "4GB"
-    if kind.startswith("batch"):
+    if kind.startswith("batch"):  # batchN or batchN@LIMIT (DuckDB's memory limit, e.g. 256MB)
+        batch, _, memory = kind[5:].partition("@")
         spec = models[fact].fact
         assert spec is not None
-        models[fact] = replace(models[fact], fact=replace(spec, batch_days=int(kind[5:])))
-        memory = "1GB"
+        models[fact] = replace(models[fact], fact=replace(spec, batch_days=int(batch)))
+        memory = memory or "1GB"
     req = StepRequest(fact, day, run_id_for(day), str(folder / "landing"),
                       str(folder / "wh.duckdb"), full_refresh=kind != "nightly",
                       memory_limit=memory)
