@@ -147,3 +147,50 @@ def test_retrying_backs_off_on_transient_errors_only() -> None:
     with pytest.raises(DataError):
         retrying(broken, "t", delay=0.01)
     assert len(calls) == 1  # a bad request is not retried
+
+
+@pytest.mark.bigquery
+def test_batches_staged_apart_read_back_as_one_table_in_order(emulator: Emulator) -> None:
+    wh = warehouse(emulator, "union_parts")
+    with wh.session():
+        parts = [wh.stage(f"orders__part{i}", "r1", pl.DataFrame({"k": [3 * i + 2, 3 * i + 1],
+                                                                  "v": [f"p{i}", f"q{i}"]}))
+                 for i in range(3)]
+        staged = wh.union(parts)
+        assert wh.read_staged(staged).rows() == [(2, "p0"), (1, "q0"), (5, "p1"), (4, "q1"),
+                                                 (8, "p2"), (7, "q2")]
+        row = wh.query(f"SELECT count(*) AS n FROM {staged}").row(0)
+        assert row == (6,)
+
+
+@pytest.mark.bigquery
+def test_a_refused_audit_leaves_the_published_table_and_records_why(emulator: Emulator) -> None:
+    """Write, audit, publish on BigQuery: bad staged rows never reach the table."""
+    from quality.contract import audit_staged
+    from quality.expect import Expect
+    from quality.gate import judge, refuse
+
+    wh = warehouse(emulator, "refused")
+    m = model(K, V)
+    with wh.session():
+        publish(wh, m, pl.DataFrame({"k": [1, 2], "v": ["a", "b"]}), "r1")
+        bad = wh.stage("orders", "r2", pl.DataFrame({"k": [1, 1, None], "v": ["x", "y", "z"]},
+                                                    schema={"k": pl.Int64(), "v": pl.String()}))
+        with pytest.raises(DataError, match=r"1 row\(s\) with null k; 1 row\(s\) with duplicate k"):
+            audit_staged(wh, bad, m)
+        gated = Model(m.name, m.kind, m.inputs, m.columns, m.transform, m.strategy,
+                      unique_key=m.unique_key, expectations=(
+                          Expect("expect_column_values_to_be_in_set", column="v",
+                                 value_set=["a", "b"]),))
+        verdict = judge(pl.DataFrame(), gated, "r2", date(2024, 1, 2), wh, bad)
+        assert verdict.failed
+        wh.record_quality(verdict.results)
+        with pytest.raises(DataError):
+            refuse(verdict, gated)
+        assert wh.read("orders").sort("k").rows() == [(1, "a"), (2, "b")]
+        results = wh.query("SELECT * FROM _starsmith.quality_results WHERE run_id = 'r2'")
+        assert results["success"].to_list() == [False]
+        wh.log_failure({"run_id": "r2", "model": "orders", "logical_date": date(2024, 1, 2),
+                        "status": "failed", "message": "refused by the gate"})
+        log = wh.run_log()
+        assert log.filter(pl.col("run_id") == "r2")["status"].to_list() == ["failed"]
