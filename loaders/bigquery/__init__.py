@@ -1,1 +1,1 @@
-"""The BigQuery target (in progress): tables from model specs; loads come next (issue #5)."""
+"""The BigQuery target: tables from model specs, staged loads, one-transaction publishes."""

@@ -55,7 +55,7 @@ class _Script:
         return f"`{self.wh.ref.project}`.`{dataset}`.`{name}`"
 
     def upload(self, kind: str, frame: pl.DataFrame) -> str:
-        name = self.wh._upload(f"{self.prefix}_{kind}", frame)
+        name = self.wh.upload(f"{self.prefix}_{kind}", frame)
         self.staged.append(name)
         return self.table(self.wh.ref.staging, name)
 
@@ -90,12 +90,12 @@ def _quarantine(s: _Script, rows: pl.DataFrame) -> None:
 
     job, wh = s.job, s.wh
     rows = meta.portable(rows)
-    table_id = wh._id(f"{job.target}__quarantine")
+    table_id = wh.table_id(f"{job.target}__quarantine")
     wanted = {f.name: f for f in meta.fields(rows.schema)}
     scope = job.quarantine_scope
     if scope and scope[0] not in wanted:
         wanted[scope[0]] = bigquery.SchemaField(scope[0], "DATE")
-    table = wh._table(table_id)
+    table = wh.get_table(table_id)
     if table is None:
         spec = bigquery.Table(table_id, schema=list(wanted.values()))
         spec.description = f"Rows of {job.target} held back, with the reason"

@@ -97,7 +97,7 @@ class BigQueryWarehouse:
             self._jobs = Jobs(self.client, self.ref.location)
         return self._jobs
 
-    def _id(self, table: str, dataset: str | None = None) -> str:
+    def table_id(self, table: str, dataset: str | None = None) -> str:
         return f"{self.ref.project}.{dataset or self.ref.dataset}.{table}"
 
     # -- setup -------------------------------------------------------------------------------
@@ -128,15 +128,15 @@ class BigQueryWarehouse:
                     retrying(partial(self.client.update_dataset, made,
                                      ["default_table_expiration_ms"]), name)
             for table, schema in meta.meta_tables().items():
-                t = bigquery.Table(self._id(table, self.ref.meta), schema=meta.fields(schema))
+                t = bigquery.Table(self.table_id(table, self.ref.meta), schema=meta.fields(schema))
                 retrying(partial(self.client.create_table, t, exists_ok=True), table)
             _READY.add(key)
 
     # -- reading -----------------------------------------------------------------------------
     def exists(self, table: str) -> bool:
-        return self._table(self._id(table)) is not None
+        return self.get_table(self.table_id(table)) is not None
 
-    def _table(self, table_id: str) -> Any:
+    def get_table(self, table_id: str) -> Any:
         from google.api_core import exceptions as api
 
         try:
@@ -157,7 +157,7 @@ class BigQueryWarehouse:
                 sources[name], param = dialect.inline_frame(f"_f_{_safe(name)}", frame)
                 bound += [param] if param is not None else []
             else:  # a big frame goes up as a table
-                uploaded[name] = self._upload(f"_frame_{_safe(name)}_{uuid.uuid4().hex[:12]}",
+                uploaded[name] = self.upload(f"_frame_{_safe(name)}_{uuid.uuid4().hex[:12]}",
                                               frame)
                 sources[name] = dialect.qualified(self.ref.project, self.ref.staging,
                                                   uploaded[name])
@@ -208,13 +208,13 @@ class BigQueryWarehouse:
         return self.query(f"SELECT * FROM {ref} ORDER BY {meta.ROW}").drop(meta.ROW)
 
     # -- staging -----------------------------------------------------------------------------
-    def _upload(self, name: str, frame: pl.DataFrame) -> str:
+    def upload(self, name: str, frame: pl.DataFrame) -> str:
         """A Parquet load job into an expiring staging table (replacing any earlier copy)."""
         from google.cloud import bigquery
 
         frame = meta.portable(frame)
         data = meta.parquet(frame)
-        table_id = self._id(name, self.ref.staging)
+        table_id = self.table_id(name, self.ref.staging)
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET, schema=meta.fields(frame.schema),
             write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE)
@@ -233,7 +233,7 @@ class BigQueryWarehouse:
     def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str:
         # A name of its own per attempt: a retry never loads into a table an earlier attempt
         # is still dropping; the publish job id is derived from the rows, not from this name.
-        name = self._upload(f"{_safe(model)}__{_safe(run_id)}__{self.nonce}",
+        name = self.upload(f"{_safe(model)}__{_safe(run_id)}__{self.nonce}",
                             frame.with_row_index(meta.ROW).with_columns(pl.col(meta.ROW).cast(
                                 pl.Int64())))
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
@@ -258,7 +258,7 @@ class BigQueryWarehouse:
         """Drop a staging table in the background: nothing waits for it, and it expires anyway."""
         def drop() -> None:
             try:
-                self.client.delete_table(self._id(name, self.ref.staging), not_found_ok=True)
+                self.client.delete_table(self.table_id(name, self.ref.staging), not_found_ok=True)
             except Exception as err:
                 log.warning("could not drop staging table %s (it will expire): %s", name, err)
 
@@ -270,8 +270,8 @@ class BigQueryWarehouse:
         model = job.model
         if model is None:
             raise ConfigError(f"the BigQuery target needs the model spec to publish {job.target}")
-        table_id = self._id(model.name)
-        table = self._table(table_id)
+        table_id = self.table_id(model.name)
+        table = self.get_table(table_id)
         if table is not None:
             change = compare(model, table)
             if change.incompatible and not job.full_refresh:
@@ -292,8 +292,8 @@ class BigQueryWarehouse:
                 self._run(view, [], "ddl")
 
     def check_schema(self, model: Model, *, full_refresh: bool) -> None:
-        table_id = self._id(model.name)
-        table = self._table(table_id)
+        table_id = self.table_id(model.name)
+        table = self.get_table(table_id)
         if table is not None and not full_refresh:
             change = compare(model, table)
             if change.incompatible:
@@ -342,7 +342,7 @@ class BigQueryWarehouse:
                                              schema=meta.RUN_LOG))
 
     def _append(self, table: str, rows: pl.DataFrame) -> None:
-        name = self._upload(f"_{table}_{uuid.uuid4().hex[:12]}", rows)
+        name = self.upload(f"_{table}_{uuid.uuid4().hex[:12]}", rows)
         cols = ", ".join(f"`{c}`" for c in rows.columns)
         self._run(f"INSERT INTO {_q(self.ref.project, self.ref.meta, table)} ({cols}) "
                   f"SELECT {cols} FROM {_q(self.ref.project, self.ref.staging, name)}", [], "log")
