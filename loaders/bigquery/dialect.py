@@ -5,12 +5,15 @@ Build steps write their queries once, in DuckDB's dialect, over ``main.<table>``
 those names at the target's datasets and the uploaded frames, and writes BigQuery SQL (``SEMI
 JOIN`` becomes ``EXISTS``, ``FILTER`` becomes ``COUNTIF``, ``EXCLUDE`` becomes ``EXCEPT``...).
 
-The strategies of ``loaders/sql.py`` are mapped the same way, with two BigQuery rules: a table is
-created from its spec (descriptions, partitioning, clustering) before the transaction, since DDL
-cannot run inside one, so a full replace becomes ``DELETE`` + ``INSERT`` in the transaction and
-"create if missing" disappears; and a ``MERGE`` may be written as the equivalent delete of the
-staged keys plus insert (``merge_mode="delete_insert"``) for engines that cannot run a MERGE
-inside a transaction (the local emulator; FACTS.md).
+The strategies of ``loaders/sql.py`` are mapped the same way, with BigQuery's rules:
+- A table is created from its spec (descriptions, partitioning, clustering) before the
+  transaction, since DDL cannot run inside one. So a full replace deletes and inserts rather
+  than recreating, and "create if missing" disappears.
+- In ``merge`` mode each replace (all rows, changed keys, rebuilt partitions) becomes one
+  ``MERGE ... ON FALSE`` bounded by the delete's condition.
+- ``delete_insert`` mode keeps the statement pairs and writes a key ``MERGE`` as the equivalent
+  delete plus insert. It is for engines that cannot run a MERGE inside a transaction (the local
+  emulator; FACTS.md).
 """
 
 from __future__ import annotations
@@ -112,9 +115,63 @@ def _merge_as_replace(stmt: exp.Merge) -> list[exp.Expr]:
     return sql.replace_keys(target.sql("duckdb"), source.sql("duckdb"), keys, columns)
 
 
+def _qualify(cond: exp.Expr, alias: str) -> exp.Expr:
+    """Name the target in a delete's condition; subqueries keep their own columns."""
+    cond = cond.copy()
+    for col in list(cond.find_all(exp.Column)):
+        if not col.table and col.find_ancestor(exp.Subquery, exp.Select) is None:
+            col.set("table", exp.to_identifier(alias))
+    return cond
+
+
+def _replace_as_merge(delete: exp.Delete, insert: exp.Insert) -> exp.Merge:
+    """A delete of some target rows plus an insert of the staged rows, as one ``MERGE ... ON
+    FALSE``: every staged row is inserted, and only the rows the delete named are deleted (the
+    changed keys of an SCD2 dimension, the rebuilt partitions of a fact)."""
+    target = delete.this.copy()
+    alias = target.alias or "t"
+    if not target.alias:
+        target = target.as_(alias, table=True)
+    select = insert.expression
+    source = select.args["from_"].this.copy()
+    columns = [c.name for c in insert.this.expressions]
+    where = delete.args["where"].this
+    return exp.Merge(
+        this=target, using=source.as_("src", table=True), on=exp.false(),
+        whens=exp.Whens(expressions=[
+            exp.When(matched=False, then=exp.Insert(
+                this=exp.Tuple(expressions=[exp.column(c, quoted=True) for c in columns]),
+                expression=exp.Tuple(expressions=[exp.column(c, "src", quoted=True)
+                                                  for c in columns]))),
+            exp.When(matched=False, source=True, condition=_qualify(where, alias),
+                     then=exp.var("DELETE")),
+        ]))
+
+
+def _pairs(statements: Sequence[exp.Expr]) -> list[exp.Expr]:
+    """Each DELETE followed by an INSERT into the same table becomes one MERGE."""
+    out: list[exp.Expr] = []
+    i = 0
+    while i < len(statements):
+        stmt, nxt = statements[i], statements[i + 1] if i + 1 < len(statements) else None
+        if (isinstance(stmt, exp.Delete) and isinstance(nxt, exp.Insert)
+                and isinstance(nxt.expression, exp.Select) and stmt.args.get("where")
+                and stmt.this.name == nxt.this.this.name and stmt.this.db == nxt.this.this.db):
+            out.append(_replace_as_merge(stmt, nxt))
+            i += 2
+            continue
+        out.append(stmt)
+        i += 1
+    return out
+
+
 def publish_statements(statements: Sequence[exp.Expr], columns: Sequence[str],
                        merge_mode: str = "merge") -> list[exp.Expr]:
-    """The strategy's statements in the form BigQuery runs inside one transaction."""
+    """The strategy's statements in the form BigQuery runs inside one transaction.
+
+    In ``merge`` mode (real BigQuery) a replace of keys or partitions runs as one MERGE that
+    touches only those rows; ``delete_insert`` keeps the two statements (the emulator).
+    """
     if merge_mode not in MERGE_MODES:
         raise ConfigError(f"unknown BigQuery merge mode {merge_mode!r}", where="the target",
                           fix=f"Use one of {', '.join(MERGE_MODES)}")
@@ -128,7 +185,7 @@ def publish_statements(statements: Sequence[exp.Expr], columns: Sequence[str],
             out += _merge_as_replace(stmt)
         else:
             out.append(stmt)
-    return out
+    return _pairs(out) if merge_mode == "merge" else out
 
 
 def parameter(value: Any, index: int) -> Any:
