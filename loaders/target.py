@@ -12,6 +12,7 @@ A reference is a DuckDB file path (the embedded default) or ``bigquery://project
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -50,10 +51,33 @@ class Publish:
     full_refresh: bool = False
 
 
+def safe_name(name: str) -> str:
+    """A model or run id as part of a table or file name: letters, digits and ``_`` only."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+class SqlReads:
+    """Reads both targets write the same way, on top of their own ``query``."""
+
+    def query(self, query: str, params: Sequence[Any] | None = None, **frames: pl.DataFrame
+              ) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
+             **frames: pl.DataFrame) -> pl.DataFrame:
+        q = f'SELECT * FROM main."{table}"' + (f" WHERE {where}" if where else "")
+        return self.query(q, params, **frames)
+
+    def max_value(self, table: str, column: str) -> int:
+        rows = self.query(f'SELECT coalesce(max("{column}"), 0) AS m FROM main."{table}"')
+        return int(rows["m"][0])
+
+
 class Warehouse(Protocol):
     """What a build step needs from a target; DuckDB and BigQuery both provide it."""
 
     dialect: str
+    row_index: str  # SQL for a staged row's position, for rows a "mostly" rule holds back
 
     def session(self) -> AbstractContextManager[None]: ...
 

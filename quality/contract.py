@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtim
 
 
 class Queryable(Protocol):
+    row_index: str  # SQL for a staged row's position (engines differ: see the targets)
+
     def query(self, query: str, params: list[object] | None = None, **frames: pl.DataFrame
               ) -> pl.DataFrame: ...
 

@@ -142,8 +142,7 @@ def run_sql(wh: Queryable, staged: str, expectations: Sequence[Expect]) -> list[
             sample = (head[column].to_list() if column else
                       [dict(zip(listed, r, strict=True)) for r in head.select(listed).iter_rows()])
             if ok and "mostly" in kw and where:
-                index = getattr(wh, "row_index", "row_number() OVER () - 1")
-                found = wh.query(f"SELECT i FROM (SELECT {index} AS i, * "
+                found = wh.query(f"SELECT i FROM (SELECT {wh.row_index} AS i, * "
                                  f"FROM {staged}) WHERE {where}")
                 indices = [int(x) for x in found["i"].to_list()]
         outcomes.append(Outcome(e, ok, None, bad, share, sample, indices))

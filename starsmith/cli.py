@@ -146,10 +146,10 @@ def build(
                                  backfill=ranged)
 
     code = _guard(go)
-    _exit(code)
+    exit_now(code)
 
 
-def _exit(code: int) -> None:
+def exit_now(code: int) -> None:
     """Flush and leave at once: temporalio can crash in interpreter finalisation (FACTS.md)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -286,7 +286,7 @@ def status(run_id: Annotated[str | None, typer.Argument(help="workflow id; defau
     """Print a build's state: every model's progress, or the final result."""
     from starsmith.temporal_cli import status as show_status
 
-    _exit(_guard(lambda: show_status(_config(), console, run_id, address)))
+    exit_now(_guard(lambda: show_status(_config(), console, run_id, address)))
 
 
 @app.command()
@@ -313,7 +313,7 @@ def backfill(
         plan = make_plan(cat, cat.select(select), date_range(first, last))
         return run_with_temporal(plan, cfg, console, address=address, backfill=True)
 
-    _exit(_guard(go))
+    exit_now(_guard(go))
 
 
 def _schedules() -> None:
@@ -380,7 +380,7 @@ def reprocess(
 
         return run_with_temporal(plan, cfg, console, address=address)
 
-    _exit(_guard(go))
+    exit_now(_guard(go))
 
 
 def main() -> None:

@@ -8,8 +8,6 @@ going, so two builds of one warehouse never run at once.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -43,11 +41,9 @@ def _run(address: str | None, action: object) -> None:
             await action(client, cfg)  # type: ignore[operator]
 
     asyncio.run(go())
-    # Leave at once, as the other Temporal commands do: temporalio's core can crash while the
-    # interpreter finalises (FACTS.md), which turned a done command into a SIGSEGV exit code.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from starsmith.cli import exit_now  # cli imports this module: import when run
+
+    exit_now(0)  # as every Temporal command: temporalio can crash in finalisation (FACTS.md)
 
 
 @app.command()

@@ -16,7 +16,7 @@ import polars as pl
 from sqlglot import exp
 
 from loaders.bigquery import meta
-from loaders.target import RUN_LOG_COLUMNS, Publish
+from loaders.target import RUN_LOG_COLUMNS, Publish, safe_name
 
 if TYPE_CHECKING:
     from loaders.bigquery.warehouse import BigQueryWarehouse
@@ -46,7 +46,7 @@ def _in(column: str, values: Sequence[date]) -> str:
 class _Script:
     def __init__(self, wh: BigQueryWarehouse, job: Publish) -> None:
         self.wh, self.job = wh, job
-        self.prefix = (f"_meta_{wh_safe(job.target)}__{wh_safe(job.run_log['run_id'])}__"
+        self.prefix = (f"_meta_{safe_name(job.target)}__{safe_name(job.run_log['run_id'])}__"
                        f"{wh.nonce}")
         self.staged: list[str] = []
         self.lines: list[str] = []
@@ -76,12 +76,6 @@ def values_insert(target: str, frame: pl.DataFrame) -> str:
     cols = ", ".join(f"`{c}`" for c in frame.columns)
     rows = ", ".join("(" + ", ".join(_lit(v) for v in row) + ")" for row in frame.iter_rows())
     return f"INSERT INTO {target} ({cols}) VALUES {rows}"
-
-
-def wh_safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def _quarantine(s: _Script, rows: pl.DataFrame) -> None:

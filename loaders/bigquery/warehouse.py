@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ from loaders.bigquery import dialect, meta
 from loaders.bigquery.connection import BigQueryRef, Jobs, job_id, make_client, retrying
 from loaders.bigquery.script import publish_script, values_insert
 from loaders.bigquery.tables import compare, current_view_sql, evolve, incompatible_error, table_for
-from loaders.target import RUN_LOG_COLUMNS, Publish
+from loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from models.contract import Model
 from starsmith.errors import ConfigError
 from starsmith.log import get_logger
@@ -47,8 +46,9 @@ _DROPS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="starsmith-bq-drop
 _READY_LOCK = threading.Lock()
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+def staged_name(ref: str) -> str:
+    """The table name in a staged reference (``"project"."dataset"."table"``)."""
+    return ref.split(".")[-1].strip('"')
 
 
 def _q(*parts: str) -> str:
@@ -65,7 +65,7 @@ def _frame(table: Any) -> pl.DataFrame:
     return result
 
 
-class BigQueryWarehouse:
+class BigQueryWarehouse(SqlReads):
     """A BigQuery dataset as the warehouse target. Cheap to build; the client is made on use."""
 
     dialect = "bigquery"
@@ -154,10 +154,10 @@ class BigQueryWarehouse:
         bound = [dialect.parameter(p, i) for i, p in enumerate(params or ())]
         for name, frame in frames.items():
             if frame.height * max(frame.width, 1) <= dialect.INLINE_VALUES:
-                sources[name], param = dialect.inline_frame(f"_f_{_safe(name)}", frame)
+                sources[name], param = dialect.inline_frame(f"_f_{safe_name(name)}", frame)
                 bound += [param] if param is not None else []
             else:  # a big frame goes up as a table
-                uploaded[name] = self.upload(f"_frame_{_safe(name)}_{uuid.uuid4().hex[:12]}",
+                uploaded[name] = self.upload(f"_frame_{safe_name(name)}_{uuid.uuid4().hex[:12]}",
                                               frame)
                 sources[name] = dialect.qualified(self.ref.project, self.ref.staging,
                                                   uploaded[name])
@@ -195,15 +195,6 @@ class BigQueryWarehouse:
                                                  location=self.ref.location or None), "dry run")
         return int(job.total_bytes_processed or 0)
 
-    def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
-             **frames: pl.DataFrame) -> pl.DataFrame:
-        q = f'SELECT * FROM main."{table}"' + (f" WHERE {where}" if where else "")
-        return self.query(q, params, **frames)
-
-    def max_value(self, table: str, column: str) -> int:
-        rows = self.query(f'SELECT coalesce(max("{column}"), 0) AS m FROM main."{table}"')
-        return int(rows["m"][0])
-
     def read_staged(self, ref: str) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {ref} ORDER BY {meta.ROW}").drop(meta.ROW)
 
@@ -233,14 +224,14 @@ class BigQueryWarehouse:
     def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str:
         # A name of its own per attempt: a retry never loads into a table an earlier attempt
         # is still dropping; the publish job id is derived from the rows, not from this name.
-        name = self.upload(f"{_safe(model)}__{_safe(run_id)}__{self.nonce}",
+        name = self.upload(f"{safe_name(model)}__{safe_name(run_id)}__{self.nonce}",
                             frame.with_row_index(meta.ROW).with_columns(pl.col(meta.ROW).cast(
                                 pl.Int64())))
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
 
     def union(self, refs: Sequence[str]) -> str:
         """The batches of one step as one staged table, numbered in batch order."""
-        first = refs[0].split(".")[-1].strip('"')
+        first = staged_name(refs[0])
         name = f"{first}__all"
         parts = " UNION ALL ".join(f"SELECT *, {i} AS _part FROM {r}" for i, r in enumerate(refs))
         target = _q(self.ref.project, self.ref.staging, name)
@@ -249,9 +240,9 @@ class BigQueryWarehouse:
                 f"({dialect.to_bigquery(parts, self.ref.project, self.datasets)})")
         self._run(text, [], "stage")
         self._digests[name] = hashlib.sha256("".join(
-            self._digests.get(r.split(".")[-1].strip('"'), r) for r in refs).encode()).hexdigest()
+            self._digests.get(staged_name(r), r) for r in refs).encode()).hexdigest()
         for ref in refs:
-            self.drop_staged(ref.split(".")[-1].strip('"'))
+            self.drop_staged(staged_name(ref))
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
 
     def drop_staged(self, name: str) -> None:
@@ -306,7 +297,7 @@ class BigQueryWarehouse:
                                                 self.merge_mode)
         body = [dialect.to_bigquery(s, self.ref.project, self.datasets) for s in statements]
         script, staged_meta = publish_script(self, job, body)
-        names = [r.split(".")[-1].strip('"') for r in (job.staged, *job.also_staged)]
+        names = [staged_name(r) for r in (job.staged, *job.also_staged)]
         # The publish's identity: this build run, this model and date, these statements over
         # these staged rows. A retry of the step finds the job done and does not publish twice.
         identity = "\n".join(body)

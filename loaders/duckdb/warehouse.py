@@ -27,7 +27,7 @@ import duckdb
 import polars as pl
 
 from loaders import sql
-from loaders.target import RUN_LOG_COLUMNS, Publish
+from loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.errors import RetryableError, WarehouseBusy
 from starsmith.log import get_logger
 
@@ -64,14 +64,11 @@ def _paths(ref: str) -> list[str]:
     return re.findall(r"'([^']+)'", ref)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-class DuckDBWarehouse:
+class DuckDBWarehouse(SqlReads):
     """A DuckDB file as the warehouse target. Cheap to construct: it holds only settings."""
 
     dialect = "duckdb"
+    row_index = "row_number() OVER () - 1"  # a staged Parquet file keeps its row order
 
     def __init__(self, path: Path | str, *, memory_limit: str = "4GB",
                  temp_dir: Path | None = None, threads: int | None = None,
@@ -154,18 +151,9 @@ class DuckDBWarehouse:
         assert isinstance(result, pl.DataFrame)
         return result
 
-    def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
-             **frames: pl.DataFrame) -> pl.DataFrame:
-        q = f'SELECT * FROM {PUBLISHED}."{table}"' + (f" WHERE {where}" if where else "")
-        return self.query(q, params, **frames)
-
-    def max_value(self, table: str, column: str) -> int:
-        rows = self.query(f'SELECT coalesce(max("{column}"), 0) AS m FROM {PUBLISHED}."{table}"')
-        return int(rows["m"][0])
-
     # -- writing -----------------------------------------------------------------------------
     def staged_path(self, model: str, run_id: str) -> Path:
-        return self.staging_dir / f"{_safe(model)}__{_safe(run_id)}.parquet"
+        return self.staging_dir / f"{safe_name(model)}__{safe_name(run_id)}.parquet"
 
     def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str:
         """Write a step's output to the staging area; returns it as a table reference for SQL.
