@@ -5,9 +5,13 @@ fact in full as of the last day, then runs the last day's nightly (incremental) 
 rebuilds only the partitions that day touched plus the lookback window. Each step runs in a
 fresh process, as a worker runs it, and is timed with the checkpoint of what it wrote (median
 of rounds); the nightly run must leave the rebuilt table as it was, which is checked.
-Then the memory budget: the same full rebuild in a fresh child process with all partitions in
-one batch, and with ``batch_days`` of 31 and 7, reporting each one's peak RSS.
+Then memory: the same full rebuild in a fresh child process with all partitions in one batch,
+with ``batch_days`` of 31 and 7, and under each ``--budgets`` memory budget (batches sized to fit
+it, orchestration/budget.py), reporting each one's peak RSS against the budget and the size of
+the fact's input in memory. At ``--scale 25`` the inventory input (~1 GiB) is larger than the
+512MB budget it is built under.
 Usage: python benchmarks/fact_incremental.py [--days 365] [--scale 0.5] [--rounds 3]
+       [--budgets 512MB 1GB]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from harness import measure, report
 from loaders.duckdb import DuckDBWarehouse
 from models.demo_landing import write_landing
 from models.registry import Catalogue, load_catalogue
+from orchestration.budget import parse_size
 from orchestration.local import run_plan
 from orchestration.messages import StepRequest
 from orchestration.plan import make_plan, run_id_for
@@ -44,7 +49,9 @@ def step_child(kind: str, folder: Path, fact: str, day: str) -> None:
     """
     cat = load_catalogue()
     models = dict(cat.models)
-    memory = "4GB"
+    memory, budget = "4GB", ""
+    if kind.startswith("budget"):  # budgetSIZE: a full rebuild under that memory budget
+        budget = kind[6:]
     if kind.startswith("batch"):  # batchN or batchN@LIMIT (DuckDB's memory limit, e.g. 256MB)
         batch, _, memory = kind[5:].partition("@")
         spec = models[fact].fact
@@ -53,7 +60,7 @@ def step_child(kind: str, folder: Path, fact: str, day: str) -> None:
         memory = memory or "1GB"
     req = StepRequest(fact, day, run_id_for(day), str(folder / "landing"),
                       str(folder / "wh.duckdb"), full_refresh=kind != "nightly",
-                      memory_limit=memory)
+                      memory_limit=memory, memory_budget=budget)
     runs = 2 if kind == "nightly" else 1
     for i in range(runs):
         started = time.perf_counter()
@@ -73,6 +80,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--scale", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budgets", nargs="*", default=["512MB", "1GB"])
     args = parser.parse_args()
     if args.child:
         step_child(args.child[0], Path(args.child[1]), args.child[2], args.child[3])
@@ -124,10 +132,18 @@ def main() -> None:
                   "pays DuckDB's one-off rewrite of the rebuilt table's row groups)")
         assert last - days[0] == timedelta(days=len(days) - 1) and isinstance(last, date)
         for fact in FACTS:
-            print(f"{fact} full rebuild by batches of partitions (fresh process each):")
+            primary = cat.models[fact].inputs[0].name
+            size = wh.read(primary).estimated_size() / 2**20
+            print(f"{fact} full rebuild, fresh process each; its input ({primary}) holds "
+                  f"{size:,.0f} MiB in memory:")
             for batch in (len(days), 31, 7):
                 t, rss = measure(__file__, f"batch{batch}", root, fact, last.isoformat())
-                print(f"  batch_days={batch:<4d} {t:6.2f} s  peak RSS {rss:6.0f} MiB")
+                print(f"  batch_days={batch:<4d}     {t:6.2f} s  peak RSS {rss:6.0f} MiB")
+            for budget in args.budgets:
+                t, rss = measure(__file__, f"budget{budget}", root, fact, last.isoformat())
+                cap = parse_size(budget) / 2**20
+                print(f"  memory_budget={budget:<6s} {t:6.2f} s  peak RSS {rss:6.0f} MiB "
+                      f"({rss / cap:.0%} of the budget; input / budget {size / cap:.2f}x)")
 
 
 if __name__ == "__main__":

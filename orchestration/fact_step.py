@@ -28,7 +28,11 @@ from loaders import sql
 from loaders.target import Warehouse, conform_read
 from models.contract import BuildContext, Kind, Model, Window
 from models.registry import Catalogue
+from orchestration.budget import Batcher
 from orchestration.output import StepOutput, conform, split_quarantine
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
 
 
 def _partitions(wh: Warehouse, table: str, event: str, load: str, day: date,
@@ -153,11 +157,13 @@ def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
 
 
 def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
-               run_id: str, *, full_refresh: bool) -> StepOutput:
-    """Build a fact for one logical date; many partitions are built ``batch_days`` at a time.
+               run_id: str, *, full_refresh: bool, budget: int = 0) -> StepOutput:
+    """Build a fact for one logical date; many partitions are built a batch at a time.
 
     Batching bounds memory: a full rebuild of years of history holds one batch of partitions in
     memory at once, each batch staged as its own Parquet part, all published in one transaction.
+    A batch is ``batch_days`` partitions, or with a memory ``budget`` (bytes) as many as fit it
+    (orchestration/budget.py).
     """
     fs = model.fact
     assert fs is not None
@@ -187,18 +193,27 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
     else:
         parts, counts["late_beyond_lookback"] = _partitions(
             wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
-        batches = [parts[i:i + fs.batch_days] for i in range(0, len(parts), fs.batch_days)]
-        for i, batch in enumerate(batches or [[]]):
+        batcher = Batcher(parts, fs.batch_days, budget)
+        while True:
+            batch = batcher.next()
             primary = wh.query(f'SELECT p.* FROM main."{primary_name}" p SEMI JOIN _parts d '
                                f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ?', [bound],
                                _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
             read += primary.height
             rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
                                full_refresh, counts, inferred)
+            batcher.measured(len(batch), primary.estimated_size(), rows.estimated_size())
             held += bad
-            if len(batches) > 1:  # stage each batch now: only one is ever in memory
-                staged_parts.append(wh.stage(f"{model.name}__part{i:04d}", run_id, rows))
+            if staged_parts or batcher.remaining:  # stage each batch now: one is in memory
+                staged_parts.append(wh.stage(f"{model.name}__part{len(staged_parts):04d}",
+                                             run_id, rows))
                 rows = rows.clear()
+            if not batcher.remaining:
+                break
+        counts["batches"] = max(len(staged_parts), 1)
+        if budget:
+            log.info("%s: %d partitions in %d batches under a %d MiB budget", model.name,
+                     len(parts), counts["batches"], budget >> 20)
     if (exists and not full_refresh and parts and not staged_parts and model.partition_by
             and model.unique_key and model.partition_by not in model.unique_key):
         rows, clashed = _outside_partitions(wh, model, rows, parts)

@@ -21,7 +21,8 @@ Listener = Callable[[str, str, str], None]  # (logical date, model, state)
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
             staging: str = "", listener: Listener | None = None,
-            catalogue: Catalogue | None = None, job_key: str = "") -> DayOutcome:
+            catalogue: Catalogue | None = None, job_key: str = "", memory_budget: str = ""
+            ) -> DayOutcome:
     """Run every model of the plan for one day; a failure skips only its dependants."""
     cat = catalogue or load_catalogue()
     job_key = job_key or uuid.uuid4().hex
@@ -37,7 +38,7 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
             listener(day, planned.name, "running")
         request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
                               full_refresh=plan.full_refresh, memory_limit=memory_limit,
-                              staging=staging, job_key=job_key)
+                              staging=staging, job_key=job_key, memory_budget=memory_budget)
         try:
             outcome.built.append(run_step(request, cat))
         except StarsmithError as err:
@@ -50,13 +51,13 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
 
 def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, memory_limit: str = "4GB",
              staging: str = "", listener: Listener | None = None,
-             catalogue: Catalogue | None = None) -> list[DayOutcome]:
+             catalogue: Catalogue | None = None, memory_budget: str = "") -> list[DayOutcome]:
     """Days in order; stops after the first day that did not fully build (SCD needs order)."""
     outcomes = []
     for day in plan.dates:
         outcome = run_day(plan, day, landing=landing, warehouse=warehouse,
                           memory_limit=memory_limit, staging=staging, listener=listener,
-                          catalogue=catalogue)
+                          catalogue=catalogue, memory_budget=memory_budget)
         outcomes.append(outcome)
         if not outcome.ok:
             log.error("stopping after %s: later days wait until it builds", day)

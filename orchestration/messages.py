@@ -18,6 +18,7 @@ class Paths:
     warehouse: str
     memory_limit: str = "4GB"
     staging: str = ""  # the write-audit-publish staging folder; default: beside the warehouse
+    memory_budget: str = ""  # a step's peak memory, e.g. "2GB" (orchestration/budget.py)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class StepRequest:
     memory_limit: str = "4GB"
     staging: str = ""
     job_key: str = ""  # one per build run: BigQuery job ids repeat within a run, never across
+    memory_budget: str = ""  # empty: no budget; fact rebuilds go batch_days at a time
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from loaders import sql
 from loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse, open_warehouse
 from models.contract import BuildContext, Model, Strategy
 from models.registry import Catalogue, load_catalogue
+from orchestration.budget import duckdb_limit, parse_size
 from orchestration.fact_step import build_fact
 from orchestration.inputs import day_inputs, input_days
 from orchestration.messages import StepRequest, StepResult
@@ -49,7 +50,8 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
     cat = catalogue or load_catalogue()
     model = cat.model(req.model)
     day = date.fromisoformat(req.logical_date)
-    wh = open_warehouse(req.warehouse, memory_limit=req.memory_limit, staging=req.staging,
+    wh = open_warehouse(req.warehouse, memory_limit=duckdb_limit(req.memory_budget, req.memory_limit),
+                        staging=req.staging,
                         job_key=req.job_key or f"{req.run_id}-{time.time_ns()}")
     started = datetime.now()
     clock = time.perf_counter()
@@ -152,7 +154,8 @@ def _quarantine_frame(rows: pl.DataFrame, model: Model, req: StepRequest, day: d
 def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
            req: StepRequest) -> StepOutput:
     if model.fact is not None:
-        return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)
+        return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
+                          budget=parse_size(req.memory_budget) if req.memory_budget else 0)
     if model.strategy is Strategy.SCD:
         return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)
     days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)

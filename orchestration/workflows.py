@@ -105,7 +105,8 @@ class BuildWorkflow:
                     ) -> StepResult:
         step = StepRequest(name, day, plan.run_ids[day], req.paths.landing, req.paths.warehouse,
                            full_refresh=plan.full_refresh, memory_limit=req.paths.memory_limit,
-                           staging=req.paths.staging, job_key=workflow.info().run_id)
+                           staging=req.paths.staging, job_key=workflow.info().run_id,
+                           memory_budget=req.paths.memory_budget)
         result: StepResult = await workflow.execute_activity(
             "build_model", step, result_type=StepResult, start_to_close_timeout=STEP_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=STEP_RETRY,

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -107,6 +108,9 @@ def build(
                                                 help="Temporal cluster; default: a local dev server")] = None,
     no_wait: Annotated[bool, typer.Option(help="submit to the cluster and print the run id")] = False,
     max_parallel: Annotated[int, typer.Option(help="model steps in flight at once")] = 4,
+    memory_budget: Annotated[str | None, typer.Option(
+        help="peak memory of a step, e.g. 2GB: fact rebuilds are batched to fit "
+             "[env STARSMITH_MEMORY_BUDGET]")] = None,
     landing: Landing = None,
     warehouse: Warehouse = None,
     target: Target = None,
@@ -116,6 +120,11 @@ def build(
     from orchestration.plan import make_plan
 
     cfg = _config(landing, warehouse, target)
+    if memory_budget is not None:
+        from orchestration.budget import parse_size
+
+        parse_size(memory_budget)  # a bad size fails here, not in every step
+        cfg = replace(cfg, memory_budget=memory_budget)
 
     def go() -> int:
         cat = load_catalogue()

@@ -32,6 +32,7 @@ class ProjectConfig:
     warehouse: Path
     staging: Path
     memory_limit: str = "4GB"
+    memory_budget: str = ""  # a step's peak memory; fact rebuilds are batched to fit it
     max_parallel: int = 4
     target: str = "duckdb"
     bigquery: str = ""  # bigquery://project/dataset[?location=..&endpoint=..]
@@ -56,6 +57,7 @@ class ProjectConfig:
             staging=Path(os.environ.get("STARSMITH_STAGING",
                                         warehouse.parent / f"{warehouse.stem}_staging")),
             memory_limit=os.environ.get("STARSMITH_MEMORY_LIMIT", "4GB"),
+            memory_budget=os.environ.get("STARSMITH_MEMORY_BUDGET", ""),
             target="bigquery" if bq else os.environ.get("STARSMITH_TARGET", "duckdb"),
             bigquery=bq,
         )

@@ -43,10 +43,11 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console) -> int
 
             outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
                                 memory_limit=cfg.memory_limit, staging=str(cfg.staging),
-                                listener=listener)
+                                listener=listener, memory_budget=cfg.memory_budget)
     else:
         outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
-                            memory_limit=cfg.memory_limit, staging=str(cfg.staging))
+                            memory_limit=cfg.memory_limit, staging=str(cfg.staging),
+                            memory_budget=cfg.memory_budget)
     rows = []
     for o in outcomes:
         rows += [(o.logical_date, r.model, "built",

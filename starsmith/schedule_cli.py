@@ -65,7 +65,7 @@ def create(cron: Annotated[str, typer.Option(help='cron, e.g. "0 2 * * *"')],
 
     async def action(client: Client, cfg: ProjectConfig) -> None:
         paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
-                      str(cfg.staging.resolve()))
+                      str(cfg.staging.resolve()), cfg.memory_budget)
         sid = schedule_id(cfg, name)
         await client.create_schedule(sid, Schedule(
             action=ScheduleActionStartWorkflow(BuildWorkflow.run, BuildRequest(paths),

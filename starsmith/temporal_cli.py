@@ -59,7 +59,7 @@ def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") ->
 
 def request_for(cfg: ProjectConfig, plan: BuildPlan, select: tuple[str, ...] = ()) -> BuildRequest:
     paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
-                  str(cfg.staging.resolve()))
+                  str(cfg.staging.resolve()), cfg.memory_budget)
     return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
                         plan.dates, plan.full_refresh, plan.max_parallel)
 

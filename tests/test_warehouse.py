@@ -28,12 +28,12 @@ DIMS = {"dim_customer": ("customer_key", "customer_id"), "dim_product": ("produc
 
 
 def build(landing: Path, wh: Path, dates: list[date], *, full_refresh: bool = False,
-          select: list[str] | None = None, catalogue: Catalogue | None = None
-          ) -> list[DayOutcome]:
+          select: list[str] | None = None, catalogue: Catalogue | None = None,
+          memory_budget: str = "") -> list[DayOutcome]:
     cat = catalogue or load_catalogue()
     plan = make_plan(cat, cat.select(select), dates, full_refresh=full_refresh)
     outcomes = run_plan(plan, landing=str(landing), warehouse=str(wh), memory_limit="1GB",
-                        catalogue=cat)
+                        catalogue=cat, memory_budget=memory_budget)
     assert all(o.ok for o in outcomes), [(o.failed, o.skipped) for o in outcomes]
     return outcomes
 
@@ -194,6 +194,21 @@ def test_nightly_incremental_facts_equal_one_full_rebuild(built: DuckDBWarehouse
         assert nightly[fact].height > 0
         assert rebuilt[fact].equals(nightly[fact]), fact
     assert rebuilt["dim_customer"].equals(nightly["dim_customer"])  # no new inferred members
+
+
+def test_a_memory_budget_batches_a_rebuild_and_changes_no_row(built: DuckDBWarehouse,
+                                                              demo_landing: Path,
+                                                              tmp_path: Path) -> None:
+    """A budget below what the process already holds: every partition is built on its own."""
+    copy = tmp_path / "budget.duckdb"
+    copy.write_bytes(built.path.read_bytes())
+    outcomes = build(demo_landing, copy, [DAYS[-1]], full_refresh=True, select=FACTS[:2],
+                     memory_budget="1MB")
+    steps = {r.model: r for o in outcomes for r in o.built}
+    rebuilt, nightly = tables(DuckDBWarehouse(copy)), tables(built)
+    for fact, column in (("fact_sales", "sale_date"), ("fact_inventory_daily", "snapshot_date")):
+        assert rebuilt[fact].equals(nightly[fact]), fact
+        assert steps[fact].details["batches"] == nightly[fact][column].n_unique() > 1
 
 
 def test_fact_keys_point_at_existing_dimension_rows(built: DuckDBWarehouse) -> None:
