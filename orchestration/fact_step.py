@@ -22,7 +22,7 @@ from sqlglot import exp
 
 from dimensions import dimension_schema, inferred_members
 from facts.grain import check_grain, grain_violations
-from facts.keys import MATCH, apply_missing, lookup_key
+from facts.keys import HOW, MATCH, apply_missing, lookup_key
 from facts.spec import FactSpec, FactType, KeyLookup, MissingKey
 from loaders import sql
 from loaders.target import Warehouse, conform_read
@@ -98,8 +98,8 @@ def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, m
                                     max_key=issued, run_id=run_id).collect()
     keep, held = pl.collect_all(
         list(apply_missing(looked.lazy(), lk, inferred.lazy() if inferred is not None else None)))
-    for how, n in keep.group_by(MATCH).len().iter_rows():
-        counts[f"{spec.name}:{how}"] = counts.get(f"{spec.name}:{how}", 0) + int(n)
+    for code, n in keep.group_by(MATCH).len().iter_rows():
+        counts[f"{spec.name}:{HOW[code]}"] = counts.get(f"{spec.name}:{HOW[code]}", 0) + int(n)
     if held.height:
         counts[f"{spec.name}:quarantined"] = counts.get(f"{spec.name}:quarantined", 0) + held.height
     extra = (spec.name, inferred) if inferred is not None else None
