@@ -31,7 +31,7 @@ EXACT, NEAREST, NOT_APPLICABLE, MISSING, INFERRED, TODO = 0, 1, 2, 3, 4, 255
 NEVER = np.iinfo(np.int64).max  # the start of an empty slot: no event reaches it
 NULL_TIME = np.iinfo(np.int64).min  # a NULL event time: before every slot, so the range pass
 MAX_LEVELS = 8  # keys with more than SLOTS x MAX_LEVELS versions: older facts take the range pass
-CHUNK = 1 << 20  # facts probed at once: tens of MB of temporaries; chunks run on all cores
+CHUNK = 1 << 18  # facts probed at once: temporaries stay in cache (1M measured ~1.5x slower)
 DENSE = 8  # integer keys spanning up to DENSE x their count are found by direct addressing
 OPEN_US = int(pl.Series([OPEN_END]).dt.epoch("us")[0])
 
@@ -52,8 +52,14 @@ class Packed:
     versions: pl.DataFrame  # every version, for the facts the range pass answers
 
 
+def _numbers(series: pl.Series, null: int) -> np.ndarray:
+    """An integer column as numpy, NULL as ``null`` (zero-copy when there is no NULL)."""
+    values: np.ndarray = (series.fill_null(null) if series.null_count() else series).to_numpy()
+    return values
+
+
 def _micros(frame: pl.DataFrame, col: str) -> np.ndarray:
-    return frame[col].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()
+    return frame[col].cast(pl.Datetime("us")).to_physical().to_numpy()
 
 
 def pack(versions: pl.DataFrame, nk: Sequence[str], sk: str) -> Packed:
@@ -76,22 +82,26 @@ def pack(versions: pl.DataFrame, nk: Sequence[str], sk: str) -> Packed:
     tiles = np.where(last, vt == OPEN_US, vt == np.r_[vf[1:], NEVER])
     gaps = np.r_[0, np.cumsum(~tiles)]
     k = len(begin)
-    deepest = int((end - begin).max()) if k else 0
+    depth = min(-(-int((end - begin).max()) // SLOTS), MAX_LEVELS) if k else 0
+    # Each version's level (0: among its key's latest SLOTS) and slot (windows are filled from
+    # their oldest version), scattered into every level at once.
+    key_of = np.cumsum(first) - 1
+    row = np.arange(n)
+    level = (end[key_of] - 1 - row) // SLOTS
+    kept = level < depth
+    lo = np.maximum(begin[key_of], end[key_of] - (level + 1) * SLOTS)
+    level, slot, key_of = level[kept], (row - lo)[kept], key_of[kept]
+    starts = np.full((depth, SLOTS, k + 1), NEVER, np.int64)
+    starts.ravel()[(level * SLOTS + slot) * (k + 1) + key_of] = vf[kept]
+    sks = np.zeros((depth, k + 1, SLOTS), np.int64)
+    sks.ravel()[(level * (k + 1) + key_of) * SLOTS + slot] = keys[kept]
     levels = []
-    for depth in range(min(-(-deepest // SLOTS), MAX_LEVELS)):
-        hi = end - depth * SLOTS
-        lo = np.maximum(begin, hi - SLOTS)
-        packed = (hi > begin) & (gaps[end] == gaps[np.minimum(lo, end)])
-        starts = np.full((SLOTS, k + 1), NEVER, np.int64)
-        sks = np.zeros((k + 1, SLOTS), np.int64)
-        for i in range(SLOTS):
-            idx = lo + i
-            held = idx < hi
-            idx = np.clip(idx, 0, max(n - 1, 0))
-            starts[i, :k] = np.where(held, vf[idx], NEVER)
-            sks[:k, i] = np.where(held, keys[idx], 0)
-        starts[0, :k][~packed] = NEVER
-        levels.append(Level(starts, sks.ravel()))
+    for d in range(depth):
+        hi = end - d * SLOTS
+        window = np.maximum(begin, hi - SLOTS)
+        packed = (hi > begin) & (gaps[end] == gaps[np.minimum(window, end)])
+        starts[d, 0, :k][~packed] = NEVER
+        levels.append(Level(starts[d], sks[d].ravel()))
     return Packed(v[begin].select(nk), levels, v)
 
 
@@ -111,7 +121,7 @@ def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[slice], np.ndarray
         if span < DENSE * len(known) + 65_536:
             table = np.full(span + 2, -1, np.int64)  # the last entry: outside the range
             table[known - low] = np.arange(len(known))
-            fk = facts[cols[0]].cast(pl.Int64).fill_null(low - 1).to_numpy()
+            fk = _numbers(facts[cols[0]].cast(pl.Int64), low - 1)
 
             def dense(part: slice) -> np.ndarray:
                 # NULL and outside the range land on the last entry (negatives wrap to huge)
@@ -142,7 +152,7 @@ def find(packed: Packed, facts: pl.DataFrame, event: str) -> tuple[np.ndarray, n
     """
     n = facts.height
     locate = locator(packed, facts)
-    ts = facts[event].cast(pl.Datetime("us")).dt.epoch("us").fill_null(NULL_TIME).to_numpy()
+    ts = _numbers(facts[event].cast(pl.Datetime("us")).to_physical(), NULL_TIME)
     key = np.empty(n, np.int64)
     how = np.full(n, TODO, np.uint8)
     where = np.empty(n, np.int64)
