@@ -1,16 +1,20 @@
-"""Point-in-time key lookups: starsmith's two-pass lookup against DuckDB's range join.
+"""Point-in-time key lookups: starsmith's packed lookup (facts/keys.py) against DuckDB's range join.
 
-Four SCD2 dimensions of K keys x ~3 versions each (boundaries spread over 2023), and N facts with
-four natural keys and an event time. Two cases:
+Four SCD2 dimensions of K keys x 1-5 versions each (~3; boundaries spread over 2023), and N facts
+with four natural keys and an event time. Two cases:
 
-- ``night``: every event falls on the last day (a nightly batch: most facts hit the current
-  version, which the first pass answers with a plain equi-join);
-- ``year``: events spread over the year (a full rebuild: most facts need the range pass).
+- ``night``: every event falls on the last day (a nightly batch: most facts are in their key's
+  current version);
+- ``year``: events spread over the year (a full rebuild: most facts are in older versions, and
+  the keys with five versions send their oldest facts to the second level of slots).
 
-Each contender runs in a fresh child process on the same Parquet inputs and writes its result to
-Parquet (snappy, DuckDB's default codec, for both); peak RSS is the child's own (VmHWM). Key
-sums are compared to prove both found the same keys.
+Each contender runs in a fresh child process on the same Parquet inputs and writes its result as
+Parquet (snappy, DuckDB's default codec, for both). starsmith packs each dimension once and keys
+the facts ``--batch`` rows at a time, writing a part per batch, as the fact step builds and
+stages batches of partitions. Peak RSS is the child's own (VmHWM). Key sums are compared to prove
+both found the same keys.
 Usage: python benchmarks/pit_lookup.py [--facts 5000000] [--keys 1000000] [--rounds 3]
+       [--batch 5000000]
 """
 
 from __future__ import annotations
@@ -61,21 +65,29 @@ def make_inputs(folder: Path, n_facts: int, n_keys: int, case: str) -> None:
     }).write_parquet(folder / "facts.parquet")
 
 
-def run_starsmith(folder: Path) -> None:
+def run_starsmith(folder: Path, batch: int) -> None:
+    """Pack each dimension once, then key the facts ``batch`` rows at a time, each batch written
+    as a Parquet part (as the fact step stages a batch of partitions): memory is one batch's."""
     from dimensions import ChangeDetection, DimensionSpec
-    from facts.keys import lookup_key
+    from facts.keys import KeyIndex
     from facts.spec import KeyLookup
 
-    facts = pl.scan_parquet(folder / "facts.parquet")
+    indexes = []
     for name in DIMS:
         spec = DimensionSpec(name=f"dim_{name}", surrogate_key=f"{name}_key",
                              natural_key=(f"{name}_id",), columns=(),
                              detection=ChangeDetection.CHECK)
         versions = pl.scan_parquet(folder / f"dim_{name}.parquet")
-        found = lookup_key(facts, versions, KeyLookup(spec, (f"{name}_id",), "event_ts"))
-        facts = found.facts.drop("_match").lazy()
-    facts.select("fact_id", "event_ts", "amount", *[f"{n}_key" for n in DIMS]).collect(
-        engine="in-memory").write_parquet(folder / "out_starsmith.parquet", compression="snappy")
+        indexes.append(KeyIndex(versions, KeyLookup(spec, (f"{name}_id",), "event_ts")))
+    out = folder / "out_starsmith"
+    out.mkdir(exist_ok=True)
+    rows = pl.scan_parquet(folder / "facts.parquet").select(pl.len()).collect().item()
+    for part, offset in enumerate(range(0, rows, batch)):
+        facts = pl.scan_parquet(folder / "facts.parquet").slice(offset, batch).collect()
+        for index in indexes:
+            facts = index.lookup(facts).facts.drop("_match").collect()
+        facts.select("fact_id", "event_ts", "amount", *[f"{n}_key" for n in DIMS]).write_parquet(
+            out / f"part-{part:04d}.parquet", compression="snappy")
 
 
 def run_duckdb(folder: Path) -> None:
@@ -91,9 +103,12 @@ def run_duckdb(folder: Path) -> None:
                     TO '{folder}/out_duckdb.parquet' (FORMAT parquet)""")
 
 
-def child(kind: str, folder: str) -> None:
+def child(kind: str, folder: str, batch: str) -> None:
     started = time.perf_counter()
-    (run_starsmith if kind == "starsmith" else run_duckdb)(Path(folder))
+    if kind == "starsmith":
+        run_starsmith(Path(folder), int(batch))
+    else:
+        run_duckdb(Path(folder))
     report(Path(folder), kind, time.perf_counter() - started)
 
 
@@ -102,7 +117,9 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=5_000_000)
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--child", nargs=2)
+    parser.add_argument("--batch", type=int, default=5_000_000,
+                        help="facts keyed at once by starsmith")
+    parser.add_argument("--child", nargs=3)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -114,12 +131,15 @@ def main() -> None:
             res: dict[str, list[tuple[float, float]]] = {"starsmith": [], "duckdb": []}
             for r in range(args.rounds):
                 for kind in ("starsmith", "duckdb") if r % 2 == 0 else ("duckdb", "starsmith"):
-                    res[kind].append(measure(__file__, kind, folder))
-            sums = [pl.scan_parquet(folder / f"out_{k}.parquet").select(
+                    res[kind].append(measure(__file__, kind, folder, str(args.batch)))
+            outputs = {"starsmith": folder / "out_starsmith" / "*.parquet",
+                       "duckdb": folder / "out_duckdb.parquet"}
+            sums = [pl.scan_parquet(outputs[k]).select(
                 [pl.col(f"{n}_key").sum() for n in DIMS]).collect().row(0) for k in res]
             med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
                    for k, v in res.items()}
-            print(f"{case}: {args.facts:,} facts x 4 lookups into {args.keys:,} keys x ~3 versions")
+            print(f"{case}: {args.facts:,} facts x 4 lookups into {args.keys:,} keys x ~3 versions"
+                  f" (starsmith keys {args.batch:,} facts at a time)")
             for k, (t, rss) in med.items():
                 print(f"  {k:10s} {t:6.2f} s  peak RSS {rss:6.0f} MiB  "
                       f"rounds {', '.join(f'{x[0]:.2f}' for x in res[k])}")

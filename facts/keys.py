@@ -65,34 +65,53 @@ def _general(rest: pl.LazyFrame, v: pl.LazyFrame, nk: list[str], sk: str) -> pl.
         _how=pl.col("_how").fill_null(MISSING))
 
 
+class KeyIndex:
+    """A dimension's versions packed once, to key any number of fact batches against.
+
+    A step keys one batch (``lookup_key``); a build that streams facts through in batches packs
+    each dimension once and keys every batch with it (benchmarks/pit_lookup.py).
+    """
+
+    def __init__(self, versions: pl.LazyFrame, lk: KeyLookup) -> None:
+        self.lk = lk
+        spec = lk.dimension
+        self.nk, self.sk = list(spec.natural_key), spec.surrogate_key
+        v = versions.filter(pl.col(self.sk) >= 0).select(
+            self.sk, *self.nk, "valid_from", "valid_to").collect(engine="in-memory")
+        self.packed = pack(v, self.nk, self.sk)
+
+    def lookup(self, facts: pl.LazyFrame | pl.DataFrame) -> Lookup:
+        """Add ``lk.output`` and MATCH to every fact; missing keys are -1 until the caller
+        applies the policy. The facts keep their order; the keys are set beside them (joining
+        the wide fact rows cost ~3x more here, benchmarks/pit_lookup.py)."""
+        lk, nk, sk = self.lk, self.nk, self.sk
+        wide = facts.collect(engine="in-memory") if isinstance(facts, pl.LazyFrame) else facts
+        narrow = wide.select(
+            *[pl.col(a).alias(b) for a, b in zip(lk.fact_columns, nk, strict=True)],
+            _ts=pl.col(lk.event_time).cast(TS))
+        key, how = find(self.packed, narrow, "_ts")
+        if any(narrow[c].null_count() for c in nk):
+            na = narrow.select(pl.any_horizontal([pl.col(c).is_null() for c in nk]))[:, 0]
+            key[na.to_numpy()], how[na.to_numpy()] = NOT_APPLICABLE_KEY, NOT_APPLICABLE
+        todo = np.flatnonzero(how == TODO)
+        if len(todo):  # unknown or unpacked keys, facts before the first slot (older, or nearest)
+            rest = narrow.lazy().with_row_index("_fid").filter(
+                pl.col("_fid").is_in(pl.Series(todo, dtype=pl.UInt32).implode()))
+            versions = self.packed.versions.lazy().join(rest.select(nk).unique(), on=nk,
+                                                        how="semi")
+            found = _general(rest, versions, nk, sk).sort("_fid").collect(engine="in-memory")
+            key[found["_fid"].to_numpy()] = found["_key"].to_numpy()
+            how[found["_fid"].to_numpy()] = found["_how"].to_numpy()
+        joined = wide.hstack([pl.Series(lk.output, key), pl.Series(MATCH, how)])
+        missing = joined.lazy().filter(pl.col(MATCH) == MISSING).select(
+            [pl.col(a).alias(b) for a, b in zip(lk.fact_columns, nk, strict=True)]
+        ).unique().sort(nk)
+        return Lookup(joined.lazy(), missing)
+
+
 def lookup_key(facts: pl.LazyFrame, versions: pl.LazyFrame, lk: KeyLookup) -> Lookup:
-    """Add ``lk.output`` and MATCH to every fact; missing keys are -1 until the caller applies
-    the policy. The facts keep their order; the keys are set beside them (joining the wide fact
-    rows cost ~3x more here, benchmarks/pit_lookup.py)."""
-    spec = lk.dimension
-    nk, sk, out = list(spec.natural_key), spec.surrogate_key, lk.output
-    v = versions.filter(pl.col(sk) >= 0).select(sk, *nk, "valid_from", "valid_to").collect(
-        engine="in-memory")
-    packed = pack(v, nk, sk)
-    wide = facts.collect(engine="in-memory")
-    narrow = wide.select(*[pl.col(a).alias(b) for a, b in zip(lk.fact_columns, nk, strict=True)],
-                         _ts=pl.col(lk.event_time).cast(TS))
-    key, how = find(packed, narrow, "_ts")
-    na = narrow.select(pl.any_horizontal([pl.col(c).is_null() for c in nk]))[:, 0].to_numpy()
-    key[na], how[na] = NOT_APPLICABLE_KEY, NOT_APPLICABLE
-    todo = np.flatnonzero(how == TODO)
-    if len(todo):  # unknown or unpacked keys, facts before the first slot (older, or nearest)
-        rest = narrow.lazy().with_row_index("_fid").filter(
-            pl.col("_fid").is_in(pl.Series(todo, dtype=pl.UInt32).implode()))
-        versions = packed.versions.lazy().join(rest.select(nk).unique(), on=nk, how="semi")
-        found = _general(rest, versions, nk, sk).sort("_fid").collect(
-            engine="in-memory")
-        key[found["_fid"].to_numpy()] = found["_key"].to_numpy()
-        how[found["_fid"].to_numpy()] = found["_how"].to_numpy()
-    joined = wide.hstack([pl.Series(out, key), pl.Series(MATCH, how)])
-    missing = joined.lazy().filter(pl.col(MATCH) == MISSING).select(
-        [pl.col(a).alias(b) for a, b in zip(lk.fact_columns, nk, strict=True)]).unique().sort(nk)
-    return Lookup(joined.lazy(), missing)
+    """Key one batch of facts: :meth:`KeyIndex.lookup` with the versions packed for it."""
+    return KeyIndex(versions, lk).lookup(facts)
 
 
 def apply_missing(facts: pl.LazyFrame, lk: KeyLookup, inferred: pl.LazyFrame | None

@@ -105,16 +105,19 @@ def pack(versions: pl.DataFrame, nk: Sequence[str], sk: str) -> Packed:
     return Packed(v[begin].select(nk), levels, v)
 
 
-def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[slice], np.ndarray]:
-    """Each fact's key row (-1, the sentinel, where its key is not packed or NULL), a slice of
-    facts at a time.
+Part = slice | np.ndarray  # a run of facts, or their positions
+
+
+def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[Part], np.ndarray]:
+    """Each fact's key row (-1, the sentinel, where its key is not packed or NULL), some facts
+    at a time.
 
     One integer key column over a dense range is found by direct addressing (one read per fact,
     done chunk by chunk with the probe); anything else by a hash join kept in fact order.
     """
     cols = packed.keys.columns
     if not packed.keys.height:
-        return lambda part: np.full(len(range(facts.height)[part]), -1, np.int64)
+        return lambda part: np.full(len(np.arange(facts.height)[part]), -1, np.int64)
     if len(cols) == 1 and packed.keys[cols[0]].dtype.is_integer():
         known = packed.keys[cols[0]].cast(pl.Int64).to_numpy()
         low, span = int(known.min()), int(known.max()) - int(known.min())
@@ -123,7 +126,7 @@ def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[slice], np.ndarray
             table[known - low] = np.arange(len(known))
             fk = _numbers(facts[cols[0]].cast(pl.Int64), low - 1)
 
-            def dense(part: slice) -> np.ndarray:
+            def dense(part: Part) -> np.ndarray:
                 # NULL and outside the range land on the last entry (negatives wrap to huge)
                 offset = (fk[part] - low).view(np.uint64)
                 rows: np.ndarray = table[np.minimum(offset, span + 1).view(np.int64)]
@@ -155,24 +158,23 @@ def find(packed: Packed, facts: pl.DataFrame, event: str) -> tuple[np.ndarray, n
     ts = _numbers(facts[event].cast(pl.Datetime("us")).to_physical(), NULL_TIME)
     key = np.empty(n, np.int64)
     how = np.full(n, TODO, np.uint8)
-    where = np.empty(n, np.int64)
     if not packed.levels:
         return key, how
 
     def first(begin: int) -> None:
         part = slice(begin, min(begin + CHUNK, n))
-        where[part] = g = locate(part)
-        key[part], answered = _slots(packed.levels[0], g, ts[part])
+        key[part], answered = _slots(packed.levels[0], locate(part), ts[part])
         how[part] = (~answered).view(np.uint8) * np.uint8(TODO)  # else EXACT (0)
 
     with ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
         list(pool.map(first, range(0, n, CHUNK)))
     left = np.flatnonzero(how == TODO)
+    where = locate(left)  # found again for the few facts left, rather than kept for all
     for level in packed.levels[1:]:
         if not len(left):
             break
-        got, answered = _slots(level, where[left], ts[left])
+        got, answered = _slots(level, where, ts[left])
         done = left[answered]
         key[done], how[done] = got[answered], EXACT
-        left = left[~answered]
+        left, where = left[~answered], where[~answered]
     return key, how
