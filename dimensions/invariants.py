@@ -12,12 +12,18 @@ import polars as pl
 from dimensions.spec import OPEN_END, DimensionSpec
 
 
-def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFrame:
-    """One row per (natural key, problem) that breaks an invariant; empty when all hold."""
+def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec, *, presorted: bool = False
+                         ) -> pl.LazyFrame:
+    """One row per (natural key, problem) that breaks an invariant; empty when all hold.
+
+    ``presorted``: the rows are already in (natural key, valid_from) order (the builder's
+    output), so the sort is skipped.
+    """
     nk, sk = list(spec.natural_key), spec.surrogate_key
     rows = rows.filter(pl.col(sk) >= 0)
     same_key = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in nk])
-    ordered = rows.sort([*nk, "valid_from"]).with_columns(  # a masked global shift, not a window
+    ordered = (rows if presorted else rows.sort([*nk, "valid_from"]))
+    ordered = ordered.with_columns(  # a masked global shift, not a window
         _prev_to=pl.when(same_key.fill_null(False)).then(pl.col("valid_to").shift(1))
     )
     checks = [

@@ -82,7 +82,8 @@ class SCDResult:
                 where=f"the batch for {self.spec.name}",
                 fix="Fix the source, or declare duplicates=DuplicatePolicy.LATEST with a sequence",
             )
-        bad = invariant_violations(rows.lazy(), self.spec).collect(engine="in-memory")
+        bad = invariant_violations(rows.lazy(), self.spec, presorted=True).collect(
+            engine="in-memory")
         if bad.height:
             detail = "; ".join(
                 f"{_name_keys(bad.filter(pl.col('problem') == p), nk)}: {p}"
@@ -331,11 +332,10 @@ def _versions(
     cols = [sk, *nk, *attrs, "valid_from", "valid_to", "is_deleted", "is_inferred", "run_id"]
     rows = pl.concat([old_rows.select(cols), new_rows.select(cols)], how="vertical_relaxed")
     if t1:
-        last_live = (
-            fresh.filter(~pl.col("_dead")).sort([*nk, "_ts", "_seq"])
-            .group_by(nk, maintain_order=True).last()
-            .select(*nk, *[pl.col(c).alias(f"{c}_l") for c in t1], _has=pl.lit(True))
-        )
+        # The batch's last live record per key: seq is already in (key, time, sequence) order.
+        live = seq.filter(~pl.col("_seed") & ~pl.col("_dead"))
+        last_live = live.filter(_key_ends(nk)).select(
+            *nk, *[pl.col(c).alias(f"{c}_l") for c in t1], _has=pl.lit(True))
         has = pl.col("_has").fill_null(False)
         rows = rows.join(last_live, on=nk, how="left").with_columns(
             pl.when(has).then(pl.col(f"{c}_l")).otherwise(pl.col(c)).alias(c) for c in t1
