@@ -5,18 +5,22 @@ is kept the way a database keeps a work_mem: by the size of the unit of work. A 
 split into batches of event-date partitions, each built, keyed and staged before the next is
 read, so the peak is one batch's working set plus what the process already holds.
 
-The batch size is measured, not guessed: the first batch is one partition (a probe); its input
-and output sizes, times the working-set factor measured by ``benchmarks/fact_incremental.py``,
-give the cost of a partition, and the remaining partitions are grouped to fit what is left of
-the budget. A partition is never split (it is the unit a rebuild replaces atomically), so a single
-partition larger than the budget is built alone, with a warning naming it.
+The batch size is measured, not guessed: the first batch is one partition (a probe). Around each
+batch the process's peak resident memory is reset and read back (Linux ``clear_refs``), so the
+growth a partition caused is known; the next batch is as many partitions as fit between what the
+process holds now and the budget, less DuckDB's share (it spills past it) and a margin. Where
+the peak cannot be read, the batch's input and output frames times a working-set factor stand in.
+A partition is never split (it is the unit a rebuild replaces atomically), so one larger than
+what the budget leaves is built alone, with a warning naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -27,11 +31,11 @@ log = get_logger(__name__)
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-# Peak bytes a partition holds while built, per byte of its input plus output frames: the
-# transform's intermediates, the lookups' narrow frames, the hstack and the Parquet writer
-# (benchmarks/fact_incremental.py measured 6-8 on the demo facts; 10 leaves headroom).
+# Where the peak cannot be measured: bytes a partition holds while built, per byte of its input
+# plus output frames (benchmarks/fact_incremental.py measured 6-8 on the demo facts).
 WORKING_SET_FACTOR = 10
 DUCKDB_SHARE = 4  # DuckDB's memory_limit is a quarter of the budget; it spills past it
+MARGIN = 16  # a sixteenth of the budget is kept free for allocator slack
 
 
 def parse_size(text: str) -> int:
@@ -52,6 +56,35 @@ def resident_bytes() -> int:
         return 0
 
 
+def release_free_memory() -> None:
+    """Hand memory freed by the last batch back to the system (glibc keeps it otherwise, and it
+    would count against the budget); a no-op where there is no glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak resident memory (Linux >= 4.0); False where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_bytes() -> int:
+    """This process's peak resident memory since start or the last reset; 0 if unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def duckdb_limit(budget: str, memory_limit: str) -> str:
     """DuckDB's memory_limit under a budget: its share, never above the configured limit."""
     if not budget:
@@ -67,12 +100,16 @@ class Batcher:
     partitions: Sequence[date]
     fixed: int  # partitions per batch without a budget (the spec's batch_days)
     budget: int = 0  # bytes; 0: no budget
-    per_partition: int = 0  # measured bytes a partition needs; 0: not measured yet
+    per_partition: int = 0  # bytes a partition added at worst; 0: not measured yet
+    probed: bool = False  # the probe is measured: it stands in until a batch after it is
     done: int = 0
-
-    def __post_init__(self) -> None:
-        # What the process held before the first batch: the budget pays for it too.
-        self.baseline = resident_bytes() if self.budget else 0
+    before: int = 0  # resident bytes when the current batch started
+    tracked: bool = False  # the current batch's peak can be read
+    warned: bool = False
+    # how the process's memory is read (tests give readings of their own)
+    resident: Callable[[], int] = resident_bytes
+    peak: Callable[[], int] = peak_bytes
+    reset: Callable[[], bool] = reset_peak
 
     def next(self) -> list[date]:
         """The next batch; empty when every partition is built."""
@@ -82,21 +119,34 @@ class Batcher:
         elif not self.per_partition:
             size = 1  # the probe
         else:
-            free = self.budget - self.baseline - self.budget // DUCKDB_SHARE
+            free = (self.budget - self.budget // DUCKDB_SHARE - self.budget // MARGIN
+                    - self.resident())
             size = max(1, free // self.per_partition)
-            if size == 1 and self.per_partition > free and left:
+            if self.probed and self.per_partition > free and left and not self.warned:
+                self.warned = True
                 log.warning("partition %s needs ~%d MiB, over what the budget leaves (%d MiB);"
-                            " it is built alone", left[0], self.per_partition >> 20,
-                            max(free, 0) >> 20)
+                            " partitions are built one at a time", left[0],
+                            self.per_partition >> 20, max(free, 0) >> 20)
         batch = list(left[:size])
         self.done += len(batch)
+        if self.budget:
+            release_free_memory()
+            self.tracked = self.reset()
+            self.before = self.resident()
         return batch
 
     def measured(self, partitions: int, input_bytes: float, output_bytes: float) -> None:
-        """Record what a batch of ``partitions`` held; later batches are sized from the worst."""
-        if self.budget and partitions:
-            cost = int((input_bytes + output_bytes) * WORKING_SET_FACTOR / partitions)
-            self.per_partition = max(self.per_partition, cost)
+        """Record what the batch just built cost; later batches are sized from the worst."""
+        if not self.budget or not partitions:
+            return
+        grew = self.peak() - self.before if self.tracked else 0
+        cost = (int(grew / partitions) if grew > 0
+                else int((input_bytes + output_bytes) * WORKING_SET_FACTOR / partitions))
+        # The probe also pays one-off costs (lazy imports, first reads, thread pools), so the
+        # batches after it replace its figure; from then on the worst batch sizes the rest.
+        self.per_partition = max(self.per_partition, cost) if self.probed else cost
+        if self.done > partitions:
+            self.probed = True
 
     @property
     def remaining(self) -> int:

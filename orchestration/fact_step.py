@@ -202,12 +202,13 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
             read += primary.height
             rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
                                full_refresh, counts, inferred)
-            batcher.measured(len(batch), primary.estimated_size(), rows.estimated_size())
+            sizes = primary.estimated_size(), rows.estimated_size()
             held += bad
             if staged_parts or batcher.remaining:  # stage each batch now: one is in memory
                 staged_parts.append(wh.stage(f"{model.name}__part{len(staged_parts):04d}",
                                              run_id, rows))
                 rows = rows.clear()
+            batcher.measured(len(batch), *sizes)
             if not batcher.remaining:
                 break
         counts["batches"] = max(len(staged_parts), 1)

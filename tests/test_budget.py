@@ -6,14 +6,25 @@ from datetime import date, timedelta
 
 import pytest
 
-from orchestration.budget import DUCKDB_SHARE, WORKING_SET_FACTOR, Batcher, duckdb_limit, parse_size
+from orchestration.budget import (
+    DUCKDB_SHARE,
+    MARGIN,
+    WORKING_SET_FACTOR,
+    Batcher,
+    duckdb_limit,
+    parse_size,
+    peak_bytes,
+    reset_peak,
+    resident_bytes,
+)
 from starsmith.errors import ConfigError
 
-DAYS = [date(2024, 1, 1) + timedelta(days=i) for i in range(40)]
+DAYS = [date(2024, 1, 1) + timedelta(days=i) for i in range(100)]
+MIB = 2**20
 
 
 @pytest.mark.parametrize(("text", "size"), [
-    ("1GB", 10**9), ("512MiB", 512 * 2**20), ("2 gib", 2 * 2**30), ("1.5GB", 1_500_000_000),
+    ("1GB", 10**9), ("512MiB", 512 * MIB), ("2 gib", 2 * 2**30), ("1.5GB", 1_500_000_000),
     ("4096", 4096),
 ])
 def test_sizes_read_as_bytes(text: str, size: int) -> None:
@@ -34,31 +45,70 @@ def test_duckdb_gets_a_share_of_the_budget_never_above_its_limit() -> None:
 
 
 def test_without_a_budget_batches_are_batch_days_long() -> None:
-    b = Batcher(DAYS, fixed=31)
+    b = Batcher(DAYS[:40], fixed=31)
     assert [len(b.next()), len(b.next())] == [31, 9] and b.remaining == 0
 
 
-def test_a_probe_partition_sizes_the_batches_that_follow() -> None:
-    budget = 1000 * 2**20
-    b = Batcher(DAYS, fixed=31, budget=budget)
-    b.baseline = 100 * 2**20  # what the process held before the build
+class Process:
+    """Memory readings a test controls: what is resident, and the peak since the last reset."""
+
+    def __init__(self, resident: int) -> None:
+        self.now = self.high = resident
+
+    def grow(self, by: int) -> None:  # a batch allocates, then frees back to where it was
+        self.high = max(self.high, self.now + by)
+
+    def reset(self) -> bool:
+        self.high = self.now
+        return True
+
+
+def batcher(proc: Process, budget: int, days: list[date] = DAYS) -> Batcher:
+    return Batcher(days, fixed=31, budget=budget, resident=lambda: proc.now,
+                   peak=lambda: proc.high, reset=proc.reset)
+
+
+def test_a_probe_partition_sizes_the_batches_that_follow_from_what_it_grew() -> None:
+    budget = 1000 * MIB
+    proc = Process(resident=100 * MIB)
+    b = batcher(proc, budget)
+    free = budget - budget // DUCKDB_SHARE - budget // MARGIN - proc.now  # 587.5 MiB
     assert b.next() == DAYS[:1]  # the probe
-    b.measured(1, input_bytes=2 * 2**20, output_bytes=3 * 2**20)
-    free = budget - b.baseline - budget // DUCKDB_SHARE
-    per = 5 * 2**20 * WORKING_SET_FACTOR
+    proc.grow(50 * MIB)
+    b.measured(1, input_bytes=1, output_bytes=1)  # the measured growth wins over the frames
     second = b.next()
-    assert second == DAYS[1:1 + free // per] and len(second) == 13
-    b.measured(len(second), input_bytes=len(second) * 4 * 2**20, output_bytes=len(second) * 2**20)
-    assert len(b.next()) == 13  # sized from the worst partition seen, not the last
-    b.measured(1, input_bytes=40 * 2**20, output_bytes=0)  # a heavy day: smaller batches after
-    assert len(b.next()) == 1
+    assert second == DAYS[1:12] and len(second) == free // (50 * MIB) == 11
+    proc.grow(11 * 25 * MIB)  # the probe paid one-off costs: the next batch's figure replaces it
+    b.measured(11, 1, 1)
+    assert len(b.next()) == free // (25 * MIB) == 23
+    proc.grow(23 * 20 * MIB)  # cheaper partitions: the worst seen since still sizes them
+    b.measured(23, 1, 1)
+    proc.now = 400 * MIB  # the process holds more now (DuckDB's buffers, say): smaller batches
+    assert len(b.next()) == (budget - budget // DUCKDB_SHARE - budget // MARGIN - proc.now) // (
+        25 * MIB) == 11
 
 
-def test_a_partition_bigger_than_the_budget_is_built_alone_with_a_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
-    b = Batcher(DAYS[:3], fixed=31, budget=64 * 2**20)
-    b.baseline = 0
+def test_without_a_readable_peak_the_frames_stand_in() -> None:
+    proc = Process(resident=0)
+    b = Batcher(DAYS, fixed=31, budget=1000 * MIB, resident=lambda: proc.now,
+                peak=lambda: 0, reset=lambda: False)
     b.next()
-    b.measured(1, input_bytes=100 * 2**20, output_bytes=0)
-    assert b.next() == DAYS[1:2]
-    assert "partition 2024-01-02 needs ~1000 MiB" in caplog.text
+    b.measured(1, input_bytes=2 * MIB, output_bytes=3 * MIB)
+    assert b.per_partition == 5 * MIB * WORKING_SET_FACTOR
+
+
+def test_a_partition_bigger_than_the_budget_is_built_alone_with_one_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    proc = Process(resident=0)
+    b = batcher(proc, 64 * MIB, DAYS[:5])
+    for _ in range(2):  # the probe, then a batch after it: both too big for the budget
+        b.next()
+        proc.grow(100 * MIB)
+        b.measured(1, 1, 1)
+    assert [b.next(), b.next()] == [DAYS[2:3], DAYS[3:4]]
+    assert caplog.text.count("partition 2024-01-03 needs ~100 MiB") == 1
+
+
+def test_this_process_memory_can_be_read_here() -> None:
+    """The readings the budget relies on work on this machine (Linux /proc)."""
+    assert resident_bytes() > 0 and reset_peak() and peak_bytes() >= resident_bytes() // 2
