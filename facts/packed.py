@@ -75,7 +75,7 @@ def pack(versions: pl.DataFrame, nk: Sequence[str], sk: str) -> Packed:
     first = v.select(pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in nk])
                      .fill_null(True))[:, 0].to_numpy() if n else np.zeros(0, bool)
     begin = np.flatnonzero(first)
-    end = np.r_[begin[1:], n].astype(np.int64)
+    end = np.r_[begin[1:], n].astype(np.int64) if n else np.zeros(0, np.int64)
     vf, vt, keys = _micros(v, "valid_from"), _micros(v, "valid_to"), v[sk].to_numpy()
     last = np.zeros(n, bool)
     last[end - 1] = True
@@ -118,13 +118,15 @@ def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[Part], np.ndarray]
     cols = packed.keys.columns
     if not packed.keys.height:
         return lambda part: np.full(len(np.arange(facts.height)[part]), -1, np.int64)
-    if len(cols) == 1 and packed.keys[cols[0]].dtype.is_integer():
+    dtype = packed.keys[cols[0]].dtype
+    fits = dtype.is_signed_integer() or dtype in (pl.UInt8(), pl.UInt16(), pl.UInt32())
+    if len(cols) == 1 and fits and facts[cols[0]].dtype.is_integer():
         known = packed.keys[cols[0]].cast(pl.Int64).to_numpy()
         low, span = int(known.min()), int(known.max()) - int(known.min())
         if span < DENSE * len(known) + 65_536:
             table = np.full(span + 2, -1, np.int64)  # the last entry: outside the range
             table[known - low] = np.arange(len(known))
-            fk = _numbers(facts[cols[0]].cast(pl.Int64), low - 1)
+            fk = _numbers(facts[cols[0]].cast(pl.Int64, strict=False), low - 1)
 
             def dense(part: Part) -> np.ndarray:
                 # NULL and outside the range land on the last entry (negatives wrap to huge)

@@ -65,6 +65,22 @@ def test_null_key_is_not_applicable_and_unknown_key_is_unknown(dim: pl.DataFrame
     assert how_names(got[MATCH]) == ["not_applicable", "missing"]
 
 
+def test_an_empty_dimension_no_facts_text_keys_and_dates() -> None:
+    """The lookup's edges: nothing to look in, nothing to look up, keys that are not numbers,
+    event times that are dates."""
+    s = spec(deletes=DeletePolicy.INVALIDATE)
+    lk = KeyLookup(s, ("cid",), "at")
+    versions = pl.DataFrame({"sk": [5], "id": [1], "valid_from": [t(2)], "valid_to": [OPEN_END]})
+    facts = pl.DataFrame({"cid": [1, None], "at": [t(3), t(3)]})
+    got = lookup_key(facts.lazy(), versions.clear().lazy(), lk).facts.collect()
+    assert got["sk"].to_list() == [-1, -2] and how_names(got[MATCH]) == ["missing", "not_applicable"]
+    assert lookup_key(facts.clear().lazy(), versions.lazy(), lk).facts.collect().height == 0
+    text = versions.with_columns(id=pl.lit("c-1"))
+    dated = pl.DataFrame({"cid": ["c-1", "c-2"], "at": [date(2024, 1, 3), date(2024, 1, 1)]})
+    got = lookup_key(dated.lazy(), text.lazy(), lk).facts.collect()
+    assert got["sk"].to_list() == [5, -1] and how_names(got[MATCH]) == ["exact", "missing"]
+
+
 def test_a_type2_change_after_the_event_does_not_move_old_facts(dim: pl.DataFrame) -> None:
     before = keyed(dim, [(1, t(3))])["sk"][0]
     s = spec(deletes=DeletePolicy.INVALIDATE)
