@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from orchestration.budget import peak_bytes
+
 
 def peak_rss_mib() -> float:
-    """This process's own high-water RSS in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's own high-water RSS in MiB (the reading the memory budget uses)."""
+    return peak_bytes() / 2**20 or float("nan")
 
 
 def report(folder: Path, kind: str, seconds: float) -> None:

@@ -120,7 +120,7 @@ def semi_join(alias: str, frame: str, columns: Sequence[str]) -> str:
 
 def keys_in(alias: str, frame: str, columns: Sequence[str]) -> str:
     """A condition: the row's key is among the frame's, as SQL text. One column is an ``IN``
-    subquery (DuckDB read 150k of 10M rows ~20% faster so than by ``SEMI JOIN``)."""
+    subquery: DuckDB read 150k of 10M rows ~20% faster that way than by ``SEMI JOIN``."""
     if len(columns) == 1:
         return f'{alias}."{columns[0]}" IN (SELECT "{columns[0]}" FROM {frame})'
     cond = " AND ".join(f'{alias}."{c}" = _k."{c}"' for c in columns)
