@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,14 +118,9 @@ def build(
     from models.registry import load_catalogue
     from orchestration.plan import make_plan
 
-    cfg = _config(landing, warehouse, target)
-    if memory_budget is not None:
-        from orchestration.budget import parse_size
-
-        parse_size(memory_budget)  # a bad size fails here, not in every step
-        cfg = replace(cfg, memory_budget=memory_budget)
-
     def go() -> int:
+        cfg = ProjectConfig.load(landing=landing, warehouse=warehouse, target=target,
+                                 memory_budget=memory_budget)
         cat = load_catalogue()
         models = cat.select(select)
         dates = _dates(cfg, models, day, start, end)

@@ -65,6 +65,10 @@ class ProjectConfig:
         cfg = replace(cfg, **given)  # type: ignore[arg-type]
         if "staging" not in given and "STARSMITH_STAGING" not in os.environ:
             cfg = replace(cfg, staging=cfg.warehouse.parent / f"{cfg.warehouse.stem}_staging")
+        if cfg.memory_budget:
+            from orchestration.budget import parse_size
+
+            parse_size(cfg.memory_budget)  # a bad size fails once, here, not in every step
         if cfg.target not in TARGETS:
             raise ConfigError(f"unknown target {cfg.target!r}", where="--target / STARSMITH_TARGET",
                               fix=f"Use one of {', '.join(TARGETS)}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +116,19 @@ def test_a_partition_bigger_than_the_budget_is_built_alone_with_one_warning(
 def test_this_process_memory_can_be_read_here() -> None:
     """The readings the budget relies on work on this machine (Linux /proc)."""
     assert resident_bytes() > 0 and reset_peak() and peak_bytes() >= resident_bytes() // 2
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_bad_budget_stops_the_build_before_any_step_with_a_clear_error(
+        how: str, tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    args = [str(Path(sys.executable).with_name("starsmith")), "build", "--in-process"]
+    if how == "flag":
+        args += ["--memory-budget", "lots"]
+    else:
+        env["STARSMITH_MEMORY_BUDGET"] = "lots"
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "cannot read the size 'lots'" in done.stdout and "Traceback" not in done.stderr
+    assert not (tmp_path / ".state").exists()  # nothing was built or opened
