@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 from sqlglot import exp
 
+from loaders import sql
+
 if TYPE_CHECKING:
     from models.contract import Model
 
@@ -68,6 +70,11 @@ class SqlReads:
         q = f'SELECT * FROM main."{table}"' + (f" WHERE {where}" if where else "")
         return self.query(q, params, **frames)
 
+    def read_keys(self, table: str, keys: pl.DataFrame) -> pl.DataFrame:
+        """Every row of ``table`` whose key (the frame's columns) is among ``keys``."""
+        return self.query(f'SELECT d.* FROM main."{table}" d WHERE '
+                          + sql.keys_in("d", "_keys", keys.columns), _keys=keys)
+
     def max_value(self, table: str, column: str) -> int:
         rows = self.query(f'SELECT coalesce(max("{column}"), 0) AS m FROM main."{table}"')
         return int(rows["m"][0])
@@ -88,6 +95,8 @@ class Warehouse(Protocol):
 
     def read(self, table: str, where: str | None = None, params: Sequence[Any] | None = None,
              **frames: pl.DataFrame) -> pl.DataFrame: ...
+
+    def read_keys(self, table: str, keys: pl.DataFrame) -> pl.DataFrame: ...
 
     def max_value(self, table: str, column: str) -> int: ...
 

@@ -32,9 +32,7 @@ def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFr
     if spec.snapshot:
         rows = wh.read(model.name)
     else:
-        rows = wh.query(f'SELECT d.* FROM main."{model.name}" d WHERE '
-                        + sql.keys_in("d", "_keys", spec.natural_key),
-                        _keys=batch.select(spec.natural_key).unique())
+        rows = wh.read_keys(model.name, batch.select(spec.natural_key).unique())
     return (conform_read(rows.select(schema.names()), schema),
             wh.max_value(model.name, spec.surrogate_key))
 

@@ -20,6 +20,9 @@ TASK_QUEUE = "starsmith"
 def make_worker(client: Client, *, task_queue: str = TASK_QUEUE, max_activities: int = 4
                 ) -> Worker:
     """A worker whose activity threads bound how many model steps run here at once."""
+    from orchestration.step import preload
+
+    preload()
     return Worker(
         client,
         task_queue=task_queue,

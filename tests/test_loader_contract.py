@@ -223,3 +223,43 @@ def test_the_replacing_merge_on_the_bigquery_emulator(case: str, emulator: Emula
     client.query(dialect.to_bigquery(merge, PROJECT, {})).result()
     rows = client.query("SELECT k, d, v FROM wh.t").result()
     assert {(r["k"], r["d"], r["v"]) for r in rows} == CASES[case][1]
+
+
+# -- DuckDB's storage upkeep: deleted rows compacted, a scattered read's cache let go -------------
+
+def _stored(wh: DuckDBWarehouse) -> tuple[int, int]:
+    """(rows stored, deleted ones included; rows live) of table t."""
+    stored = wh.query("SELECT estimated_size AS n FROM duckdb_tables() WHERE table_name = 't'")
+    return int(stored["n"][0]), wh.read("t").height
+
+
+def test_deleted_rows_are_compacted_once_they_pass_the_threshold(tmp_path: Path) -> None:
+    """DuckDB's own vacuum is off (its cost grew with the table); the publish rewrites a table
+    whose deleted rows pass the threshold, and the rows it holds do not change."""
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", compact_min_rows=1)
+    rows = pl.DataFrame({"k": range(1000), "d": [date(2024, 1, 1)] * 1000,
+                         "v": [f"v{i}" for i in range(1000)]})
+    with wh.session():
+        publish(wh, rows, STRATEGIES["replace_all"], "r0")
+        publish(wh, rows.head(100).with_columns(v=pl.lit("x")), STRATEGIES["replace_keys"], "r1")
+        assert _stored(wh) == (1100, 1000)  # 100 of 1100 deleted: under a quarter, kept
+        publish(wh, rows.head(300).with_columns(v=pl.lit("y")), STRATEGIES["replace_keys"], "r2")
+        assert _stored(wh) == (1000, 1000)  # 400 of 1400 would be deleted: rewritten
+        got = wh.read("t").sort("k")
+    assert got.equals(rows.with_columns(v=pl.when(pl.col("k") < 300).then(pl.lit("y"))
+                                        .otherwise(pl.col("v"))))
+
+
+def test_a_scattered_read_by_keys_lets_go_of_the_blocks_it_cached(tmp_path: Path) -> None:
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    cached = "SELECT sum(memory_usage_bytes) AS b FROM duckdb_memory() WHERE tag = 'BASE_TABLE'"
+    keys = pl.DataFrame({"k": list(range(7, 3_000_000, 1000))})
+    with wh.session():
+        wh.query("CREATE TABLE main.t AS SELECT i AS k, md5(i::VARCHAR) AS v, "
+                 "md5((i * 7)::VARCHAR) AS w FROM range(3000000) r(i)")
+        wh.query("CHECKPOINT")
+        plain = wh.query('SELECT d.* FROM main."t" d WHERE k IN (SELECT k FROM _keys)', _keys=keys)
+        assert wh.query(cached)["b"][0] > 64 * 2**20  # what a plain query leaves behind
+        got = wh.read_keys("t", keys)
+        assert wh.query(cached)["b"][0] <= 64 * 2**20
+    assert got.sort("k").equals(plain.sort("k")) and got.height == keys.height
