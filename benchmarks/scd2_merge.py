@@ -33,6 +33,8 @@ import numpy as np
 import polars as pl
 from harness import peak_rss_mib
 
+from starsmith import POLARS_ALLOCATOR
+
 DAY = date(2024, 3, 1)
 PREV = datetime(2024, 2, 1)
 OPEN = datetime(9999, 12, 31)
@@ -130,7 +132,11 @@ def measure(kind: str, base: Path, memory_limit: str) -> tuple[float, float, flo
     work = base.with_name(f"{kind}.duckdb")
     shutil.copyfile(base, work)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(work), memory_limit])
+    # The allocator settings a starsmith worker runs with (its entry points set them before
+    # Polars loads; this script imports Polars first, so the child gets them from here).
+    env = os.environ | {"_RJEM_MALLOC_CONF": POLARS_ALLOCATOR}
+    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(work), memory_limit],
+                            env=env)
     status = proc.wait()
     elapsed = time.perf_counter() - started
     if status != 0:

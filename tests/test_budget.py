@@ -132,3 +132,21 @@ def test_a_bad_budget_stops_the_build_before_any_step_with_a_clear_error(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "cannot read the size 'lots'" in done.stdout and "Traceback" not in done.stderr
     assert not (tmp_path / ".state").exists()  # nothing was built or opened
+
+
+def test_importing_starsmith_first_sets_the_polars_allocator() -> None:
+    """Every entry point imports starsmith before Polars: its allocator then purges freed pages
+    on a background thread; a value the operator set wins; after Polars, nothing is touched."""
+    from starsmith import POLARS_ALLOCATOR
+
+    def conf(code: str, **env: str) -> str:
+        out = subprocess.run([sys.executable, "-c", code + "; import os; "
+                              "print(os.environ['_RJEM_MALLOC_CONF'])"], check=True,
+                             capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+                             | env)
+        return out.stdout.strip()
+
+    assert conf("import starsmith, polars").endswith("," + POLARS_ALLOCATOR)
+    assert conf("import starsmith, polars", _RJEM_MALLOC_CONF="narenas:1").endswith(",narenas:1")
+    assert POLARS_ALLOCATOR not in conf("import polars, starsmith")
