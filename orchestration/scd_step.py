@@ -74,7 +74,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         else:
             dim = _apply(dim, frames.rows, spec)
     if dim is not None:
-        rows = dim
+        rows = dim.sort(spec.surrogate_key)  # replayed day by day: put in key order once
     elif wh.exists(model.name):
         rows = changed
     else:  # the first publish creates the table with its reserved members
@@ -90,4 +90,6 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
 
     quarantine = (pl.concat(rejects, how="diagonal_relaxed") if rejects
                   else pl.DataFrame({"reason": []}, schema={"reason": pl.String()}))
-    return StepOutput(rows.sort(spec.surrogate_key), quarantine, statements, read, counts, days)
+    # In (natural key, valid_from) order, as the builder left them: deterministic, so a re-run
+    # stages the same file.
+    return StepOutput(rows, quarantine, statements, read, counts, days)

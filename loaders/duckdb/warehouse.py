@@ -25,6 +25,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+from sqlglot import exp
 
 from loaders import sql
 from loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
@@ -45,6 +46,10 @@ WATERMARK_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.watermarks (
     model VARCHAR, logical_date DATE, run_id VARCHAR, fingerprint VARCHAR,
     published_at TIMESTAMP, PRIMARY KEY (model, logical_date)
+)"""
+UPKEEP_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.table_upkeep (
+    model VARCHAR PRIMARY KEY, deleted_rows BIGINT
 )"""
 QUALITY_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.quality_results (
@@ -142,6 +147,7 @@ class DuckDBWarehouse(SqlReads):
             con.execute(RUN_LOG_DDL)
             con.execute(WATERMARK_DDL)
             con.execute(QUALITY_DDL)
+            con.execute(UPKEEP_DDL)
             _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
@@ -186,11 +192,13 @@ class DuckDBWarehouse(SqlReads):
         The staging area is a folder of Parquet files beside the database: writing one is ~5x
         cheaper than a DuckDB table (benchmarks/scd2_merge.py), it is written to a temporary
         name and renamed so a crash never leaves half a file, and a retry simply replaces it.
+        Staged files live minutes, so they are not compressed beyond Parquet's own encodings:
+        half the write time of LZ4 for 350k dimension rows, and faster to read back.
         """
         path = self.staged_path(model, run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        frame.write_parquet(tmp, compression="lz4", statistics=False)
+        frame.write_parquet(tmp, compression="uncompressed", statistics=False)
         tmp.replace(path)
         return f"read_parquet('{path}')"
 
@@ -215,10 +223,14 @@ class DuckDBWarehouse(SqlReads):
         with self.connect() as con:
             try:
                 con.execute("BEGIN TRANSACTION")
-                for statement in stmts:
+                deleted = 0
+                for tree, statement in zip(job.statements, stmts, strict=True):
                     clock = time.perf_counter()
-                    con.execute(statement).fetchall()
+                    result = con.execute(statement).fetchall()
+                    if isinstance(tree, exp.Delete) and result:
+                        deleted += int(result[0][0])
                     log.debug("%.3f s: %s", time.perf_counter() - clock, statement[:200])
+                self._count_deleted(con, job.target, deleted, reset=job.full_refresh)
                 if job.quarantine is not None:
                     self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"],
                                      job.quarantine_scope)
@@ -243,28 +255,42 @@ class DuckDBWarehouse(SqlReads):
             for path in _paths(ref):
                 Path(path).unlink(missing_ok=True)
 
+    @staticmethod
+    def _count_deleted(con: duckdb.DuckDBPyConnection, target: str, deleted: int, *,
+                       reset: bool) -> None:
+        """Add a publish's deleted rows to the table's count (in its transaction): counting
+        them in the table itself cost a scan, 30 ms at 10M rows, on every publish."""
+        if reset:
+            con.execute(f"DELETE FROM {META}.table_upkeep WHERE model = ?", [target])
+        elif deleted:
+            con.execute(f"INSERT INTO {META}.table_upkeep VALUES (?, ?) ON CONFLICT (model) DO "
+                        "UPDATE SET deleted_rows = deleted_rows + excluded.deleted_rows",
+                        [target, deleted])
+
     def _compact(self, con: duckdb.DuckDBPyConnection, target: str) -> None:
         """Rewrite the table when deleted rows pass COMPACT_AT of those stored (atomic: readers
         see the old table until the rewrite commits; a crash leaves the old one)."""
-        stored = con.execute("SELECT estimated_size FROM duckdb_tables() WHERE schema_name = ? "
-                             "AND table_name = ?", [PUBLISHED, target]).fetchall()
-        if not stored:
+        found = con.execute(
+            f"SELECT u.deleted_rows, t.estimated_size FROM {META}.table_upkeep u JOIN "
+            "duckdb_tables() t ON t.table_name = u.model AND t.schema_name = ? WHERE u.model = ?",
+            [PUBLISHED, target]).fetchall()
+        if not found:
+            return
+        dead, stored = found[0]
+        if dead < self.compact_min_rows or dead < self.compact_at * stored:
             return
         table = f'{PUBLISHED}."{target}"'
-        live = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        dead = stored[0][0] - live
-        if dead < self.compact_min_rows or dead < self.compact_at * stored[0][0]:
-            return
         clock = time.perf_counter()
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table}")
+            self._count_deleted(con, target, 0, reset=True)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         log.info("compacted %s: %d deleted of %d stored rows dropped in %.1f s", target, dead,
-                 stored[0][0], time.perf_counter() - clock)
+                 stored, time.perf_counter() - clock)
 
     def _quarantine(self, con: duckdb.DuckDBPyConnection, model: str, rows: pl.DataFrame,
                     logical_date: date, scope: tuple[str, Sequence[date]] | None) -> None:
