@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from dimensions.keyed import key_starts, key_total
 from dimensions.spec import OPEN_END, DimensionSpec
 
 
@@ -26,13 +27,15 @@ def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec, *, presorted: 
     ordered = ordered.with_columns(  # a masked global shift, not a window
         _prev_to=pl.when(same_key.fill_null(False)).then(pl.col("valid_to").shift(1))
     )
+    many = (ordered.filter(key_starts(nk) & (key_total(pl.col("is_current"), nk) > 1))
+            if presorted else
+            rows.group_by(nk).agg(n=pl.col("is_current").sum()).filter(pl.col("n") > 1))
     checks = [
         ordered.filter(pl.col("valid_from") >= pl.col("valid_to"))
         .select(*nk, problem=pl.lit("inverted or empty window (valid_from >= valid_to)")),
         ordered.filter(pl.col("valid_from") < pl.col("_prev_to"))
         .select(*nk, problem=pl.lit("overlapping windows")),
-        rows.group_by(nk).agg(n=pl.col("is_current").sum()).filter(pl.col("n") > 1)
-        .select(*nk, problem=pl.lit("more than one current row")),
+        many.select(*nk, problem=pl.lit("more than one current row")),
         rows.filter(pl.col("is_current") != (pl.col("valid_to") == OPEN_END))
         .select(*nk, problem=pl.lit("is_current disagrees with valid_to")),
         rows.filter(pl.col(sk).is_duplicated())

@@ -24,6 +24,7 @@ from datetime import datetime
 import polars as pl
 
 from dimensions.invariants import invariant_violations
+from dimensions.keyed import key_ends, key_starts, key_total
 from dimensions.spec import (
     OPEN_END,
     DeletePolicy,
@@ -69,7 +70,7 @@ class SCDResult:
             updated=(pl.col("_changed") & ~pl.col("_new")).sum().cast(pl.Int64),
             closed=(~pl.col("_new") & (pl.col("valid_to_o") == OPEN_END)
                     & (pl.col("valid_to") < OPEN_END)).sum().cast(pl.Int64),
-            keys_changed=_key_starts(list(self.spec.natural_key)).sum().cast(pl.Int64),
+            keys_changed=key_starts(list(self.spec.natural_key)).sum().cast(pl.Int64),
         )
         stats = pl.concat([counts, stats], how="horizontal")
         rows = rows.select(self.spec.output_columns)
@@ -110,16 +111,6 @@ def _differs(cols: list[str], other: str) -> pl.Expr:
     if not cols:
         return pl.lit(False)
     return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(f"{c}{other}")) for c in cols])
-
-
-def _key_starts(nk: list[str]) -> pl.Expr:
-    """True on the first row of each key in a frame sorted by key."""
-    return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(1)) for c in nk]).fill_null(True)
-
-
-def _key_ends(nk: list[str]) -> pl.Expr:
-    """True on the last row of each key in a frame sorted by key."""
-    return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(-1)) for c in nk]).fill_null(True)
 
 
 def _same_as(cols: list[str], offset: int) -> pl.Expr:
@@ -211,12 +202,11 @@ def scd_changes(
     old = existing.join(ev.select(nk).unique(), on=nk, how="semi").cache()
     if not spec.tracks_deletes:
         old = old.with_columns(is_deleted=pl.lit(False))
-    last = old.group_by(nk).agg(
-        _last=pl.max_horizontal(
-            pl.col("valid_from").max(),
-            pl.col("valid_to").filter(pl.col("valid_to") < OPEN_END).max(),
-        )
-    )
+    # Each touched key's latest version (versions never overlap, so the latest start, or its
+    # end if a delete closed it, is the last instant the dimension knows about for the key).
+    latest = old.sort([*nk, "valid_from"]).filter(key_ends(nk)).cache()
+    last = latest.select(*nk, _last=pl.max_horizontal(
+        "valid_from", pl.when(pl.col("valid_to") < OPEN_END).then(pl.col("valid_to"))))
     ev = ev.join(last, on=nk, how="left", nulls_equal=False).cache()
     fresh = ev.filter(pl.col("_last").is_null() | (pl.col("_ts") > pl.col("_last")))
     late = ev.filter(pl.col("_ts") <= pl.col("_last"))
@@ -269,7 +259,7 @@ def scd_changes(
         fresh = fresh.filter(~pl.col("_same_next"))
         conflicts = fresh.filter(pl.lit(False)).select(nk)
 
-    rows, counts = _versions(old, fresh, spec, run_id=run_id, max_key=max_key)
+    rows, counts = _versions(old, latest, fresh, spec, run_id=run_id, max_key=max_key)
     reject_frame = pl.concat(rejects, how="vertical_relaxed")
     stats = pl.concat(
         [
@@ -284,13 +274,14 @@ def scd_changes(
 
 
 def _versions(
-    old: pl.LazyFrame, fresh: pl.LazyFrame, spec: DimensionSpec, *, run_id: str, max_key: int
+    old: pl.LazyFrame, latest: pl.LazyFrame, fresh: pl.LazyFrame, spec: DimensionSpec, *,
+    run_id: str, max_key: int,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Turn the touched keys' old versions plus their fresh events into the keys' new versions."""
+    """Turn the touched keys' old versions (``latest``: each key's last) plus their fresh events
+    into the keys' new versions."""
     nk, attrs, sk = list(spec.natural_key), spec.attributes, spec.surrogate_key
     t2, t1, t0 = (spec.of_type(SCDType.VERSIONED), spec.of_type(SCDType.OVERWRITE),
                   spec.of_type(SCDType.FIXED))
-    latest = old.sort([*nk, "valid_from"]).filter(_key_ends(nk))
     seeds = latest.select(
         *nk, *attrs, _ts="valid_from",
         _dead=pl.col("is_deleted") | (pl.col("valid_to") < OPEN_END),
@@ -304,7 +295,7 @@ def _versions(
     seq = pl.concat([seeds, events], how="diagonal_relaxed").sort([*nk, "_ts", "_seq"])
     # Sorted by key, so "previous row of the same key" is a global shift masked at key changes:
     # window functions evaluated per group cost ~10 us a key, which dominates a nightly batch.
-    first = _key_starts(nk)
+    first = key_starts(nk)
     prev = {f"{c}_p": pl.when(first).then(None).otherwise(pl.col(c).shift(1))
             for c in [*attrs, "_dead", "_inferred", "_seed"]}
     seq = seq.with_columns(_first=first, **prev)
@@ -321,7 +312,7 @@ def _versions(
     ignored_deletes = seq.filter(pl.col("_dead") & ~pl.col("_seed") & ~pl.col("_boundary"))
 
     versions = seq.filter(pl.col("_seed") | pl.col("_boundary")).with_columns(
-        _next=pl.when(_key_ends(nk)).then(None).otherwise(pl.col("_ts").shift(-1))
+        _next=pl.when(key_ends(nk)).then(None).otherwise(pl.col("_ts").shift(-1))
     )
     # The seed (latest old version) closes at the next boundary, unless a delete closed it already.
     fills = seq.filter(pl.col("_fill")).select(*nk, **{f"{c}_f": pl.col(c) for c in attrs},
@@ -366,7 +357,7 @@ def _versions(
     if t1:
         # The batch's last live record per key: seq is already in (key, time, sequence) order.
         live = seq.filter(~pl.col("_seed") & ~pl.col("_dead"))
-        last_live = live.filter(_key_ends(nk)).select(
+        last_live = live.filter(key_ends(nk)).select(
             *nk, *[pl.col(c).alias(f"{c}_l") for c in t1], _has=pl.lit(True))
         has = pl.col("_has").fill_null(False)
         rows = rows.join(last_live, on=nk, how="left").with_columns(
@@ -386,12 +377,7 @@ def _versions(
         is_current=current, _changed=changed,
         run_id=pl.when(changed).then(pl.lit(run_id)).otherwise(pl.col("run_id")),
     ).sort([*nk, "valid_from"])
-    # Keep every row of a key any of whose rows changed: in key order, a key's count of changed
-    # rows is the running count at its last row less the one before its first.
-    seen = pl.col("_changed").cast(pl.UInt32).cum_sum()
-    upto = pl.when(_key_ends(nk)).then(seen).backward_fill()
-    before = pl.when(_key_starts(nk)).then(seen - pl.col("_changed").cast(pl.UInt32)).forward_fill()
-    rows = rows.filter(upto > before)
+    rows = rows.filter(key_total(pl.col("_changed"), nk) > 0)  # every row of a changed key
     side = ignored_deletes.select(ignored_deletes=pl.len().cast(pl.Int64))
     keep = [*spec.output_columns, "_new", "_changed", "valid_to_o"]
     return rows.select(keep), side

@@ -234,6 +234,8 @@ def test_invariant_violations_name_each_problem() -> None:
         "is_current": [True, True, True, False],
     })
     found = invariant_violations(bad.lazy(), s).collect()
+    presorted = invariant_violations(bad.sort("id", "valid_from").lazy(), s, presorted=True)
+    assert set(presorted.collect().iter_rows()) == set(found.iter_rows())  # the builder's path
     assert set(found.iter_rows()) == {
         (1, "overlapping windows"), (1, "more than one current row"),
         (1, "is_current disagrees with valid_to"), (2, "surrogate key used twice"),
