@@ -161,6 +161,7 @@ def scd_changes(
     batch_time: datetime,
     run_id: str,
     max_key: int,
+    narrowed: bool = False,
 ) -> SCDResult:
     """Apply one batch to a dimension.
 
@@ -170,6 +171,9 @@ def scd_changes(
     deleted_flag and sequence columns where declared. ``max_key`` is the largest surrogate key
     ever issued; new versions are numbered after it in (natural key, valid_from) order, so a re-run
     issues the same keys and no key is ever reused.
+
+    ``narrowed``: ``existing`` holds only rows of keys in the batch (the build step reads just
+    those), so the builder need not select them again (a semi-join over every row of them).
 
     Returns every version of every key whose rows change (write them by deleting those keys'
     rows and inserting these), the rejected records with reasons, and counts.
@@ -199,7 +203,8 @@ def scd_changes(
         [before.select(_a=pl.len()), ev.select(_b=pl.len())], how="horizontal"
     ).select(exact_duplicates=(pl.col("_a") - pl.col("_b")).cast(pl.Int64))
 
-    old = existing.join(ev.select(nk).unique(), on=nk, how="semi").cache()
+    old = (existing if narrowed else existing.join(ev.select(nk).unique(), on=nk, how="semi")
+           ).cache()
     if not spec.tracks_deletes:
         old = old.with_columns(is_deleted=pl.lit(False))
     # Each touched key's latest version (versions never overlap, so the latest start, or its

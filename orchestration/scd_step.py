@@ -64,7 +64,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
             existing, max_key = dim, max(0, int(dim[spec.surrogate_key].max() or 0))  # type: ignore[arg-type]
         frames: SCDFrames = scd_changes(
             existing.lazy(), batch.lazy(), spec, batch_time=BuildContext(d, run_id).batch_time,
-            run_id=run_id, max_key=max_key,
+            run_id=run_id, max_key=max_key, narrowed=dim is None and not spec.snapshot,
         ).collect()
         for k, v in frames.stats.items():
             totals[k] = totals.get(k, 0) + v
