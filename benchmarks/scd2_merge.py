@@ -6,8 +6,10 @@ copy of the same DuckDB file, run in a fresh child process (so peak RSS is their
 same DuckDB memory limit, and end with the published table:
 
 - starsmith: ``run_step(dim_customer)``, the production path: read the day's staging partition,
-  semi-join the touched keys' versions inside DuckDB, run the Polars SCD builder, stage, audit,
-  publish in one transaction;
+  read the touched keys' versions from DuckDB (then let go of the blocks that read cached), run
+  the Polars SCD builder, stage, audit, publish in one transaction; its process has the Polars
+  allocator settings a worker runs with (``starsmith.POLARS_ALLOCATOR``) and has preloaded what
+  a step imports, as a worker has;
 - baseline: one DuckDB transaction of SQL: type-1 update, close changed and deleted versions,
   insert new versions numbered after max(key).
 
