@@ -17,11 +17,12 @@ def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec, *, presorted: 
                          ) -> pl.LazyFrame:
     """One row per (natural key, problem) that breaks an invariant; empty when all hold.
 
-    ``presorted``: the rows are already in (natural key, valid_from) order (the builder's
-    output), so the sort is skipped.
+    ``presorted``: the rows are the builder's output, already in (natural key, valid_from) order
+    and without the reserved members, so neither a sort nor a filter is needed.
     """
     nk, sk = list(spec.natural_key), spec.surrogate_key
-    rows = rows.filter(pl.col(sk) >= 0)
+    if not presorted:  # the builder's rows never hold the reserved members: no copy of them
+        rows = rows.filter(pl.col(sk) >= 0)
     same_key = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in nk])
     ordered = (rows if presorted else rows.sort([*nk, "valid_from"]))
     ordered = ordered.with_columns(  # a masked global shift, not a window
