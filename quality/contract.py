@@ -7,6 +7,7 @@ staged table, in the warehouse, without moving the data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
@@ -24,29 +25,37 @@ class Queryable(Protocol):
               ) -> pl.DataFrame: ...
 
 
-def contract_counts_sql(staged: str, model: Model) -> tuple[str, list[str]]:
-    """One portable query (it transpiles to BigQuery) and what each of its columns counts."""
-    parts: list[str] = []
-    labels: list[str] = []
-    for c in model.columns:
-        if not c.nullable:
-            parts.append(f'count(*) FILTER (WHERE "{c.name}" IS NULL) AS c{len(parts)}')
-            labels.append(f"null {c.name}")
+def contract_checks(staged: str, model: Model) -> list[tuple[str, str]]:
+    """Each contract rule as (what it counts, a portable SQL aggregate over the staged table)."""
+    checks = [(f"null {c.name}", f'count(*) FILTER (WHERE "{c.name}" IS NULL)')
+              for c in model.columns if not c.nullable]
     if model.unique_key:
         keys = ", ".join(f'"{k}"' for k in model.unique_key)
-        parts.append(f"(SELECT coalesce(sum(n) - count(*), 0) FROM (SELECT count(*) AS n "
-                     f"FROM {staged} GROUP BY {keys})) AS c{len(parts)}")
-        labels.append(f"duplicate {','.join(model.unique_key)}")
-    return f"SELECT {', '.join(parts) or '0 AS none'} FROM {staged}", labels
+        checks.append((f"duplicate {','.join(model.unique_key)}",
+                       f"(SELECT coalesce(sum(n) - count(*), 0) FROM (SELECT count(*) AS n "
+                       f"FROM {staged} GROUP BY {keys}))"))
+    return checks
+
+
+def contract_counts_sql(staged: str, model: Model) -> tuple[str, list[str]]:
+    """One portable query (it transpiles to BigQuery) and what each of its columns counts."""
+    checks = contract_checks(staged, model)
+    parts = [f"{sql} AS c{i}" for i, (_, sql) in enumerate(checks)]
+    return f"SELECT {', '.join(parts) or '0 AS none'} FROM {staged}", [k for k, _ in checks]
+
+
+def refuse_broken(counts: Mapping[str, int], staged: str, model: Model) -> None:
+    """Raise a non-retryable DataError naming every contract rule with a non-zero count."""
+    broken = {label: int(v) for label, v in counts.items() if v}
+    if broken:
+        detail = "; ".join(f"{v} row(s) with {k}" for k, v in broken.items())
+        raise DataError(f"staged rows of {model.name} break the model contract: {detail}",
+                        where=staged, fix="The published table was left as it was; fix the "
+                        "transform or the source, then build again")
 
 
 def audit_staged(wh: Queryable, staged: str, model: Model) -> None:
     """Raise a non-retryable DataError naming every broken contract rule; publish nothing."""
     query, labels = contract_counts_sql(staged, model)
     counts = wh.query(query).row(0) if labels else ()
-    broken = {label: int(v) for label, v in zip(labels, counts, strict=True) if v}
-    if broken:
-        detail = "; ".join(f"{v} row(s) with {k}" for k, v in broken.items())
-        raise DataError(f"staged rows of {model.name} break the model contract: {detail}",
-                        where=staged, fix="The published table was left as it was; fix the "
-                        "transform or the source, then build again")
+    refuse_broken(dict(zip(labels, counts, strict=True)), staged, model)

@@ -18,6 +18,7 @@ import polars as pl
 
 from models.contract import Model
 from quality.checks import Warehouse
+from quality.contract import audit_staged
 from quality.gx_engine import Outcome, run_expectations
 from quality.sql_engine import run_sql, supported
 from starsmith.errors import DataError
@@ -50,17 +51,25 @@ def _describe_failure(what: str, count: int | None, percent: float | None, obser
 ENGINE_ENV = "STARSMITH_QUALITY_ENGINE"  # "gx" runs every expectation through GX
 
 
-def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: str
-             ) -> list[Outcome]:
-    """Common expectation types by one SQL pass over the staged rows, the rest by GX."""
+def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: str, *,
+             audit: bool = False) -> list[Outcome]:
+    """Common expectation types by one SQL pass over the staged rows, the rest by GX.
+
+    ``audit``: check the model contract first (in that same pass when there is one), so a
+    broken contract stops the step before any expectation is judged.
+    """
     exps = model.expectations
     fast = [i for i, e in enumerate(exps) if wh is not None and staged and supported(e)
             and os.environ.get(ENGINE_ENV, "auto") != "gx"]
     slow = [i for i in range(len(exps)) if i not in fast]
     found: dict[int, Outcome] = {}
+    if audit and not fast:
+        assert wh is not None, "the contract audit runs in the warehouse"
+        audit_staged(wh, staged, model)
     if fast:
         assert wh is not None
-        found |= dict(zip(fast, run_sql(wh, staged, [exps[i] for i in fast]), strict=True))
+        found |= dict(zip(fast, run_sql(wh, staged, [exps[i] for i in fast],
+                                        contract=model if audit else None), strict=True))
     if slow:
         found |= dict(zip(slow, run_expectations(frame, model.name, [exps[i] for i in slow]),
                           strict=True))
@@ -69,9 +78,10 @@ def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: st
 
 def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
           wh: Warehouse | None = None, staged: str = "",
-          pending: Mapping[str, str] | None = None) -> Verdict:
-    """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse)."""
-    outcomes = evaluate(frame, model, wh, staged)
+          pending: Mapping[str, str] | None = None, *, audit: bool = False) -> Verdict:
+    """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse);
+    with ``audit``, the model contract before them (a broken one raises a DataError)."""
+    outcomes = evaluate(frame, model, wh, staged, audit=audit)
     checked = datetime(logical_date.year, logical_date.month, logical_date.day)
     base: dict[str, object] = {"run_id": run_id, "model": model.name, "layer": model.kind.value,
             "logical_date": logical_date, "checked_at": checked}

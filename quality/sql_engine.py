@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from quality.contract import Queryable
+from quality.contract import Queryable, contract_checks, refuse_broken
 from quality.expect import Expect
 from quality.gx_engine import Outcome
+
+if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtime cycle
+    from models.contract import Model
 
 
 def _q(name: str) -> str:
@@ -93,9 +96,16 @@ def _unique_unexpected(wh: Queryable, staged: str, kw: dict[str, Any]) -> str:
             f"FROM {staged} WHERE {_unique_keep(kw)}) WHERE _n > 1")
 
 
-def run_sql(wh: Queryable, staged: str, expectations: Sequence[Expect]) -> list[Outcome]:
-    """Evaluate supported expectations on the staged table; one outcome each, in order."""
-    aggs = ["count(*) AS n"]
+def run_sql(wh: Queryable, staged: str, expectations: Sequence[Expect], *,
+            contract: Model | None = None) -> list[Outcome]:
+    """Evaluate supported expectations on the staged table; one outcome each, in order.
+
+    With ``contract``, the model's contract rules are counted in the same query and a broken one
+    raises (as ``audit_staged`` would) before any expectation is judged: one pass over the
+    staged rows instead of two.
+    """
+    checks = contract_checks(staged, contract) if contract is not None else []
+    aggs = ["count(*) AS n", *[f"{sql} AS k{j}" for j, (_, sql) in enumerate(checks)]]
     for i, e in enumerate(expectations):
         kw = e.kwargs
         if e.type in ROW_RULES:
@@ -112,6 +122,9 @@ def run_sql(wh: Queryable, staged: str, expectations: Sequence[Expect]) -> list[
                      f"GROUP BY {key})) AS u{i}",
                      f"count(*) FILTER (WHERE {_unique_keep(kw)}) AS d{i}"]
     counts = wh.query(f"SELECT {', '.join(aggs)} FROM {staged}").row(0, named=True)
+    if contract is not None:
+        refuse_broken({label: counts[f"k{j}"] for j, (label, _) in enumerate(checks)}, staged,
+                      contract)
     total = int(counts["n"])
     outcomes = []
     for i, e in enumerate(expectations):

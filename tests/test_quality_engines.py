@@ -67,3 +67,22 @@ def test_sql_and_gx_agree(expectation: Expect, tmp_path: Path) -> None:
     if expectation.type.startswith("expect_table") or expectation.type in AGG_RULES:
         assert fast.observed_value is not None and slow.observed_value is not None
         assert float(fast.observed_value) == pytest.approx(float(slow.observed_value))
+
+
+def test_the_suite_pass_also_audits_the_contract(tmp_path: Path) -> None:
+    """The step audits the contract in the suite's own query: a broken rule stops it there,
+    naming every broken rule; a kept contract leaves the outcomes as they were."""
+    from models.contract import Column, Kind, Model, Strategy
+    from starsmith.errors import DataError
+
+    model = Model("t", Kind.STAGING, (), (Column("id", pl.Int64(), "the key", nullable=False),
+                                          Column("code", pl.String(), "a code")),
+                  lambda inputs, ctx: next(iter(inputs.values())), Strategy.FULL,
+                  unique_key=("id",), description="a contract table")
+    wh = DuckDBWarehouse(tmp_path / "wh.duckdb")
+    suite = [CASES[2], CASES[8]]
+    staged = wh.stage("t", "r", FRAME.select("id", "code"))
+    with pytest.raises(DataError, match=r"1 row\(s\) with null id; 2 row\(s\) with duplicate id"):
+        run_sql(wh, staged, suite, contract=model)
+    clean = wh.stage("t", "clean", FRAME.select("id", "code").unique("id").drop_nulls("id"))
+    assert run_sql(wh, clean, suite, contract=model) == run_sql(wh, clean, suite)
