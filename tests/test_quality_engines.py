@@ -86,3 +86,7 @@ def test_the_suite_pass_also_audits_the_contract(tmp_path: Path) -> None:
         run_sql(wh, staged, suite, contract=model)
     clean = wh.stage("t", "clean", FRAME.select("id", "code").unique("id").drop_nulls("id"))
     assert run_sql(wh, clean, suite, contract=model) == run_sql(wh, clean, suite)
+    # the suite's uniqueness rule on the contract's key is then taken from the contract: the
+    # broken case above raised before it could be judged unique
+    assert CASES[8].kwargs["column"] == "id" and run_sql(wh, clean, [CASES[8]], contract=model)[
+        0].success
