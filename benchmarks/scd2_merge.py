@@ -136,7 +136,7 @@ def measure(kind: str, base: Path, memory_limit: str) -> tuple[float, float, flo
     started = time.perf_counter()
     # The allocator settings a starsmith worker runs with (its entry points set them before
     # Polars loads; this script imports Polars first, so the child gets them from here).
-    env = os.environ | {"_RJEM_MALLOC_CONF": POLARS_ALLOCATOR}
+    env = os.environ | ({"_RJEM_MALLOC_CONF": POLARS_ALLOCATOR} if kind == "starsmith" else {})
     proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(work), memory_limit],
                             env=env)
     status = proc.wait()

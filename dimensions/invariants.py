@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dimensions.keyed import key_starts, key_total
+from dimensions.keyed import key_starts, key_total, same_as
 from dimensions.spec import OPEN_END, DimensionSpec
 
 
@@ -23,10 +23,9 @@ def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec, *, presorted: 
     nk, sk = list(spec.natural_key), spec.surrogate_key
     if not presorted:  # the builder's rows never hold the reserved members: no copy of them
         rows = rows.filter(pl.col(sk) >= 0)
-    same_key = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in nk])
     ordered = (rows if presorted else rows.sort([*nk, "valid_from"]))
     ordered = ordered.with_columns(  # a masked global shift, not a window
-        _prev_to=pl.when(same_key.fill_null(False)).then(pl.col("valid_to").shift(1))
+        _prev_to=pl.when(same_as(nk, 1)).then(pl.col("valid_to").shift(1))
     )
     many = (ordered.filter(key_starts(nk) & (key_total(pl.col("is_current"), nk) > 1))
             if presorted else

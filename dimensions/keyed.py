@@ -11,14 +11,21 @@ from __future__ import annotations
 import polars as pl
 
 
+def same_as(cols: list[str], offset: int) -> pl.Expr:
+    """True where the row ``offset`` rows away holds the same values in ``cols`` (NULL-safe;
+    False where there is no such row)."""
+    return pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(offset)) for c in cols]
+                             ).fill_null(False)
+
+
 def key_starts(nk: list[str]) -> pl.Expr:
     """True on the first row of each key."""
-    return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(1)) for c in nk]).fill_null(True)
+    return ~same_as(nk, 1)
 
 
 def key_ends(nk: list[str]) -> pl.Expr:
     """True on the last row of each key."""
-    return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(c).shift(-1)) for c in nk]).fill_null(True)
+    return ~same_as(nk, -1)
 
 
 def key_total(flag: pl.Expr, nk: list[str]) -> pl.Expr:

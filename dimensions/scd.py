@@ -24,7 +24,7 @@ from datetime import datetime
 import polars as pl
 
 from dimensions.invariants import invariant_violations
-from dimensions.keyed import key_ends, key_starts, key_total
+from dimensions.keyed import key_ends, key_starts, key_total, same_as
 from dimensions.spec import (
     OPEN_END,
     DeletePolicy,
@@ -111,12 +111,6 @@ def _differs(cols: list[str], other: str) -> pl.Expr:
     if not cols:
         return pl.lit(False)
     return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(f"{c}{other}")) for c in cols])
-
-
-def _same_as(cols: list[str], offset: int) -> pl.Expr:
-    """True where the row ``offset`` rows away holds the same values in ``cols`` (NULL-safe)."""
-    return pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(offset)) for c in cols]
-                             ).fill_null(False)
 
 
 def _drop_exact_duplicates(ev: pl.LazyFrame, every: list[str], instant: list[str]
@@ -253,7 +247,7 @@ def scd_changes(
     # find them (windows over (key, time) cost ~3x more on a 200k-record batch).
     group = [*nk, "_ts"]
     fresh = fresh.sort([*group, "_seq"], maintain_order=True).with_columns(
-        _same_next=_same_as(group, -1), _same_prev=_same_as(group, 1)).cache()
+        _same_next=same_as(group, -1), _same_prev=same_as(group, 1)).cache()
     shared = pl.col("_same_next") | pl.col("_same_prev")
     conflicts = fresh.filter(shared).select(nk).unique(maintain_order=True)
     if spec.duplicates is DuplicatePolicy.LATEST:

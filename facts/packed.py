@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from dimensions.keyed import key_starts
 from dimensions.spec import OPEN_END
 
 SLOTS = 4  # latest versions per key held in slots (measured: benchmarks/pit_lookup.py)
@@ -72,8 +73,7 @@ def pack(versions: pl.DataFrame, nk: Sequence[str], sk: str) -> Packed:
     """
     v = versions.sort([*nk, "valid_from"])
     n = v.height
-    first = v.select(pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in nk])
-                     .fill_null(True))[:, 0].to_numpy() if n else np.zeros(0, bool)
+    first = v.select(key_starts(list(nk)))[:, 0].to_numpy() if n else np.zeros(0, bool)
     begin = np.flatnonzero(first)
     end = np.r_[begin[1:], n].astype(np.int64) if n else np.zeros(0, np.int64)
     vf, vt, keys = _micros(v, "valid_from"), _micros(v, "valid_to"), v[sk].to_numpy()

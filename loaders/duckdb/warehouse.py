@@ -70,6 +70,7 @@ COMPACT_MIN_ROWS = 100_000  # below this many deleted rows a rewrite is never wo
 EVICT_TO = "64MiB"  # the buffer cache a scattered read leaves behind, before the next step part
 
 _INIT_LOCK = threading.Lock()
+_EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one eviction at a time
 _INITIALISED: set[str] = set()
 
 
@@ -177,9 +178,15 @@ class DuckDBWarehouse(SqlReads):
         lowering the memory limit for a moment, which keeps a step's peak near what it holds.
         """
         rows = super().read_keys(table, keys)
-        with self.connect() as con:
-            con.execute(f"SET memory_limit = '{EVICT_TO}'")
-            con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        if self._shared is None:  # the query's connection is closed: its cache went with it
+            return rows
+        with _EVICT_LOCK:
+            try:  # refused (OutOfMemory) while other work in the process pins more than that
+                self._shared.execute(f"SET memory_limit = '{EVICT_TO}'")
+            except duckdb.OutOfMemoryException:
+                log.debug("kept DuckDB's cache: memory pinned by other work")
+            finally:
+                self._shared.execute(f"SET memory_limit = '{self.memory_limit}'")
         return rows
 
     # -- writing -----------------------------------------------------------------------------
