@@ -24,7 +24,7 @@ from datetime import datetime
 import polars as pl
 
 from dimensions.invariants import invariant_violations
-from dimensions.keyed import key_ends, key_starts, key_total, same_as
+from dimensions.keyed import at_key_end, at_key_start, key_ends, key_starts, key_total, last_in_key, same_as
 from dimensions.spec import (
     OPEN_END,
     DeletePolicy,
@@ -113,20 +113,6 @@ def _differs(cols: list[str], other: str) -> pl.Expr:
     return pl.any_horizontal([~pl.col(c).eq_missing(pl.col(f"{c}{other}")) for c in cols])
 
 
-def _drop_exact_duplicates(ev: pl.LazyFrame, every: list[str], instant: list[str]
-                           ) -> pl.LazyFrame:
-    """The events without repeats of an earlier one (same key, time, state), in arrival order.
-
-    Only records sharing a (key, time) with another can repeat one, so only those are hashed
-    whole: a batch of distinct instants (the usual case) never hashes its string attributes.
-    """
-    ev = ev.with_columns(_cand=pl.struct(instant).is_duplicated())
-    return pl.concat([
-        ev.filter(~pl.col("_cand")),
-        ev.filter(pl.col("_cand")).unique(subset=every, keep="first", maintain_order=True),
-    ]).sort("_row", maintain_order=True).drop("_cand")
-
-
 def _normalize(batch: pl.LazyFrame, spec: DimensionSpec, batch_time: datetime) -> pl.LazyFrame:
     """Batch records as events: key, attributes, ``_ts``, ``_dead``, ``_seq``."""
     nk, attrs = list(spec.natural_key), spec.attributes
@@ -171,8 +157,13 @@ def scd_changes(
 
     Returns every version of every key whose rows change (write them by deleting those keys'
     rows and inserting these), the rejected records with reasons, and counts.
+
+    How: the touched keys' stored versions and the batch's records are put in one sequence, in
+    (key, time, sequence) order, sorted once. Everything after is a pass over that sequence (masked
+    shifts, fills and gathers within each key's run of rows), so there is no join back, no window
+    and no second sort; the versions come out in (key, valid_from) order.
     """
-    nk, attrs, t2 = list(spec.natural_key), spec.attributes, spec.of_type(SCDType.VERSIONED)
+    nk, attrs = list(spec.natural_key), spec.attributes
     sk = spec.surrogate_key
     existing = existing.filter(pl.col(sk) >= 0)  # reserved members never change
     ev = _normalize(batch, spec, batch_time)
@@ -189,28 +180,107 @@ def scd_changes(
         ev = pl.concat([ev, gone], how="diagonal_relaxed")
     if not spec.tracks_deletes:
         ev = ev.filter(~pl.col("_dead"))
-    before = ev
-    # .cache() marks frames read by several branches: computed once per collect, not per use
-    # (without it the plan recomputed them, ~2x slower on a 200k-key batch).
-    ev = _drop_exact_duplicates(ev, [*nk, *attrs, "_ts", "_dead"], [*nk, "_ts"]).cache()
-    exact_dups = pl.concat(
-        [before.select(_a=pl.len()), ev.select(_b=pl.len())], how="horizontal"
-    ).select(exact_duplicates=(pl.col("_a") - pl.col("_b")).cast(pl.Int64))
-
-    old = (existing if narrowed else existing.join(ev.select(nk).unique(), on=nk, how="semi")
-           ).cache()
+    # .cache() marks frames read by several branches: computed once per collect, not per use.
+    old = (existing if narrowed else existing.join(ev.select(nk).unique(), on=nk, how="semi"))
     if not spec.tracks_deletes:
         old = old.with_columns(is_deleted=pl.lit(False))
-    # Each touched key's latest version (versions never overlap, so the latest start, or its
-    # end if a delete closed it, is the last instant the dimension knows about for the key).
-    latest = old.sort([*nk, "valid_from"]).filter(key_ends(nk)).cache()
-    last = latest.select(*nk, _last=pl.max_horizontal(
-        "valid_from", pl.when(pl.col("valid_to") < OPEN_END).then(pl.col("valid_to"))))
-    ev = ev.join(last, on=nk, how="left", nulls_equal=False).cache()
-    fresh = ev.filter(pl.col("_last").is_null() | (pl.col("_ts") > pl.col("_last")))
-    late = ev.filter(pl.col("_ts") <= pl.col("_last"))
+    old = old.cache()
+    seq = _sequence(old, ev, spec)
 
-    # A late record whose state the dimension already shows at that time is a replay.
+    # Exact repeats (same key, time and state) collapse to the first to arrive. Only records
+    # sharing a (key, time) can repeat one, and in this order those are neighbours: only they
+    # are compared whole, so a batch of distinct instants never hashes its string attributes.
+    every, group = [*nk, *attrs, "_ts", "_dead"], [*nk, "_ts", "_old"]
+    cand = ~pl.col("_old") & (same_as(group, 1) | same_as(group, -1))
+    seq = seq.with_columns(_cand=cand)
+    shared = pl.col("_row").filter(pl.col("_cand"))
+    by_arrival = shared.arg_sort()
+    repeats = shared.gather(by_arrival).filter(
+        ~pl.struct(every).filter(pl.col("_cand")).gather(by_arrival).is_first_distinct())
+    # A membership test, not an anti-join: the join copied every column (~50 ms for 350k rows).
+    seq = seq.with_columns(_repeat=pl.col("_row").is_in(repeats.implode()).fill_null(False)
+                           ).cache()
+    exact_dups = seq.select(exact_duplicates=pl.col("_repeat").sum().cast(pl.Int64))
+
+    # A record dated no later than the last instant the dimension knows for its key is late.
+    fresh = pl.col("_last").is_null() | (pl.col("_ts") > pl.col("_last"))
+    late = _replay_check(seq.filter(~pl.col("_old") & ~fresh & ~pl.col("_repeat")), old, spec)
+    seq = seq.filter(pl.col("_old") | (fresh & ~pl.col("_repeat")))
+    replayed = late.filter(pl.col("_applied"))
+    late = late.filter(~pl.col("_applied"))
+    rejects = [_reject(null_key, spec, pl.lit("natural key or updated_at is NULL"))]
+    if spec.late_changes is LatePolicy.BATCH_TIME:
+        movable = pl.lit(batch_time, dtype=TS) > pl.col("_last")
+        moved = late.filter(movable).with_columns(_ts=pl.lit(batch_time, dtype=TS))
+        seq = pl.concat([seq, moved.select(seq.collect_schema().names())]).sort(
+            [*nk, "_ts", "_seq"], maintain_order=True)
+        late = late.filter(~movable)
+    rejects.append(_reject(late, spec, pl.format(
+        "late change: dated {} but the dimension already has a version from {} for this key",
+        pl.col("_ts").dt.to_string("%Y-%m-%d %H:%M:%S"),
+        pl.col("_last").dt.to_string("%Y-%m-%d %H:%M:%S"))))
+
+    # Two different records of one key at one instant: a declared policy decides. They are
+    # neighbours in this order; a stored version never shares an instant with a fresh record.
+    seq = seq.with_columns(_same_next=same_as(group, -1), _same_prev=same_as(group, 1)).cache()
+    conflicts = (seq.filter(pl.col("_same_next") | pl.col("_same_prev"))
+                 .select(nk).unique(maintain_order=True))
+    if spec.duplicates is DuplicatePolicy.LATEST:
+        rejects.append(_reject(seq.filter(pl.col("_same_next")), spec, pl.lit(
+            f"superseded: another record of this key at the same instant has a higher"
+            f" {spec.sequence}")))
+        seq = seq.filter(~pl.col("_same_next"))
+        conflicts = seq.filter(pl.lit(False)).select(nk)
+
+    rows, ignored = _versions(seq, spec, run_id=run_id, max_key=max_key)
+    reject_frame = pl.concat(rejects, how="vertical_relaxed")
+    stats = pl.concat(
+        [
+            ignored,
+            exact_dups,
+            replayed.select(replayed=pl.len().cast(pl.Int64)),
+            reject_frame.select(rejected=pl.len().cast(pl.Int64)),
+        ],
+        how="horizontal",
+    )
+    return SCDResult(spec, rows, reject_frame, conflicts, stats)
+
+
+def _sequence(old: pl.LazyFrame, ev: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFrame:
+    """Stored versions and batch records in one frame, in (key, time, sequence) order, each row
+    with ``_last``: the last instant the dimension knows for its key (its latest version's
+    start, or its end if a delete closed it; NULL for a new key).
+
+    A stored version sorts before a record at the same instant (its ``_seq`` is the smallest);
+    records at one (key, time, sequence) keep their arrival order.
+    """
+    nk, attrs = list(spec.natural_key), spec.attributes
+    closed_at = pl.when(pl.col("valid_to") < OPEN_END).then(pl.col("valid_to"))
+    stored = old.select(
+        *nk, *attrs, _ts="valid_from",
+        _dead=pl.col("is_deleted") | (pl.col("valid_to") < OPEN_END),
+        _seq=pl.lit(-(2**63), dtype=pl.Int64), _row=pl.lit(None, dtype=pl.Int64),
+        _old=pl.lit(True), _inferred="is_inferred",
+        _sk=spec.surrogate_key, _vt="valid_to", _cur="is_current", _del="is_deleted",
+        _run="run_id", _known=pl.max_horizontal("valid_from", closed_at),
+    )
+    records = ev.select(*nk, *attrs, "_ts", "_dead", "_seq", "_row", _old=pl.lit(False),
+                        _inferred=pl.lit(False))
+    seq = pl.concat([stored, records], how="diagonal_relaxed").sort(
+        [*nk, "_ts", "_seq"], maintain_order=True)
+    # Versions never overlap, so the key's last stored row knows the latest instant: carry it
+    # forward to the key's last row, then read it from there on every row of the key.
+    never = pl.lit(datetime(1, 1, 1), dtype=TS)
+    known = (pl.when(pl.col("_old")).then(pl.col("_known")).when(key_starts(nk)).then(never)
+             .forward_fill())
+    last = at_key_end(known, nk)
+    return seq.with_columns(_last=pl.when(last > never).then(last)).drop("_known")
+
+
+def _replay_check(late: pl.LazyFrame, old: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFrame:
+    """Late records, each with ``_applied``: the dimension already shows that state at that time
+    (a replay, counted and otherwise ignored). Late records are rare: joins are fine here."""
+    nk, t2 = list(spec.natural_key), spec.of_type(SCDType.VERSIONED)
     valid_then = late.join(
         old.select(*nk, *[pl.col(c).alias(f"{c}_v") for c in t2],
                    "valid_from", "valid_to", "is_deleted"),
@@ -221,170 +291,92 @@ def scd_changes(
         _same=pl.when(pl.col("_dead")).then(pl.col("is_deleted"))
         .otherwise(~pl.col("is_deleted") & ~_differs(t2, "_v")),
     )
-    late = late.join(valid_then, on=["_row", "_ts"], how="left").with_columns(
+    return late.join(valid_then, on=["_row", "_ts"], how="left", maintain_order="left"
+                     ).with_columns(
         _applied=pl.when(pl.col("_dead")).then(pl.col("_same").fill_null(True))
         .otherwise(pl.col("_same").fill_null(False))
     )
-    replayed = late.filter(pl.col("_applied"))
-    late = late.filter(~pl.col("_applied"))
-    rejects = [
-        _reject(null_key, spec, pl.lit("natural key or updated_at is NULL")),
-    ]
-    if spec.late_changes is LatePolicy.BATCH_TIME:
-        movable = pl.lit(batch_time, dtype=TS) > pl.col("_last")
-        fresh = pl.concat(
-            [fresh, late.filter(movable).with_columns(_ts=pl.lit(batch_time, dtype=TS))],
-            how="diagonal_relaxed",
-        )
-        late = late.filter(~movable)
-    rejects.append(_reject(late, spec, pl.format(
-        "late change: dated {} but the dimension already has a version from {} for this key",
-        pl.col("_ts").dt.to_string("%Y-%m-%d %H:%M:%S"),
-        pl.col("_last").dt.to_string("%Y-%m-%d %H:%M:%S"))))
-
-    # Two different records of one key at one instant: a declared policy decides. In (key, time,
-    # sequence) order a record shares its instant with a neighbour or with nobody, so shifts
-    # find them (windows over (key, time) cost ~3x more on a 200k-record batch).
-    group = [*nk, "_ts"]
-    fresh = fresh.sort([*group, "_seq"], maintain_order=True).with_columns(
-        _same_next=same_as(group, -1), _same_prev=same_as(group, 1)).cache()
-    shared = pl.col("_same_next") | pl.col("_same_prev")
-    conflicts = fresh.filter(shared).select(nk).unique(maintain_order=True)
-    if spec.duplicates is DuplicatePolicy.LATEST:
-        superseded = fresh.filter(pl.col("_same_next"))
-        rejects.append(_reject(superseded, spec, pl.lit(
-            f"superseded: another record of this key at the same instant has a higher"
-            f" {spec.sequence}")))
-        fresh = fresh.filter(~pl.col("_same_next"))
-        conflicts = fresh.filter(pl.lit(False)).select(nk)
-
-    rows, counts = _versions(old, latest, fresh, spec, run_id=run_id, max_key=max_key)
-    reject_frame = pl.concat(rejects, how="vertical_relaxed")
-    stats = pl.concat(
-        [
-            counts,
-            exact_dups,
-            replayed.select(replayed=pl.len().cast(pl.Int64)),
-            reject_frame.select(rejected=pl.len().cast(pl.Int64)),
-        ],
-        how="horizontal",
-    )
-    return SCDResult(spec, rows, reject_frame, conflicts, stats)
 
 
-def _versions(
-    old: pl.LazyFrame, latest: pl.LazyFrame, fresh: pl.LazyFrame, spec: DimensionSpec, *,
-    run_id: str, max_key: int,
-) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Turn the touched keys' old versions (``latest``: each key's last) plus their fresh events
-    into the keys' new versions."""
+def _versions(seq: pl.LazyFrame, spec: DimensionSpec, *, run_id: str, max_key: int
+              ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Turn the sequence of the touched keys' stored versions and fresh records (every fresh
+    record is later than every stored version of its key) into the keys' rows to write."""
     nk, attrs, sk = list(spec.natural_key), spec.attributes, spec.surrogate_key
     t2, t1, t0 = (spec.of_type(SCDType.VERSIONED), spec.of_type(SCDType.OVERWRITE),
                   spec.of_type(SCDType.FIXED))
-    seeds = latest.select(
-        *nk, *attrs, _ts="valid_from",
-        _dead=pl.col("is_deleted") | (pl.col("valid_to") < OPEN_END),
-        _inferred="is_inferred", _seed=pl.lit(True), _seq=pl.lit(-1, dtype=pl.Int64),
-        _sk=sk, _vt="valid_to",
-    )
-    events = fresh.select(
-        *nk, *attrs, "_ts", "_dead", "_seq",
-        _inferred=pl.lit(False), _seed=pl.lit(False),
-    )
-    seq = pl.concat([seeds, events], how="diagonal_relaxed").sort([*nk, "_ts", "_seq"])
-    # Sorted by key, so "previous row of the same key" is a global shift masked at key changes:
-    # window functions evaluated per group cost ~10 us a key, which dominates a nightly batch.
+    carried = [c for c in attrs if c not in t1]
+    stored, dead = pl.col("_old"), pl.col("_dead")
+    # "The previous row of the same key" is a global shift masked at key changes: window
+    # functions evaluated per group cost ~10 us a key, which dominates a nightly batch.
     first = key_starts(nk)
     prev = {f"{c}_p": pl.when(first).then(None).otherwise(pl.col(c).shift(1))
-            for c in [*attrs, "_dead", "_inferred", "_seed"]}
-    seq = seq.with_columns(_first=first, **prev)
-    fill = ~pl.col("_seed") & ~pl.col("_first") & pl.col("_inferred_p") & pl.col("_seed_p") & ~pl.col("_dead")
+            for c in [*attrs, "_dead", "_inferred", "_old"]}
+    seq = seq.with_columns(
+        _first=first, **prev,
+        _last_stored=stored & (key_ends(nk) | ~stored.shift(-1).fill_null(False)),
+        _live=last_in_key(~stored & ~dead, nk),  # the key's last live record: its type-1 values
+    )
+    # A record right after an inferred member (and alive) completes it in place.
+    fill = ~stored & ~pl.col("_first") & pl.col("_inferred_p") & pl.col("_old_p") & ~dead
     boundary = (
-        pl.when(pl.col("_seed")).then(False)
-        .when(pl.col("_first")).then(~pl.col("_dead"))
+        pl.when(stored).then(False)
+        .when(pl.col("_first")).then(~dead)
         .when(fill).then(False)
-        .when(pl.col("_dead") & pl.col("_dead_p")).then(False)
-        .when(pl.col("_dead") != pl.col("_dead_p")).then(True)
+        .when(dead & pl.col("_dead_p")).then(False)
+        .when(dead != pl.col("_dead_p")).then(True)
         .otherwise(_differs(t2, "_p"))
     )
-    seq = seq.with_columns(_fill=fill, _boundary=boundary).cache()
-    ignored_deletes = seq.filter(pl.col("_dead") & ~pl.col("_seed") & ~pl.col("_boundary"))
+    seq = seq.with_columns(_fill=fill, _boundary=boundary)
+    filled = pl.col("_last_stored") & pl.col("_fill").shift(-1).fill_null(False)
+    has = pl.col("_live").is_not_null()
+    own = {c: pl.when(~stored & dead).then(pl.col(f"{c}_p")).otherwise(pl.col(c)) for c in attrs}
+    seq = seq.with_columns(
+        *[pl.when(filled).then(pl.col(c).shift(-1)).otherwise(own[c]).alias(c) for c in carried],
+        *[pl.when(has).then(pl.col(c).gather(pl.col("_live"))).otherwise(own[c]).alias(c)
+          for c in t1],
+        _t1_changed=(stored & has & pl.any_horizontal(
+            [~pl.col(c).gather(pl.col("_live")).eq_missing(pl.col(c)) for c in t1]))
+        if t1 else pl.lit(False),
+        _filled=filled,
+    ).cache()
+    ignored = seq.filter(dead & ~stored & ~pl.col("_boundary")).select(
+        ignored_deletes=pl.len().cast(pl.Int64))
 
-    versions = seq.filter(pl.col("_seed") | pl.col("_boundary")).with_columns(
-        _next=pl.when(key_ends(nk)).then(None).otherwise(pl.col("_ts").shift(-1))
-    )
-    # The batch's last live record per key (seq is in (key, time, sequence) order) gives every
-    # row of the key its type-1 values; joined to what each key's other rows are patched by, not
-    # to every row afterwards (that join cost ~15% of the builder).
-    carried = [c for c in attrs if c not in t1]
-    last_live = seq.filter(~pl.col("_seed") & ~pl.col("_dead")).filter(key_ends(nk)).select(
-        *nk, *[pl.col(c).alias(f"{c}_l") for c in t1], _has=pl.lit(True))
-    has = pl.col("_has").fill_null(False)
-    # The seed (latest old version) closes at the next boundary, unless a delete closed it already.
-    fills = seq.filter(pl.col("_fill")).select(*nk, **{f"{c}_f": pl.col(c) for c in carried},
-                                               _filled=pl.lit(True))
-    patch = versions.filter(pl.col("_seed")).join(fills, on=nk, how="left")
-    if t1:
-        patch = patch.join(last_live, on=nk, how="left")
-    patch = patch.select(
-        *nk, "_sk", "_filled", *[f"{c}_f" for c in carried],
-        *([*[f"{c}_l" for c in t1], "_has"] if t1 else []),
-        _vt_new=pl.when((pl.col("_vt") == OPEN_END) & pl.col("_next").is_not_null())
-        .then(pl.col("_next")).otherwise(pl.col("_vt")),
-    )
-    # Each row says whether it changes as it is made (a join back to the old rows to compare
-    # every column cost ~10% of the builder): old rows by patch, type-1 or type-0 overwrite;
-    # new rows always. Stored nk, valid_from and is_deleted never change.
-    seed = pl.col(sk) == pl.col("_sk")
-    filled = pl.col("_filled").fill_null(False) & seed
-    vt_new = pl.when(seed).then(pl.coalesce("_vt_new", "valid_to")).otherwise(pl.col("valid_to"))
-    t1_changed = (has & _differs(t1, "_l")) if t1 else pl.lit(False)
-    old_rows = old.join(patch, on=nk, how="left").with_columns(
-        *[pl.when(filled).then(pl.col(f"{c}_f")).otherwise(pl.col(c)).alias(c) for c in carried],
-        *[pl.when(has).then(pl.col(f"{c}_l")).otherwise(pl.col(c)).alias(c) for c in t1],
-        valid_to=vt_new,
-        is_inferred=pl.when(filled).then(False).otherwise(pl.col("is_inferred")),
-        valid_to_o="valid_to", _current_o="is_current", _new=pl.lit(False),
-        _changed=filled | ~vt_new.eq_missing(pl.col("valid_to")) | t1_changed,
-    )
-
-    new = versions.filter(~pl.col("_seed"))
+    versions = seq.filter(stored | pl.col("_boundary")).with_columns(
+        _next=pl.when(key_ends(nk)).then(None).otherwise(pl.col("_ts").shift(-1)))
     if spec.deletes is DeletePolicy.INVALIDATE:
-        new = new.filter(~pl.col("_dead"))
-    if t1:
-        new = new.join(last_live, on=nk, how="left", maintain_order="left")
-    dead = pl.col("_dead")
-    own = {c: pl.when(dead).then(pl.col(f"{c}_p")).otherwise(pl.col(c)) for c in attrs}
-    new_rows = new.select(  # seq is in (key, time) order, and filters keep it
-        *nk,
-        *[own[c].alias(c) for c in carried],
-        *[pl.when(has).then(pl.col(f"{c}_l")).otherwise(own[c]).alias(c) for c in t1],
+        versions = versions.filter(stored | ~dead)
+    # The latest stored version closes at the next new one, unless a delete closed it already.
+    reopened = (pl.col("_vt") == OPEN_END) & pl.col("_next").is_not_null() & pl.col("_last_stored")
+    valid_to = pl.when(stored).then(pl.when(reopened).then(pl.col("_next")).otherwise(pl.col("_vt"))
+                                    ).otherwise(pl.coalesce("_next", pl.lit(OPEN_END, dtype=TS)))
+    rows = versions.select(
+        pl.when(stored).then(pl.col("_sk"))
+        .otherwise((~stored).cast(pl.Int64).cum_sum() + max_key).alias(sk),
+        *nk, *attrs,
         valid_from="_ts",
-        valid_to=pl.coalesce("_next", pl.lit(OPEN_END, dtype=TS)),
-        is_deleted="_dead",
-        is_inferred=pl.lit(False),
-        run_id=pl.lit(run_id),
-        valid_to_o=pl.lit(None, dtype=TS), _current_o=pl.lit(None, dtype=pl.Boolean),
-        _new=pl.lit(True), _changed=pl.lit(True),
-    ).with_columns((pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + max_key).alias(sk))
-
-    cols = [sk, *nk, *attrs, "valid_from", "valid_to", "is_deleted", "is_inferred", "run_id",
-            "valid_to_o", "_current_o", "_new", "_changed"]
-    rows = pl.concat([old_rows.select(cols), new_rows.select(cols)], how="vertical_relaxed")
-    if t0:
+        valid_to=valid_to,
+        is_deleted=pl.when(stored).then(pl.col("_del")).otherwise(dead),
+        is_inferred=stored & pl.col("_inferred") & ~pl.col("_filled"),
+        run_id=pl.when(stored).then(pl.col("_run")).otherwise(pl.lit(run_id)),
+        valid_to_o=pl.when(stored).then(pl.col("_vt")),
+        _current_o=pl.when(stored).then(pl.col("_cur")),
+        _new=~stored,
+        _changed=~stored | pl.col("_filled") | reopened | pl.col("_t1_changed"),
+    )
+    if t0:  # a fixed column keeps the key's first value (rows are in (key, valid_from) order)
         rows = rows.with_columns(
-            pl.col(c).sort_by("valid_from").first().over(nk).alias(f"{c}_0") for c in t0
-        ).with_columns(
-            *[pl.col(f"{c}_0").alias(c) for c in t0],
-            _changed=pl.col("_changed") | _differs(t0, "_0"),
+            *[at_key_start(pl.col(c), nk).alias(c) for c in t0],
+            _changed=pl.col("_changed") | pl.any_horizontal(
+                [~at_key_start(pl.col(c), nk).eq_missing(pl.col(c)) for c in t0]),
         )
     current = pl.col("valid_to") == OPEN_END
     changed = pl.col("_changed") | (current != pl.col("_current_o")).fill_null(False)
     rows = rows.with_columns(
         is_current=current, _changed=changed,
         run_id=pl.when(changed).then(pl.lit(run_id)).otherwise(pl.col("run_id")),
-    ).sort([*nk, "valid_from"])
+    )
     rows = rows.filter(key_total(pl.col("_changed"), nk) > 0)  # every row of a changed key
-    side = ignored_deletes.select(ignored_deletes=pl.len().cast(pl.Int64))
     keep = [*spec.output_columns, "_new", "_changed", "valid_to_o"]
-    return rows.select(keep), side
+    return rows.select(keep), ignored
