@@ -67,7 +67,11 @@ CREATE TABLE IF NOT EXISTS {META}.quality_results (
 # deleted rows pass COMPACT_AT of what it stores: an amortised cost that grows with the changes.
 COMPACT_AT = 0.25
 COMPACT_MIN_ROWS = 100_000  # below this many deleted rows a rewrite is never worth it
-EVICT_TO = "64MiB"  # the buffer cache a scattered read leaves behind, before the next step part
+EVICT_TO = "64MiB"
+# DuckDB's row group (rows). Staged Parquet is cut to it: an INSERT then reads each Parquet row group
+# on its own thread straight into a row group of the table. One row group per file held the insert
+# of a 350k-row SCD night to one thread: 0.38-0.45 s against 0.23-0.29 s (32k or 245k: 0.3-0.47 s).
+DUCKDB_ROW_GROUP = 122_880  # the buffer cache a scattered read leaves behind, before the next step part
 
 _INIT_LOCK = threading.Lock()
 _EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one eviction at a time
@@ -200,12 +204,15 @@ class DuckDBWarehouse(SqlReads):
         cheaper than a DuckDB table (benchmarks/scd2_merge.py), it is written to a temporary
         name and renamed so a crash never leaves half a file, and a retry simply replaces it.
         Staged files live minutes, so they are not compressed beyond Parquet's own encodings:
-        half the write time of LZ4 for 350k dimension rows, and faster to read back.
+        half the write time of LZ4 for 350k dimension rows, and faster to read back. Its row
+        groups are DuckDB's own size (``DUCKDB_ROW_GROUP``), which lets the publish insert in
+        parallel.
         """
         path = self.staged_path(model, run_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        frame.write_parquet(tmp, compression="uncompressed", statistics=False)
+        frame.write_parquet(tmp, compression="uncompressed", statistics=False,
+                           row_group_size=DUCKDB_ROW_GROUP)
         tmp.replace(path)
         return f"read_parquet('{path}')"
 
