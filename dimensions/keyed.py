@@ -38,7 +38,7 @@ def key_total(flag: pl.Expr, nk: list[str]) -> pl.Expr:
 
 
 def _row_number() -> pl.Expr:
-    return pl.int_range(pl.len(), dtype=pl.Int64)
+    return pl.int_range(pl.len(), dtype=pl.get_index_type())  # what gather takes as is
 
 
 def at_key_end(expr: pl.Expr, nk: list[str]) -> pl.Expr:
