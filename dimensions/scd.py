@@ -175,7 +175,8 @@ def scd_changes(
             .select(nk)
             .join(ev.select(nk).unique(), on=nk, how="anti")
             .with_columns(_ts=pl.lit(batch_time, dtype=TS), _dead=pl.lit(True),
-                          _seq=pl.lit(2**62, dtype=pl.Int64), _row=pl.lit(-1, dtype=pl.Int64))
+                          _seq=pl.lit(2**62, dtype=pl.Int64),
+                          _row=-pl.int_range(1, pl.len() + 1, dtype=pl.Int64))  # one each
         )
         ev = pl.concat([ev, gone], how="diagonal_relaxed")
     if not spec.tracks_deletes:

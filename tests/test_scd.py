@@ -192,6 +192,21 @@ def test_snapshot_source_closes_keys_that_disappear() -> None:
     assert out.stats["closed"] == 1
 
 
+def test_keys_gone_from_a_snapshot_too_late_are_each_held_back_once() -> None:
+    # Keys first seen at t(2) vanish from a snapshot also taken at t(2): their delete is no later
+    # than their versions, so each is held back as late, once (records of a snapshot's absent
+    # keys are told apart, not matched to each other's versions).
+    s = spec(detection=ChangeDetection.CHECK, updated_at=None, deleted_flag=None, snapshot=True,
+             deletes=DeletePolicy.INVALIDATE)
+    cols = ("id", "a", "b", "e", "f")
+    rows = [(1, "x", "p", "e", "f"), (2, "y", "p", "e", "f"), (3, "z", "p", "e", "f")]
+    dim, _ = step(empty(s), batch(rows, cols), s, at=t(2))
+    after, out = step(dim, batch(rows[:1], cols), s, at=t(2))
+    assert sorted(out.rejects["id"].to_list()) == [2, 3]
+    assert out.rejects["reason"].str.starts_with("late change").all()
+    assert after.equals(dim)
+
+
 def test_an_inferred_member_is_completed_in_place_and_keeps_its_key() -> None:
     s = spec()
     schema = dimension_schema(s, TYPES)
