@@ -71,7 +71,10 @@ EVICT_TO = "64MiB"
 # DuckDB's row group (rows). Staged Parquet is cut to it: an INSERT then reads each Parquet row group
 # on its own thread straight into a row group of the table. One row group per file held the insert
 # of a 350k-row SCD night to one thread: 0.38-0.45 s against 0.23-0.29 s (32k or 245k: 0.3-0.47 s).
-DUCKDB_ROW_GROUP = 122_880  # the buffer cache a scattered read leaves behind, before the next step part
+DUCKDB_ROW_GROUP = 122_880
+# Data pages of 1 MiB: Polars' default size wrote 350k staged rows in 75 ms, this in 60 ms; DuckDB
+# reads both as fast.
+STAGED_PAGE = 1 << 20  # the buffer cache a scattered read leaves behind, before the next step part
 
 _INIT_LOCK = threading.Lock()
 _EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one eviction at a time
@@ -212,7 +215,7 @@ class DuckDBWarehouse(SqlReads):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         frame.write_parquet(tmp, compression="uncompressed", statistics=False,
-                           row_group_size=DUCKDB_ROW_GROUP)
+                           row_group_size=DUCKDB_ROW_GROUP, data_page_size=STAGED_PAGE)
         tmp.replace(path)
         return f"read_parquet('{path}')"
 
