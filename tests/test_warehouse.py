@@ -261,3 +261,22 @@ def test_a_row_later_than_the_lookback_still_lands_in_its_partition(landing: Pat
     details = wh.query("SELECT details->>'late_beyond_lookback' AS n FROM _starsmith.run_log "
                        "WHERE model = 'fact_sales' AND logical_date = ?", [day])
     assert details["n"].to_list() == ["1"]
+
+
+def test_staged_rows_come_in_duckdbs_row_groups_and_load_in_the_order_staged(tmp_path: Path) -> None:
+    # A staged file cut into DuckDB's own row groups lets the publish insert them in parallel;
+    # loaded into a table, the rows keep the order they were staged in.
+    import pyarrow.parquet as pq
+
+    from loaders.duckdb.warehouse import DUCKDB_ROW_GROUP
+
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    rows = pl.DataFrame({"k": pl.int_range(300_000, eager=True),
+                         "v": pl.int_range(300_000, eager=True).cast(pl.String)})
+    staged = wh.stage("t", "r1", rows)
+    meta = pq.ParquetFile(wh.staged_path("t", "r1")).metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sizes == [DUCKDB_ROW_GROUP, DUCKDB_ROW_GROUP, 300_000 - 2 * DUCKDB_ROW_GROUP]
+    with wh.connect() as con:
+        con.execute(f"CREATE TABLE t AS SELECT * FROM {staged}")
+    assert wh.read("t").equals(rows)
