@@ -41,6 +41,11 @@ def _row_number() -> pl.Expr:
     return pl.int_range(pl.len(), dtype=pl.get_index_type())  # what gather takes as is
 
 
+def _first_row(nk: list[str]) -> pl.Expr:
+    """On every row, the position of its key's first row."""
+    return pl.when(key_starts(nk)).then(_row_number()).forward_fill()
+
+
 def at_key_end(expr: pl.Expr, nk: list[str]) -> pl.Expr:
     """On every row, ``expr``'s value on its key's last row (a gather, not a window)."""
     return expr.gather(pl.when(key_ends(nk)).then(_row_number()).backward_fill())
@@ -48,11 +53,10 @@ def at_key_end(expr: pl.Expr, nk: list[str]) -> pl.Expr:
 
 def at_key_start(expr: pl.Expr, nk: list[str]) -> pl.Expr:
     """On every row, ``expr``'s value on its key's first row."""
-    return expr.gather(pl.when(key_starts(nk)).then(_row_number()).forward_fill())
+    return expr.gather(_first_row(nk))
 
 
 def last_in_key(flag: pl.Expr, nk: list[str]) -> pl.Expr:
     """On every row, the position of its key's last row where ``flag`` holds; NULL if none."""
     upto = pl.when(flag).then(_row_number()).forward_fill()
-    start = pl.when(key_starts(nk)).then(_row_number()).forward_fill()
-    return at_key_end(pl.when(upto >= start).then(upto), nk)
+    return at_key_end(pl.when(upto >= _first_row(nk)).then(upto), nk)

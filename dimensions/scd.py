@@ -332,13 +332,12 @@ def _versions(seq: pl.LazyFrame, spec: DimensionSpec, *, run_id: str, max_key: i
     filled = pl.col("_last_stored") & pl.col("_fill").shift(-1).fill_null(False)
     has = pl.col("_live").is_not_null()
     own = {c: pl.when(~stored & dead).then(pl.col(f"{c}_p")).otherwise(pl.col(c)) for c in attrs}
+    latest = {c: pl.col(c).gather(pl.col("_live")) for c in t1}  # the key's last live values
     seq = seq.with_columns(
         *[pl.when(filled).then(pl.col(c).shift(-1)).otherwise(own[c]).alias(c) for c in carried],
-        *[pl.when(has).then(pl.col(c).gather(pl.col("_live"))).otherwise(own[c]).alias(c)
-          for c in t1],
+        *[pl.when(has).then(latest[c]).otherwise(own[c]).alias(c) for c in t1],
         _t1_changed=(stored & has & pl.any_horizontal(
-            [~pl.col(c).gather(pl.col("_live")).eq_missing(pl.col(c)) for c in t1]))
-        if t1 else pl.lit(False),
+            [~latest[c].eq_missing(pl.col(c)) for c in t1])) if t1 else pl.lit(False),
         _filled=filled,
     ).cache()
     ignored = seq.filter(dead & ~stored & ~pl.col("_boundary")).select(

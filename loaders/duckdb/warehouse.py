@@ -67,14 +67,14 @@ CREATE TABLE IF NOT EXISTS {META}.quality_results (
 # deleted rows pass COMPACT_AT of what it stores: an amortised cost that grows with the changes.
 COMPACT_AT = 0.25
 COMPACT_MIN_ROWS = 100_000  # below this many deleted rows a rewrite is never worth it
-EVICT_TO = "64MiB"
+EVICT_TO = "64MiB"  # the buffer cache a scattered read leaves behind, before the next step part
 # DuckDB's row group (rows). Staged Parquet is cut to it: an INSERT then reads each Parquet row group
 # on its own thread straight into a row group of the table. One row group per file held the insert
 # of a 350k-row SCD night to one thread: 0.38-0.45 s against 0.23-0.29 s (32k or 245k: 0.3-0.47 s).
 DUCKDB_ROW_GROUP = 122_880
 # Data pages of 1 MiB: Polars' default size wrote 350k staged rows in 75 ms, this in 60 ms; DuckDB
 # reads both as fast.
-STAGED_PAGE = 1 << 20  # the buffer cache a scattered read leaves behind, before the next step part
+STAGED_PAGE = 1 << 20
 
 _INIT_LOCK = threading.Lock()
 _EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one eviction at a time
