@@ -100,7 +100,13 @@ class Warehouse(Protocol):
 
     def max_value(self, table: str, column: str) -> int: ...
 
-    def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str: ...
+    def stage(self, model: str, run_id: str, frame: pl.DataFrame, *, in_memory: bool = False
+              ) -> str:
+        """Stage rows; ``in_memory`` allows a target to hold them in its session, not on disk
+        (rows the step keeps in memory anyway)."""
+
+    def keep_staged(self, ref: str) -> str:
+        """Where a steward reads staged rows a gate refused (written out first if held)."""
 
     def union(self, refs: Sequence[str]) -> str: ...
 

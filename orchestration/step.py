@@ -2,7 +2,7 @@
 
 ``run_step`` takes one small dataclass and returns one: table names, paths, dates and counts,
 never data, so the same function runs in-process or as a Temporal activity on any worker that can
-reach the landing zone and the warehouse. It is idempotent: the staged file's name is fixed by
+reach the landing zone and the warehouse. It is idempotent: what it stages is named by
 (model, run), every strategy replaces what it writes, and the quarantine rows it is responsible
 for are replaced, not appended.
 """
@@ -33,7 +33,7 @@ from orchestration.scd_step import build_scd
 from quality.contract import audit_staged
 from quality.gate import judge, refuse
 from quality.sql_engine import supported
-from starsmith.errors import StarsmithError
+from starsmith.errors import DataError, StarsmithError
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
@@ -100,28 +100,19 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     wh.check_schema(model, full_refresh=req.full_refresh)  # fail before any data moves
     out = _build(model, cat, wh, Path(req.landing), day, req)
-    staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows)
+    staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows,
+                                                            in_memory=True)
     if out.parts:  # built batch by batch: the rows are on disk, read them only if a rule must
         out.rows_written = int(wh.query(f"SELECT count(*) AS n FROM {staged}")["n"][0])
     failpoint("after_stage", model.name)
-    quality = None
-    if not (model.expectations or model.checks):
-        audit_staged(wh, staged, model)
-    else:  # the contract is audited with the suite, in its pass over the staged rows
-        frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
-            else wh.read_staged(staged)
-        verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending, audit=True)
-        quality = verdict.results
-        if verdict.failed:
-            wh.record_quality(verdict.results)
-            refuse(verdict, model)
-        if verdict.quarantine:
-            if out.parts:
-                out.rows = wh.read_staged(staged)
-                out.also_staged.extend(out.parts)
-                out.parts = []
-            out = _hold_back(out, verdict.quarantine, day)
-            staged = wh.stage(model.name, req.run_id, out.rows)
+    try:
+        out, staged, quality = _audit(model, wh, req, day, out, staged)
+    except DataError as err:  # refused: say where a steward can read the staged rows
+        kept = wh.keep_staged(staged)
+        where = kept if err.where in (None, staged) else f"{err.where}, kept at {kept}"
+        if where == err.where:
+            raise
+        raise type(err)(err.what, where=where, fix=err.fix) from err
     counts = {"rows_read": out.rows_read, "rows_written": out.rows_written or out.rows.height,
               "rows_quarantined": out.quarantine.height, **out.counts}
     core = {k: v for k, v in counts.items() if k in RUN_LOG_COLUMNS}
@@ -137,6 +128,30 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     ))
     failpoint("after_publish", model.name)
     return counts
+
+
+def _audit(model: Model, wh: Warehouse, req: StepRequest, day: date, out: StepOutput, staged: str
+           ) -> tuple[StepOutput, str, pl.DataFrame | None]:
+    """The contract and the model's suite on the staged rows; rows a "mostly" rule lets through
+    move to the quarantine and the rest are staged again. Raises DataError on a refusal."""
+    if not (model.expectations or model.checks):
+        audit_staged(wh, staged, model)
+        return out, staged, None
+    # the contract is audited with the suite, in its pass over the staged rows
+    frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
+        else wh.read_staged(staged)
+    verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending, audit=True)
+    if verdict.failed:
+        wh.record_quality(verdict.results)
+        refuse(verdict, model)
+    if verdict.quarantine:
+        if out.parts:
+            out.rows = wh.read_staged(staged)
+            out.also_staged.extend(out.parts)
+            out.parts = []
+        out = _hold_back(out, verdict.quarantine, day)
+        staged = wh.stage(model.name, req.run_id, out.rows, in_memory=True)
+    return out, staged, verdict.results
 
 
 def _hold_back(out: StepOutput, rows: dict[int, str], day: date) -> StepOutput:

@@ -4,7 +4,7 @@ great-expectations on pandas took 5-6x a Polars pass here, and its SQL engine ne
 run on DuckDB (FACTS.md); at 10M rows that makes validation slower than the build it guards. The
 expectation types below are evaluated with GX's semantics (unexpected counts and percentages over
 the non-null values, ``mostly`` against that share, a sample of 20 unexpected values, row indices
-for quarantine) as one aggregate query over the staged Parquet, plus one GROUP BY per uniqueness
+for quarantine) as one aggregate query over the staged rows, plus one GROUP BY per uniqueness
 rule. Every other type still runs through GX. ``tests/test_quality_engines.py`` checks that both
 engines agree on every type here.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -65,6 +66,8 @@ def test_an_error_failure_keeps_the_previous_table_and_skips_dependants(
     assert reason.startswith(
         "1 blocking expectation(s) failed on stores_stg: expect_column_values_to_be_between("
         "column='store_id', max_value=2, min_value=1): 3 unexpected (60.00%), e.g. 3, 4, 5")
+    kept = re.search(r"kept at (\S+\.parquet)\)", reason)  # the refused rows, for a steward
+    assert kept and pl.read_parquet(kept[1])["store_id"].to_list() == [1, 2, 3, 4, 5]
     warehouse = DuckDBWarehouse(wh)
     assert warehouse.read("stores_stg").equals(before)  # day 2 never published
     results = warehouse.query("SELECT logical_date, success, severity, unexpected_count, "

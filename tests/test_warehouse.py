@@ -144,8 +144,7 @@ def test_a_crash_between_staging_and_publish_leaves_the_previous_table(
                           timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert wh.read("dim_customer").sort("customer_key").equals(before)
-    staged = [p.name for p in wh.staged_files()]
-    assert staged == [f"dim_customer__build_{DAYS[2].isoformat().replace('-', '_')}.parquet"]
+    assert wh.staged_files() == []  # the step's rows were staged in its session, nothing half-kept
 
     build(landing, path, [DAYS[2]], select=["dim_customer"])  # the retry finishes the step
     clean = tmp_path / "clean.duckdb"
@@ -279,4 +278,34 @@ def test_staged_rows_come_in_duckdbs_row_groups_and_load_in_the_order_staged(tmp
     assert sizes == [DUCKDB_ROW_GROUP, DUCKDB_ROW_GROUP, 300_000 - 2 * DUCKDB_ROW_GROUP]
     with wh.connect() as con:
         con.execute(f"CREATE TABLE t AS SELECT * FROM {staged}")
+    assert wh.read("t").equals(rows)
+
+
+def test_a_steps_rows_staged_in_its_session_read_and_load_like_a_staged_file(tmp_path: Path
+                                                                           ) -> None:
+    # In a session the step's output is registered as Arrow (no file): in several batches, in
+    # the order staged, with the column types a staged file gives; the publish lets it go.
+    from loaders import sql
+    from loaders.target import Publish
+
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    n = 300_000
+    rows = pl.select(k=pl.int_range(n),
+                     v=pl.int_range(n).cast(pl.String) + " a longer string",
+                     d=pl.date(2024, 1, 1) + pl.duration(days=pl.int_range(n) % 10),
+                     ts=pl.lit(datetime(2024, 1, 2, 3)),
+                     amount=pl.int_range(n).cast(pl.Decimal(14, 2)),
+                     flag=pl.int_range(n) % 3 == 0)
+    on_disk = wh.stage("t", "file", rows)
+    with wh.session():
+        held = wh.stage("t", "r1", rows, in_memory=True)
+        assert wh.staged_files() == [wh.staged_path("t", "file")]
+        assert wh.query(f"DESCRIBE SELECT * FROM {held}").equals(
+            wh.query(f"DESCRIBE SELECT * FROM {on_disk}"))
+        numbered = wh.query(f"SELECT {wh.row_index} AS i, k FROM {held}")
+        assert (numbered["i"] == numbered["k"]).all() and numbered.height == n
+        wh.publish(Publish(target="t", staged=held, statements=sql.replace_all("main.t", held),
+                           run_log={"run_id": "r1", "model": "t", "logical_date": date(2024, 1, 1)}))
+        with pytest.raises(Exception, match="_staged__t__r1"):
+            wh.query(f"SELECT count(*) FROM {held}")
     assert wh.read("t").equals(rows)

@@ -221,13 +221,21 @@ class BigQueryWarehouse(SqlReads):
         self._digests[name] = hashlib.sha256(data).hexdigest()
         return name
 
-    def stage(self, model: str, run_id: str, frame: pl.DataFrame) -> str:
+    def stage(self, model: str, run_id: str, frame: pl.DataFrame, *, in_memory: bool = False
+              ) -> str:
+        """A load job into the staging dataset (``in_memory`` has no meaning here: the audit
+        and the publish run in BigQuery, which must hold the rows)."""
         # A name of its own per attempt: a retry never loads into a table an earlier attempt
         # is still dropping; the publish job id is derived from the rows, not from this name.
         name = self.upload(f"{safe_name(model)}__{safe_name(run_id)}__{self.nonce}",
                             frame.with_row_index(meta.ROW).with_columns(pl.col(meta.ROW).cast(
                                 pl.Int64())))
         return dialect.ref_text(self.ref.project, self.ref.staging, name)
+
+    @staticmethod
+    def keep_staged(ref: str) -> str:
+        """A staged table stays until it expires: a steward reads refused rows there."""
+        return ref
 
     def union(self, refs: Sequence[str]) -> str:
         """The batches of one step as one staged table, numbered in batch order."""
