@@ -309,3 +309,23 @@ def test_a_steps_rows_staged_in_its_session_read_and_load_like_a_staged_file(tmp
         with pytest.raises(Exception, match="_staged__t__r1"):
             wh.query(f"SELECT count(*) FROM {held}")
     assert wh.read("t").equals(rows)
+
+
+@pytest.mark.parametrize("dtype", [
+    pl.Int8(), pl.UInt64(), pl.Float32(), pl.Boolean(), pl.String(), pl.Binary(), pl.Date(),
+    pl.Time(), pl.Null(), pl.Decimal(10, 2), pl.Categorical(), pl.Datetime("us"),
+    pl.Datetime("ns", "UTC"), pl.List(pl.String()), pl.Struct({"a": pl.Int64(), "b": pl.String()}),
+    pl.Datetime("ms"), pl.Duration("us"), pl.Array(pl.Int64(), 2), pl.Int128(),
+    pl.List(pl.Duration("us")),
+], ids=str)
+def test_a_table_gets_the_same_column_types_whichever_way_its_rows_were_staged(
+        dtype: pl.DataType, tmp_path: Path) -> None:
+    # Types DuckDB would read differently from Arrow (Duration as INTERVAL, ...) are staged as
+    # a file, so tables keep the types they were created with.
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    rows = pl.DataFrame([pl.Series("c", [None, None]).cast(dtype)])
+    on_disk = wh.stage("t", "file", rows)
+    with wh.session():
+        held = wh.stage("t", "held", rows, in_memory=True)
+        assert wh.query(f"DESCRIBE SELECT * FROM {held}").equals(
+            wh.query(f"DESCRIBE SELECT * FROM {on_disk}"))

@@ -84,6 +84,23 @@ _EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one evic
 _INITIALISED: set[str] = set()
 
 
+def _same_from_arrow(dtype: pl.DataType) -> bool:
+    """DuckDB reads this type from Arrow as it reads it from the Parquet Polars writes, so a table
+    is the same whichever way its rows were staged. Not so, hence staged as a file: Duration
+    (INTERVAL, not BIGINT), Datetime in ms (TIMESTAMP_MS), Array (fixed size, not a list),
+    128-bit integers (no Arrow export)."""
+    if isinstance(dtype, pl.Datetime):
+        return dtype.time_unit != "ms"
+    if isinstance(dtype, pl.List):
+        return _same_from_arrow(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return all(_same_from_arrow(f.dtype) for f in dtype.fields)
+    if dtype.is_integer():
+        return dtype not in (pl.Int128, pl.UInt128)
+    return dtype.is_decimal() or isinstance(dtype, (pl.Categorical, pl.Enum)) or dtype in (
+        pl.Float32, pl.Float64, pl.Boolean, pl.String, pl.Binary, pl.Date, pl.Time, pl.Null)
+
+
 def _paths(ref: str) -> list[str]:
     """The files a ``read_parquet(...)`` reference names."""
     return re.findall(r"'([^']+)'", ref)
@@ -222,7 +239,7 @@ class DuckDBWarehouse(SqlReads):
         read back), and its row groups are DuckDB's own size, which lets an insert run in
         parallel.
         """
-        if in_memory and self._shared is not None:
+        if in_memory and self._shared is not None and all(map(_same_from_arrow, frame.dtypes)):
             name = f"_staged__{safe_name(model)}__{safe_name(run_id)}"
             table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
             self._shared.register(name, pa.Table.from_batches(
