@@ -28,6 +28,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+from polars._typing import PolarsDataType  # Polars' own alias for a dtype, instance or class
 from sqlglot import exp
 
 from loaders import sql
@@ -84,7 +85,7 @@ _EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one evic
 _INITIALISED: set[str] = set()
 
 
-def _same_from_arrow(dtype: pl.DataType) -> bool:
+def _same_from_arrow(dtype: PolarsDataType) -> bool:
     """DuckDB reads this type from Arrow as it reads it from the Parquet Polars writes, so a table
     is the same whichever way its rows were staged. Not so, hence staged as a file: Duration
     (INTERVAL, not BIGINT), Datetime in ms (TIMESTAMP_MS), Array (fixed size, not a list),
