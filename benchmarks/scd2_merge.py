@@ -14,7 +14,10 @@ same DuckDB memory limit, and end with the published table:
   insert new versions numbered after max(key).
 
 Prints each round and the medians, the ratio, and peak RSS against the dimension's Parquet size.
-Usage: python benchmarks/scd2_merge.py [--rows 10000000] [--rounds 3]
+``--history H`` gives every key H closed versions before its current row: a change then rewrites
+the key's changed rows only (the baseline's UPDATE touches only current rows too).
+
+Usage: python benchmarks/scd2_merge.py [--rows 10000000] [--rounds 3] [--history 0]
 """
 
 from __future__ import annotations
@@ -42,7 +45,19 @@ PREV = datetime(2024, 2, 1)
 OPEN = datetime(9999, 12, 31)
 
 
-def make_warehouse(folder: Path, rows: int) -> Path:
+def with_history(dim: pl.DataFrame, history: int) -> pl.DataFrame:
+    """Each key's current row plus ``history`` closed versions before it, 30 days apart (another
+    address each), keyed after every current row."""
+    rows = dim.height
+    older = [dim.with_columns(
+        customer_key=pl.col("customer_key") + h * rows, address=pl.lit(f"{h} Old Road"),
+        valid_from=pl.col("valid_from") - pl.duration(days=30 * h),
+        valid_to=pl.col("valid_from") - pl.duration(days=30 * (h - 1)),
+        is_current=pl.lit(False)) for h in range(1, history + 1)]
+    return pl.concat([dim, *older])
+
+
+def make_warehouse(folder: Path, rows: int, history: int = 0) -> Path:
     """The dimension plus the day's staging partition, in a warehouse starsmith can build."""
     rng = np.random.default_rng(1)
     ids = np.arange(1, rows + 1)
@@ -80,6 +95,7 @@ def make_warehouse(folder: Path, rows: int) -> Path:
     )
     path = folder / "base.duckdb"
     con = duckdb.connect(str(path))
+    dim = with_history(dim, history)
     con.register("d", pl.concat([reserved, dim]).to_arrow())
     con.execute("CREATE TABLE dim_customer AS SELECT * FROM d")
     con.register("b", batch.to_arrow())
@@ -155,6 +171,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-limit", default="4GB")
+    parser.add_argument("--history", type=int, default=0,
+                        help="closed versions per key before its current one")
     parser.add_argument("--child", nargs=3)
     args = parser.parse_args()
     if args.child:
@@ -163,9 +181,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
-        base = make_warehouse(folder, args.rows)
+        base = make_warehouse(folder, args.rows, args.history)
         parquet_mb = (folder / "dim.parquet").stat().st_size / 2**20
-        print(f"dimension: {args.rows:,} rows, Parquet {parquet_mb:.0f} MiB "
+        print(f"dimension: {args.rows:,} keys x {args.history + 1} versions, Parquet {parquet_mb:.0f} MiB "
               f"(generated in {time.perf_counter() - t0:.1f} s)")
         results: dict[str, list[tuple[float, float, float, int]]] = {"starsmith": [], "duckdb_sql": []}
         for r in range(args.rounds):

@@ -44,9 +44,16 @@ REJECT_COLUMNS = ("updated_at", "is_delete", "reason")
 class SCDFrames:
     """Collected output of one SCD step."""
 
-    rows: pl.DataFrame  # every version of every key that changed: replaces those keys' rows
+    rows: pl.DataFrame  # every version of every key that changed (the invariants held on them)
     rejects: pl.DataFrame  # batch records held back, with the reason
     stats: dict[str, int]
+    changed: pl.Series  # per row of ``rows``: a new version, or a stored one whose values change
+
+    def changes(self) -> pl.DataFrame:
+        """The rows a publish writes: replacing the stored rows of these surrogate keys with them
+        gives ``rows`` for every changed key. A key's other versions stay as they are, so a change
+        costs its own rows, not the key's whole history."""
+        return self.rows.filter(self.changed)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class SCDResult:
             keys_changed=key_starts(list(self.spec.natural_key)).sum().cast(pl.Int64),
         )
         stats = pl.concat([counts, stats], how="horizontal")
+        changed = rows["_changed"]
         rows = rows.select(self.spec.output_columns)
         nk = list(self.spec.natural_key)
         if conflicts.height:
@@ -95,7 +103,7 @@ class SCDResult:
                 where=f"dimension {self.spec.name}",
                 fix="Nothing was written; report this with the batch that caused it",
             )
-        return SCDFrames(rows, rejects, stats.row(0, named=True))
+        return SCDFrames(rows, rejects, stats.row(0, named=True), changed)
 
 
 def _name_keys(frame: pl.DataFrame, nk: list[str], limit: int = 10) -> str:
@@ -155,8 +163,9 @@ def scd_changes(
     ``narrowed``: ``existing`` holds only rows of keys in the batch (the build step reads just
     those), so the builder need not select them again (a semi-join over every row of them).
 
-    Returns every version of every key whose rows change (write them by deleting those keys'
-    rows and inserting these), the rejected records with reasons, and counts.
+    Returns every version of every key whose rows change, with a mask of the rows that are new or
+    changed (write those: delete the stored rows of their surrogate keys, insert them), the
+    rejected records with reasons, and counts.
 
     How: the touched keys' stored versions and the batch's records are put in one sequence, in
     (key, time, sequence) order, sorted once. Everything after is a pass over that sequence (masked

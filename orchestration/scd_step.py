@@ -1,8 +1,10 @@
 """The SCD step: fetch only the touched keys' versions, run the builder, hand back the changes.
 
 The warehouse returns every version of the keys the batch touches (a semi-join inside DuckDB),
-plus the largest surrogate key; the builder returns every version of every changed key, which the
-publish writes by replacing those keys' rows. A snapshot source also needs the current keys, to
+plus the largest surrogate key; the builder returns every version of every changed key and checks
+the invariants on them; the publish writes only the new versions and the stored ones whose values
+changed, replacing those surrogate keys' rows, so a change to a key with a long history costs the
+rows it changes. A snapshot source also needs the current keys, to
 see which are gone. A full refresh replays every landed day, in order, from an empty dimension.
 """
 
@@ -70,7 +72,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
             totals[k] = totals.get(k, 0) + v
         rejects.append(frames.rejects.with_columns(logical_date=pl.lit(d)))
         if dim is None:
-            changed = frames.rows
+            changed = frames.changes()
         else:
             dim = _apply(dim, frames.rows, spec)
     if dim is not None:
@@ -86,7 +88,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         if full_refresh:
             return sql.replace_all(qualified, staged)
         return [sql.create_like(qualified, staged),
-                *sql.replace_keys(qualified, staged, spec.natural_key, schema.names())]
+                *sql.replace_keys(qualified, staged, (spec.surrogate_key,), schema.names())]
 
     quarantine = (pl.concat(rejects, how="diagonal_relaxed") if rejects
                   else pl.DataFrame({"reason": []}, schema={"reason": pl.String()}))

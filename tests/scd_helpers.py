@@ -53,15 +53,22 @@ def batch(rows: list[tuple[Any, ...]], cols: tuple[str, ...] = ("id", "a", "b", 
 def step(dim: pl.DataFrame, b: pl.DataFrame, s: DimensionSpec, *, run: str = "r",
          at: datetime = datetime(2024, 1, 2), narrowed: bool = False
          ) -> tuple[pl.DataFrame, SCDFrames]:
-    """Apply a batch the way the warehouse does: replace the changed keys' rows."""
+    """Apply a batch the way the warehouse does: replace the changed rows by surrogate key.
+
+    Every test also checks that this gives what replacing every row of each changed key with
+    ``rows`` gives: the versions left alone are exactly the unchanged ones.
+    """
     max_key = max(0, int(dim[s.surrogate_key].max() or 0))
-    nk = list(s.natural_key)
+    nk, sk = list(s.natural_key), s.surrogate_key
     # narrowed: hand over only the batch's keys' rows, as the build step reads them
     existing = dim.join(b.select(nk).unique(), on=nk, how="semi") if narrowed else dim
     out = scd_changes(existing.lazy(), b.lazy(), s, batch_time=at, run_id=run,
                       max_key=max_key, narrowed=narrowed).collect()
-    new = pl.concat([dim.join(out.rows.select(nk), on=nk, how="anti", nulls_equal=True),
-                     out.rows]).sort(s.surrogate_key)
+    changes = out.changes()
+    new = pl.concat([dim.join(changes.select(sk), on=sk, how="anti"), changes]).sort(sk)
+    whole = pl.concat([dim.join(out.rows.select(nk), on=nk, how="anti", nulls_equal=True),
+                       out.rows]).sort(sk)
+    assert new.equals(whole), "the unchanged rows of a changed key differ from the stored ones"
     return new, out
 
 

@@ -51,6 +51,23 @@ def test_type2_change_closes_the_old_version_where_the_new_one_starts() -> None:
     assert (out.stats["inserted"], out.stats["closed"]) == (1, 1)
 
 
+def test_a_change_to_a_long_history_writes_only_the_rows_it_changes() -> None:
+    s = spec()
+    dim = empty(s)
+    for day, a in enumerate(["x1", "x2", "x3", "x4"], start=1):
+        dim, _ = step(dim, batch([(1, a, "p", "e", "f", t(day), False)]), s, run=f"r{day}")
+    dim, out = step(dim, batch([(1, "x5", "p", "e", "f", t(5), False),
+                                (2, "y", "p", "e", "f", t(5), False)]), s, run="r5")
+    assert out.rows.filter(pl.col("id") == 1).height == 5  # the invariants saw the whole key
+    written = out.changes().sort("sk")
+    assert written.select("id", "a", "run_id").rows() == [(1, "x4", "r5"), (1, "x5", "r5"),
+                                                         (2, "y", "r5")]
+    assert versions(dim, 1)["run_id"].to_list() == ["r2", "r3", "r4", "r5", "r5"]  # untouched
+    # A type-1 change rewrites every version: each one's values change.
+    dim, out = step(dim, batch([(1, "x5", "p", "e2", "f", t(6), False)]), s, run="r6")
+    assert out.changes().height == 5 and versions(dim, 1)["e"].to_list() == ["e2"] * 5
+
+
 def test_type1_overwrites_every_version_and_type0_keeps_the_first_value() -> None:
     s = spec()
     dim, _ = step(empty(s), batch([(1, "x", "p", "e1", "f1", t(1), False)]), s)
