@@ -1,11 +1,11 @@
 """The SCD step: fetch only the touched keys' versions, run the builder, hand back the changes.
 
 The warehouse returns every version of the keys the batch touches (a semi-join inside DuckDB),
-plus the largest surrogate key; the builder returns every version of every changed key and checks
-the invariants on them; the publish writes only the new versions and the stored ones whose values
+plus the largest surrogate key. The builder returns every version of every changed key and checks
+the invariants on them. The publish writes only the new versions and the stored ones whose values
 changed, replacing those surrogate keys' rows, so a change to a key with a long history costs the
-rows it changes. A snapshot source also needs the current keys, to
-see which are gone. A full refresh replays every landed day, in order, from an empty dimension.
+rows it changes. A snapshot source also needs the current keys, to see which are gone. A full
+refresh replays every landed day, in order, from an empty dimension.
 """
 
 from __future__ import annotations
