@@ -1,6 +1,6 @@
 """Storage upkeep over many nights: DuckDB's own vacuum against starsmith's compaction.
 
-An SCD publish deletes the changed keys' rows and inserts their versions again, so deleted rows
+An SCD publish deletes the changed versions' rows and inserts them again, so deleted rows
 pile up in the table's row groups. DuckDB's default vacuums at every checkpoint; starsmith turns
 that off (``max_vacuum_tasks=0``) and rewrites the table once deleted rows pass ``COMPACT_AT`` of
 those stored (``loaders/duckdb/warehouse.py``, whose connection and bookkeeping run here). Each

@@ -55,6 +55,13 @@ class SCDFrames:
         costs its own rows, not the key's whole history."""
         return self.rows.filter(self.changed)
 
+    def apply(self, dim: pl.DataFrame, surrogate_key: str) -> pl.DataFrame:
+        """``dim`` with these changes applied as a publish applies them: the stored rows of the
+        changed surrogate keys replaced (a full refresh replays its days this way in memory)."""
+        changes = self.changes()
+        return pl.concat([dim.join(changes.select(surrogate_key), on=surrogate_key, how="anti"),
+                          changes])
+
 
 @dataclass(frozen=True)
 class SCDResult:
@@ -375,10 +382,11 @@ def _versions(seq: pl.LazyFrame, spec: DimensionSpec, *, run_id: str, max_key: i
         _changed=~stored | pl.col("_filled") | reopened | pl.col("_t1_changed"),
     )
     if t0:  # a fixed column keeps the key's first value (rows are in (key, valid_from) order)
+        first_value = {c: at_key_start(pl.col(c), nk) for c in t0}
         rows = rows.with_columns(
-            *[at_key_start(pl.col(c), nk).alias(c) for c in t0],
+            *[v.alias(c) for c, v in first_value.items()],
             _changed=pl.col("_changed") | pl.any_horizontal(
-                [~at_key_start(pl.col(c), nk).eq_missing(pl.col(c)) for c in t0]),
+                [~v.eq_missing(pl.col(c)) for c, v in first_value.items()]),
         )
     current = pl.col("valid_to") == OPEN_END
     changed = pl.col("_changed") | (current != pl.col("_current_o")).fill_null(False)

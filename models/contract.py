@@ -35,7 +35,7 @@ class Strategy(StrEnum):
 
     FULL = "full"  # replace the table
     MERGE = "merge"  # upsert by the unique key
-    SCD = "scd"  # the SCD builder's versions replace the changed keys' rows
+    SCD = "scd"  # the SCD builder's new and changed versions replace theirs, by surrogate key
     PARTITION = "partition"  # overwrite the partitions the batch holds (idempotent append)
 
 

@@ -39,11 +39,6 @@ def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFr
             wh.max_value(model.name, spec.surrogate_key))
 
 
-def _apply(dim: pl.DataFrame, changed: pl.DataFrame, spec: DimensionSpec) -> pl.DataFrame:
-    nk = list(spec.natural_key)
-    return pl.concat([dim.join(changed.select(nk), on=nk, how="anti", nulls_equal=True), changed])
-
-
 def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
               run_id: str, *, full_refresh: bool) -> StepOutput:
     spec = model.dimension
@@ -74,7 +69,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         if dim is None:
             changed = frames.changes()
         else:
-            dim = _apply(dim, frames.rows, spec)
+            dim = frames.apply(dim, spec.surrogate_key)
     if dim is not None:
         rows = dim.sort(spec.surrogate_key)  # replayed day by day: put in key order once
     elif wh.exists(model.name):

@@ -64,8 +64,7 @@ def step(dim: pl.DataFrame, b: pl.DataFrame, s: DimensionSpec, *, run: str = "r"
     existing = dim.join(b.select(nk).unique(), on=nk, how="semi") if narrowed else dim
     out = scd_changes(existing.lazy(), b.lazy(), s, batch_time=at, run_id=run,
                       max_key=max_key, narrowed=narrowed).collect()
-    changes = out.changes()
-    new = pl.concat([dim.join(changes.select(sk), on=sk, how="anti"), changes]).sort(sk)
+    new = out.apply(dim, sk).sort(sk)
     whole = pl.concat([dim.join(out.rows.select(nk), on=nk, how="anti", nulls_equal=True),
                        out.rows]).sort(sk)
     assert new.equals(whole), "the unchanged rows of a changed key differ from the stored ones"
