@@ -10,15 +10,16 @@ PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(
 EMULATOR := .emulator/bin/local-bigquery
 
 $(STAMP): pyproject.toml
+	@# an editable install maps starsmith.<folder> onto the top-level folders (package-dir)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 ## Set up, land the demo sources, and run the nightly build through Temporal into DuckDB.
+## The demo is a project like any user's: models/ (its starsmith.toml, landing/ and .state/).
 nightly: $(STAMP)
-	$(BIN)/starsmith demo --days 7
-	$(BIN)/starsmith build
+	$(BIN)/starsmith demo models --days 7
 
 ## Lint, type-check and run every test (real DuckDB, real Temporal dev server).
 test: lint pytest
@@ -43,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scd2_merge.py
 
 clean:
-	rm -rf $(VENV) .emulator .state landing
+	rm -rf $(VENV) .emulator models/.state models/landing

@@ -27,14 +27,15 @@ from pathlib import Path
 
 from harness import measure, report
 
-from loaders.duckdb import DuckDBWarehouse
-from models.demo_landing import write_landing
-from models.registry import Catalogue, load_catalogue
-from orchestration.budget import parse_size
-from orchestration.local import run_plan
-from orchestration.messages import StepRequest
-from orchestration.plan import make_plan, run_id_for
-from orchestration.step import run_step
+from starsmith.demo_data import write_landing
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.orchestration.budget import parse_size
+from starsmith.orchestration.local import run_plan
+from starsmith.orchestration.messages import StepRequest
+from starsmith.orchestration.plan import make_plan, run_id_for
+from starsmith.orchestration.step import run_step
+from starsmith.registry import Catalogue
+from starsmith.scaffold import demo_catalogue as load_catalogue
 
 FACTS = ("fact_sales", "fact_inventory_daily")
 

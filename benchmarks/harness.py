@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestration.budget import peak_bytes
+from starsmith.orchestration.budget import peak_bytes
 
 
 def peak_rss_mib() -> float:

@@ -68,9 +68,9 @@ def make_inputs(folder: Path, n_facts: int, n_keys: int, case: str) -> None:
 def run_starsmith(folder: Path, batch: int) -> None:
     """Pack each dimension once, then key the facts ``batch`` rows at a time, each batch written
     as a Parquet part (as the fact step stages a batch of partitions): memory is one batch's."""
-    from dimensions import ChangeDetection, DimensionSpec
-    from facts.keys import KeyIndex
-    from facts.spec import KeyLookup
+    from starsmith.dimensions import ChangeDetection, DimensionSpec
+    from starsmith.facts.keys import KeyIndex
+    from starsmith.facts.spec import KeyLookup
 
     indexes = []
     for name in DIMS:

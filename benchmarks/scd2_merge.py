@@ -130,13 +130,14 @@ COMMIT;
 def child(kind: str, path: str, memory_limit: str) -> None:
     """One contender in this fresh process; records its step time (after imports) and peak RSS."""
     if kind == "starsmith":
-        from orchestration.messages import StepRequest
-        from orchestration.step import preload, run_step
+        from starsmith.orchestration.messages import StepRequest
+        from starsmith.orchestration.step import preload, run_step
+        from starsmith.scaffold import demo_catalogue
 
-        preload()  # a worker imports once, before its first step
+        cat = preload(demo_catalogue())  # a worker imports once, before its first step
         started = time.perf_counter()
         run_step(StepRequest("dim_customer", DAY.isoformat(), f"build-{DAY}", "/nonexistent", path,
-                             memory_limit=memory_limit))
+                             memory_limit=memory_limit), cat)
     else:
         started = time.perf_counter()
         con = duckdb.connect(path, config={"memory_limit": memory_limit})

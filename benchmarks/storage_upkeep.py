@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from scd2_merge import make_warehouse
 
-from loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.duckdb import DuckDBWarehouse
 
 NIGHT = (
     "CREATE TEMP TABLE old AS SELECT * FROM dim_customer"

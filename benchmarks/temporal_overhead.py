@@ -25,21 +25,23 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from models.demo_landing import write_landing
-from models.registry import load_catalogue
-from orchestration.local import run_plan
-from orchestration.messages import BuildRequest, Paths
-from orchestration.plan import make_plan
-from orchestration.server import start_local_server
-from orchestration.worker import make_worker
-from orchestration.workflows import BuildWorkflow
+from starsmith.demo_data import write_landing
+from starsmith.orchestration.local import run_plan
+from starsmith.orchestration.messages import BuildRequest, Paths
+from starsmith.orchestration.plan import make_plan
+from starsmith.orchestration.server import start_local_server
+from starsmith.orchestration.worker import make_worker
+from starsmith.orchestration.workflows import BuildWorkflow
+from starsmith.scaffold import demo_catalogue as load_catalogue
+from starsmith.scaffold import demo_project
 
 
 def in_process(landing: Path, wh: Path, dates: list[date]) -> float:
     cat = load_catalogue()
     plan = make_plan(cat, list(cat.order), dates)
     started = time.perf_counter()
-    outcomes = run_plan(plan, landing=str(landing), warehouse=str(wh), memory_limit="2GB")
+    outcomes = run_plan(plan, landing=str(landing), warehouse=str(wh), memory_limit="2GB",
+                       catalogue=cat)
     assert all(o.ok for o in outcomes)
     return time.perf_counter() - started
 
@@ -60,7 +62,7 @@ async def workflow(address: str, landing: Path, wh: Path, dates: list[date], *, 
             started = time.perf_counter()
             report = await client.execute_workflow(BuildWorkflow.run, req, id=queue, task_queue=queue)
         else:
-            async with make_worker(client, task_queue=queue, max_activities=slots):
+            async with make_worker(client, demo_project(), task_queue=queue, max_activities=slots):
                 started = time.perf_counter()
                 report = await client.execute_workflow(BuildWorkflow.run, req, id=queue,
                                                        task_queue=queue)

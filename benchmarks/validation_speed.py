@@ -58,9 +58,9 @@ def child(kind: str, folder: Path) -> None:
                        sku="SKU-" + pl.col("product_id").cast(pl.String).str.zfill(7))
          .sink_parquet(staged))
     elif kind == "sql":
-        from loaders.duckdb import DuckDBWarehouse
-        from quality.expect import Expect
-        from quality.sql_engine import run_sql
+        from starsmith.loaders.duckdb import DuckDBWarehouse
+        from starsmith.quality.expect import Expect
+        from starsmith.quality.sql_engine import run_sql
 
         wh = DuckDBWarehouse(folder / "wh.duckdb", memory_limit="4GB")
         with wh.session():
@@ -68,8 +68,8 @@ def child(kind: str, folder: Path) -> None:
                           [Expect(t, **kw) for t, kw in SUITE])
         assert len(out) == len(SUITE)
     else:
-        from quality.expect import Expect
-        from quality.gx_engine import run_expectations
+        from starsmith.quality.expect import Expect
+        from starsmith.quality.gx_engine import run_expectations
 
         frame = pl.read_parquet(staged)
         out = run_expectations(frame, "bench", [Expect(t, **kw) for t, kw in SUITE])

@@ -1,9 +1,9 @@
 """Dimension builders: pure functions over Polars LazyFrames (no I/O, no engine imports)."""
 
-from dimensions.invariants import invariant_violations
-from dimensions.members import dimension_schema, inferred_members, reserved_members
-from dimensions.scd import SCDFrames, SCDResult, scd_changes
-from dimensions.spec import (
+from starsmith.dimensions.invariants import invariant_violations
+from starsmith.dimensions.members import dimension_schema, inferred_members, reserved_members
+from starsmith.dimensions.scd import SCDFrames, SCDResult, scd_changes
+from starsmith.dimensions.spec import (
     BEGINNING,
     NOT_APPLICABLE_KEY,
     OPEN_END,

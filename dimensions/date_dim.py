@@ -11,7 +11,7 @@ from datetime import date
 
 import polars as pl
 
-from dimensions.spec import NOT_APPLICABLE_KEY, UNKNOWN_KEY
+from starsmith.dimensions.spec import NOT_APPLICABLE_KEY, UNKNOWN_KEY
 
 DATE_SCHEMA = pl.Schema({
     "date_key": pl.Int64(), "date": pl.Date(), "year": pl.Int32(), "quarter": pl.Int8(),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from dimensions.keyed import key_starts, key_total, same_as
-from dimensions.spec import OPEN_END, DimensionSpec
+from starsmith.dimensions.keyed import key_starts, key_total, same_as
+from starsmith.dimensions.spec import OPEN_END, DimensionSpec
 
 
 def invariant_violations(rows: pl.LazyFrame, spec: DimensionSpec, *, presorted: bool = False

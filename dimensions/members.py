@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dimensions.spec import BEGINNING, NOT_APPLICABLE_KEY, OPEN_END, UNKNOWN_KEY, DimensionSpec
+from starsmith.dimensions.spec import BEGINNING, NOT_APPLICABLE_KEY, OPEN_END, UNKNOWN_KEY, DimensionSpec
 
 TS = pl.Datetime("us")
 

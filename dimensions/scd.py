@@ -23,9 +23,17 @@ from datetime import datetime
 
 import polars as pl
 
-from dimensions.invariants import invariant_violations
-from dimensions.keyed import at_key_end, at_key_start, key_ends, key_starts, key_total, last_in_key, same_as
-from dimensions.spec import (
+from starsmith.dimensions.invariants import invariant_violations
+from starsmith.dimensions.keyed import (
+    at_key_end,
+    at_key_start,
+    key_ends,
+    key_starts,
+    key_total,
+    last_in_key,
+    same_as,
+)
+from starsmith.dimensions.spec import (
     OPEN_END,
     DeletePolicy,
     DimensionSpec,
@@ -33,7 +41,7 @@ from dimensions.spec import (
     LatePolicy,
     SCDType,
 )
-from dimensions.spec import ChangeDetection as Detect
+from starsmith.dimensions.spec import ChangeDetection as Detect
 from starsmith.errors import DataError, InvariantViolation
 
 TS = pl.Datetime("us")

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from dimensions.spec import NOT_APPLICABLE_KEY, UNKNOWN_KEY
-from facts.packed import EXACT, INFERRED, MISSING, NEAREST, NOT_APPLICABLE, TODO, find, pack
-from facts.spec import KeyLookup, MissingKey
+from starsmith.dimensions.spec import NOT_APPLICABLE_KEY, UNKNOWN_KEY
+from starsmith.facts.packed import EXACT, INFERRED, MISSING, NEAREST, NOT_APPLICABLE, TODO, find, pack
+from starsmith.facts.spec import KeyLookup, MissingKey
 
 MATCH = "_match"  # how each fact found its key: a code of HOW
 HOW = {EXACT: "exact", NEAREST: "nearest", NOT_APPLICABLE: "not_applicable", MISSING: "missing",

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from dimensions.keyed import key_starts
-from dimensions.spec import OPEN_END
+from starsmith.dimensions.keyed import key_starts
+from starsmith.dimensions.spec import OPEN_END
 
 SLOTS = 4  # latest versions per key held in slots (measured: benchmarks/pit_lookup.py)
 EXACT, NEAREST, NOT_APPLICABLE, MISSING, INFERRED, TODO = 0, 1, 2, 3, 4, 255

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dimensions.spec import DimensionSpec
+from starsmith.dimensions.spec import DimensionSpec
 from starsmith.errors import ConfigError
 
 
@@ -60,6 +60,7 @@ class FactSpec:
     lookback_days: int = 7  # each run also rebuilds this many recent partitions
     batch_days: int = 31  # partitions built at once (a full rebuild's memory is one batch's)
     measures: tuple[tuple[str, Additivity], ...] = field(default=())
+    event_input: str = ""  # the input whose rows carry event_date; default: the first input
 
     def __post_init__(self) -> None:
         if not self.grain:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from models.contract import Source
+from starsmith.contract import Source
 from starsmith.errors import DataError, SourceMissing
 from starsmith.log import get_logger
 
@@ -71,10 +71,40 @@ def check_drift(source: Source, found: pl.Schema, where: str) -> None:
     if problems:
         raise DataError(f"source {source.name!r} drifted from its contract: "
                         + "; ".join(problems), where=where,
-                        fix="Fix the export, or change the contract in models/sources.py")
+                        fix="Fix the export, or change the source's contract in the project")
 
 
-def scan_source(landing: Path, source: Source, day: date) -> pl.LazyFrame:
+def landings_for(landing: Path, source: Source, day: date, *, whole: bool = False) -> list[date]:
+    """The landings a run of ``day`` reads: that day's extract; for reference data the latest
+    landed on or before it; with ``whole`` (``Window.ALL``) every landing up to it."""
+    if whole:
+        days = [d for d in landed_dates(landing, source) if d <= day]
+        if not days:
+            raise SourceMissing(
+                f"source {source.name!r} has no extract landed on or before {day}",
+                where=str(landing / source.name),
+                fix="Land an extract, or build a later day")
+        return days
+    if not source.cadence.daily:
+        earlier = [d for d in landed_dates(landing, source) if d <= day]
+        if not earlier:
+            raise SourceMissing(
+                f"reference source {source.name!r} has no extract landed on or before {day}",
+                where=str(landing / source.name),
+                fix="Land the reference data (any earlier day will do), then build again")
+        return [earlier[-1]]
+    return [day]
+
+
+def scan_source(landing: Path, source: Source, day: date, *, whole: bool = False
+                ) -> pl.LazyFrame:
+    """The source's rows a run of ``day`` reads (see :func:`landings_for`), cast to its contract."""
+    days = landings_for(landing, source, day, whole=whole)
+    frames = [_scan_one(landing, source, d) for d in days]
+    return frames[0] if len(frames) == 1 else pl.concat(frames)
+
+
+def _scan_one(landing: Path, source: Source, day: date) -> pl.LazyFrame:
     folder = source_folder(landing, source, day)
     files = sorted(folder.glob(f"*.{source.format}"))
     if not files:
@@ -90,7 +120,7 @@ def scan_source(landing: Path, source: Source, day: date) -> pl.LazyFrame:
         lf = pl.scan_csv(files, schema_overrides=schema, try_parse_dates=False)
     elif source.format == "ndjson":
         lf = pl.scan_ndjson(files, schema={c: pl.String() for c in schema.names()})
-    else:  # pragma: no cover - Source formats are declared in models/sources.py
+    else:  # pragma: no cover - Source checks its format when it is declared
         raise DataError(f"unknown source format {source.format!r}", where=source.name)
     found = lf.collect_schema()
     check_drift(source, found, str(folder))

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 from sqlglot import exp
 
-from loaders import sql
+from starsmith.loaders import sql
 
 if TYPE_CHECKING:
-    from models.contract import Model
+    from starsmith.contract import Model
 
 BIGQUERY_SCHEME = "bigquery://"
 RUN_LOG_COLUMNS = (
@@ -134,10 +134,10 @@ def open_warehouse(ref: str | Path, *, memory_limit: str = "4GB", staging: str =
                    job_key: str = "") -> Warehouse:
     """The target a reference names. ``job_key`` makes BigQuery job ids unique per build run."""
     if is_bigquery(ref):
-        from loaders.bigquery.warehouse import BigQueryWarehouse
+        from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
 
         return BigQueryWarehouse.from_ref(str(ref), job_key=job_key)
-    from loaders.duckdb import DuckDBWarehouse
+    from starsmith.loaders.duckdb import DuckDBWarehouse
 
     return DuckDBWarehouse(ref, memory_limit=memory_limit,
                            staging_dir=Path(staging) if staging else None)

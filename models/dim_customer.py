@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from dimensions import ChangeDetection, DeletePolicy, DimensionSpec, DuplicatePolicy, SCDType
-from models.contract import (
+from starsmith.contract import (
     BuildContext,
     Input,
     Kind,
@@ -20,8 +19,10 @@ from models.contract import (
     Strategy,
     dimension_columns,
 )
-from models.stg_customers import SOURCE
-from quality.expect import Expect
+from starsmith.dimensions import ChangeDetection, DeletePolicy, DimensionSpec, DuplicatePolicy, SCDType
+from starsmith.quality.expect import Expect
+
+from .stg_customers import SOURCE
 
 SPEC = DimensionSpec(
     name="dim_customer",

@@ -7,8 +7,8 @@ from datetime import date
 
 import polars as pl
 
-from dimensions.date_dim import DATE_SCHEMA, date_dimension
-from models.contract import BuildContext, Column, Kind, Model, Strategy
+from starsmith.contract import BuildContext, Column, Kind, Model, Strategy
+from starsmith.dimensions.date_dim import DATE_SCHEMA, date_dimension
 
 FIRST, LAST = date(2020, 1, 1), date(2030, 12, 31)
 FISCAL_YEAR_START_MONTH = 7

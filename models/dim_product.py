@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from dimensions import ChangeDetection, DeletePolicy, DimensionSpec, SCDType
-from models.contract import (
+from starsmith.contract import (
     BuildContext,
     Input,
     Kind,
@@ -20,7 +19,9 @@ from models.contract import (
     Strategy,
     dimension_columns,
 )
-from models.stg_products import SOURCE
+from starsmith.dimensions import ChangeDetection, DeletePolicy, DimensionSpec, SCDType
+
+from .stg_products import SOURCE
 
 SPEC = DimensionSpec(
     name="dim_product",

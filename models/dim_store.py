@@ -6,9 +6,10 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from dimensions import ChangeDetection, DimensionSpec, SCDType
-from models.contract import BuildContext, Input, Kind, Model, Strategy, dimension_columns
-from models.stg_stores import SOURCE
+from starsmith.contract import BuildContext, Input, Kind, Model, Strategy, dimension_columns
+from starsmith.dimensions import ChangeDetection, DimensionSpec, SCDType
+
+from .stg_stores import SOURCE
 
 SPEC = DimensionSpec(
     name="dim_store",

@@ -12,12 +12,13 @@ from datetime import time
 
 import polars as pl
 
-from dimensions.date_dim import date_key
-from facts.snapshots import complete_grain
-from facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
-from models import dim_product, dim_store
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy, Window
-from quality.expect import Expect
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy, Window
+from starsmith.dimensions.date_dim import date_key
+from starsmith.facts.snapshots import complete_grain
+from starsmith.facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
+from starsmith.quality.expect import Expect
+
+from . import dim_product, dim_store
 
 GRAIN = ("snapshot_date", "product_id", "store_id")
 FACT = FactSpec(

@@ -10,11 +10,12 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from dimensions.date_dim import date_key
-from facts.snapshots import accumulate
-from facts.spec import Additivity, FactSpec, FactType
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
-from models.stg_shipments import MILESTONES
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy
+from starsmith.dimensions.date_dim import date_key
+from starsmith.facts.snapshots import accumulate
+from starsmith.facts.spec import Additivity, FactSpec, FactType
+
+from .stg_shipments import MILESTONES
 
 FACT = FactSpec(
     name="fact_order_fulfilment",

@@ -11,13 +11,14 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from dimensions.date_dim import date_key
-from facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
-from models import dim_customer, dim_product, dim_store
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
-from models.rules import quarantine_when
-from quality.checks import Freshness, References
-from quality.expect import Expect
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy
+from starsmith.dimensions.date_dim import date_key
+from starsmith.facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
+from starsmith.quality.checks import Freshness, References
+from starsmith.quality.expect import Expect
+from starsmith.quality.rules import quarantine_when
+
+from . import dim_customer, dim_product, dim_store
 
 MONEY = pl.Decimal(14, 2)
 FACT = FactSpec(
@@ -59,7 +60,7 @@ def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyF
 MODEL = Model(
     name="fact_sales",
     kind=Kind.FACT,
-    inputs=(Input("stg_order_lines"), Input("stg_orders"), Input("dim_customer"),
+    inputs=(Input("stg_order_lines"), Input("stg_orders", on=("order_id",)), Input("dim_customer"),
             Input("dim_product"), Input("dim_store"), Input("dim_date")),
     columns=(
         Column("order_id", pl.Int64(), "order number (degenerate dimension)", nullable=False),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from models.contract import Column, Source
+from starsmith import Cadence, Column, Source
 
 MONEY = pl.Decimal(12, 2)
 TS = pl.Datetime("us")
@@ -28,6 +28,7 @@ SOURCES: tuple[Source, ...] = (
             Column("change_seq", pl.Int64(), "CRM change-log sequence number"),
         ),
         "CRM change feed (CDC): every insert, update and delete of a customer, one file per day.",
+        cadence=Cadence.CHANGE_FEED,
     ),
     Source(
         "products", "parquet",
@@ -39,6 +40,7 @@ SOURCES: tuple[Source, ...] = (
             Column("list_price", MONEY, "list price"),
         ),
         "Product catalogue: a full snapshot every day; a product missing from it was discontinued.",
+        cadence=Cadence.SNAPSHOT,
     ),
     Source(
         "stores", "csv",
@@ -49,6 +51,7 @@ SOURCES: tuple[Source, ...] = (
             Column("region", pl.String(), "region"),
         ),
         "Store master: a full CSV snapshot every day.",
+        cadence=Cadence.SNAPSHOT,
     ),
     Source(
         "orders", "parquet",
@@ -60,6 +63,7 @@ SOURCES: tuple[Source, ...] = (
             Column("channel", pl.String(), "web, store or phone"),
         ),
         "Order headers, landed on the day they are extracted (some days late).",
+        cadence=Cadence.DAILY,
     ),
     Source(
         "order_lines", "parquet",
@@ -73,6 +77,7 @@ SOURCES: tuple[Source, ...] = (
             Column("line_ts", TS, "when the line was sold or returned"),
         ),
         "Order lines, and returns as negative lines arriving days later.",
+        cadence=Cadence.DAILY,
     ),
     Source(
         "shipments", "ndjson",
@@ -82,6 +87,7 @@ SOURCES: tuple[Source, ...] = (
             Column("event_ts", TS, "when the milestone happened"),
         ),
         "Fulfilment milestones as JSON lines, sometimes a day late and out of order.",
+        cadence=Cadence.CHANGE_FEED,
     ),
     Source(
         "inventory", "csv",
@@ -92,5 +98,6 @@ SOURCES: tuple[Source, ...] = (
             Column("on_hand", pl.Int32(), "units on hand at close of day"),
         ),
         "Daily inventory levels per product and store; a few pairs are missing some days.",
+        cadence=Cadence.DAILY,
     ),
 )

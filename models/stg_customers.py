@@ -6,10 +6,11 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
-from models.rules import not_in, quarantine_when
-from models.sources import SOURCES
-from quality.expect import Expect
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy
+from starsmith.quality.expect import Expect
+from starsmith.quality.rules import not_in, quarantine_when
+
+from .sources import SOURCES
 
 SEGMENTS = ("CONS", "CORP", "SMB")
 SOURCE = next(s for s in SOURCES if s.name == "customers")

@@ -9,10 +9,11 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
-from models.rules import quarantine_when
-from models.sources import SOURCES
-from quality.checks import Volume
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy
+from starsmith.quality.checks import Volume
+from starsmith.quality.rules import quarantine_when
+
+from .sources import SOURCES
 
 SOURCE = next(s for s in SOURCES if s.name == "order_lines")
 

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
-from models.rules import quarantine_when
-from models.sources import SOURCES
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy
+from starsmith.quality.rules import quarantine_when
+
+from .sources import SOURCES
 
 SOURCE = next(s for s in SOURCES if s.name == "orders")
 

@@ -10,6 +10,8 @@ says what the error class says: bad data and bad configuration are not retried.
 from __future__ import annotations
 
 import contextvars
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,8 +22,10 @@ from typing import TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from orchestration.messages import BuildPlan, BuildRequest, StepRequest, StepResult
-from starsmith.errors import StarsmithError
+from starsmith.errors import ProjectMismatch, StarsmithError
+from starsmith.orchestration.messages import BuildPlan, BuildRequest, StepRequest, StepResult
+from starsmith.project import Project
+from starsmith.registry import Catalogue
 
 T = TypeVar("T")
 HEARTBEAT_EVERY_S = 0.5
@@ -54,53 +58,74 @@ def _as_temporal(fn: Callable[[], T]) -> T:
                                non_retryable=not err.retryable) from err
 
 
-@activity.defn(name="plan_build")
-def plan_build(req: BuildRequest) -> BuildPlan:
-    """Select the models and the dates (by default every landed day not yet built)."""
-    from loaders.target import open_warehouse
-    from models.registry import load_catalogue
-    from orchestration.plan import make_plan, pending_dates
+class ProjectActivities:
+    """The activities of one project: a worker serves the project it was started with.
 
-    def go() -> BuildPlan:
-        cat = load_catalogue()
-        models = cat.select(list(req.select) or None)
-        if req.dates:
-            dates = [date.fromisoformat(d) for d in req.dates]
-        else:
-            wh = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
-            dates = pending_dates(cat, models, Path(req.paths.landing), wh)
-            if req.until:
-                dates = [d for d in dates if d <= date.fromisoformat(req.until)]
-        return make_plan(cat, models, dates, full_refresh=req.full_refresh,
-                         max_parallel=req.max_parallel)
+    Every task carries the fingerprint of the project the client planned with; a worker whose
+    copy differs (other model code or contracts) refuses the task, non-retryably, instead of
+    running other code against the warehouse.
+    """
 
-    return _as_temporal(go)
+    def __init__(self, project: Project) -> None:
+        self.project = project
 
+    def catalogue(self, fingerprint: str) -> Catalogue:
+        from starsmith.discover import load_catalogue
 
-@activity.defn(name="days_not_built")
-def days_not_built(req: BuildRequest) -> list[str]:
-    """Of the requested days, those some selected model has not built yet (backfill resume)."""
-    from loaders.target import open_warehouse
-    from models.registry import load_catalogue
+        cat = load_catalogue(self.project)
+        if fingerprint and cat.fingerprint != fingerprint:
+            raise ProjectMismatch(
+                f"this worker's copy of project {self.project.name!r} (fingerprint "
+                f"{cat.fingerprint}) differs from the one the build was planned with "
+                f"({fingerprint})", where=f"worker {socket.gethostname()} pid {os.getpid()}, "
+                f"project {self.project.root}",
+                fix="Deploy the same project files to every worker and restart them (`starsmith "
+                    "worker --project DIR`), then build again")
+        return cat
 
-    def go() -> list[str]:
-        cat = load_catalogue()
-        models = [m for m in cat.select(list(req.select) or None) if cat.models[m].inputs]
-        marks = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit
-                               ).watermarks()
-        built = {(m, d.isoformat()) for m, d in marks.select("model", "logical_date").iter_rows()}
-        return [d for d in req.dates if any((m, d) not in built for m in models)]
+    @activity.defn(name="plan_build")
+    def plan_build(self, req: BuildRequest) -> BuildPlan:
+        """Select the models and the dates (by default every landed day not yet built)."""
+        from starsmith.loaders.target import open_warehouse
+        from starsmith.orchestration.plan import make_plan, pending_dates
 
-    return _as_temporal(go)
+        def go() -> BuildPlan:
+            cat = self.catalogue(req.fingerprint)
+            models = cat.select(list(req.select) or None)
+            if req.dates:
+                dates = [date.fromisoformat(d) for d in req.dates]
+            else:
+                wh = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
+                dates = pending_dates(cat, models, Path(req.paths.landing), wh).days
+                if req.until:
+                    dates = [d for d in dates if d <= date.fromisoformat(req.until)]
+            return make_plan(cat, models, dates, full_refresh=req.full_refresh,
+                             max_parallel=req.max_parallel)
 
+        return _as_temporal(go)
 
-@activity.defn(name="build_model")
-def build_model(req: StepRequest) -> StepResult:
-    """Build one model for one logical date (idempotent: a retry re-runs it from scratch)."""
-    from orchestration.step import run_step
+    @activity.defn(name="days_not_built")
+    def days_not_built(self, req: BuildRequest) -> list[str]:
+        """Of the requested days, those some selected model has not built yet (backfill resume)."""
+        from starsmith.loaders.target import open_warehouse
 
-    with heartbeating():
-        return _as_temporal(lambda: run_step(req))
+        def go() -> list[str]:
+            cat = self.catalogue(req.fingerprint)
+            models = [m for m in cat.select(list(req.select) or None) if cat.models[m].inputs]
+            marks = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit
+                                   ).watermarks()
+            built = {(m, d.isoformat()) for m, d in marks.select("model", "logical_date").iter_rows()}
+            return [d for d in req.dates if any((m, d) not in built for m in models)]
 
+        return _as_temporal(go)
 
-ACTIVITIES: list[Callable[..., object]] = [plan_build, days_not_built, build_model]
+    @activity.defn(name="build_model")
+    def build_model(self, req: StepRequest) -> StepResult:
+        """Build one model for one logical date (idempotent: a retry re-runs it from scratch)."""
+        from starsmith.orchestration.step import run_step
+
+        with heartbeating():
+            return _as_temporal(lambda: run_step(req, self.catalogue(req.fingerprint)))
+
+    def all(self) -> list[Callable[..., object]]:
+        return [self.plan_build, self.days_not_built, self.build_model]

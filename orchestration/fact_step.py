@@ -20,19 +20,25 @@ from pathlib import Path
 import polars as pl
 from sqlglot import exp
 
-from dimensions import dimension_schema, inferred_members
-from facts.grain import check_grain, grain_violations
-from facts.keys import HOW, MATCH, apply_missing, lookup_key
-from facts.spec import FactSpec, FactType, KeyLookup, MissingKey
-from loaders import sql
-from loaders.target import Warehouse, conform_read
-from models.contract import BuildContext, Kind, Model, Window
-from models.registry import Catalogue
-from orchestration.budget import Batcher
-from orchestration.output import StepOutput, conform, split_quarantine
+from starsmith.contract import BuildContext, Kind, Model, Window
+from starsmith.dimensions import dimension_schema, inferred_members
+from starsmith.facts.grain import check_grain, grain_violations
+from starsmith.facts.keys import HOW, MATCH, apply_missing, lookup_key
+from starsmith.facts.spec import FactSpec, FactType, KeyLookup, MissingKey
+from starsmith.loaders import sql
+from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
+from starsmith.orchestration.budget import Batcher
+from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
+from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
+
+
+def event_input(model: Model) -> str:
+    """The input whose rows carry the event date (checked when the catalogue loads)."""
+    assert model.fact is not None
+    return model.fact.event_input or model.inputs[0].name
 
 
 def _partitions(wh: Warehouse, table: str, event: str, load: str, day: date,
@@ -55,9 +61,12 @@ def _partitions(wh: Warehouse, table: str, event: str, load: str, day: date,
 
 def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
             day: date) -> dict[str, pl.LazyFrame]:
-    """The primary rows, plus other inputs: whole (Window.ALL) or matched on shared columns."""
-    frames = {model.inputs[0].name: primary.lazy()}
-    for inp in model.inputs[1:]:
+    """The event rows, plus other inputs: whole (Window.ALL) or matched on their ``on`` keys."""
+    event = event_input(model)
+    frames = {event: primary.lazy()}
+    for inp in model.inputs:
+        if inp.name == event:
+            continue
         if cat.models[inp.name].kind is Kind.DIMENSION and inp.window is Window.DAY:
             continue  # a dependency (built first); lookups read it by key
         if inp.window is Window.ALL or not wh.exists(inp.name):
@@ -65,8 +74,7 @@ def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: 
                                 else pl.DataFrame(schema=cat.models[inp.name].schema)).lazy()
             continue
         other = cat.models[inp.name]
-        shared = [c for c in other.schema.names() if c in primary.columns
-                  and c not in (other.partition_by, cat.models[model.inputs[0].name].partition_by)]
+        shared = list(inp.on)  # declared and checked when the catalogue loaded
         cond = f'"{other.partition_by}" <= ?' if other.partition_by else "true"
         frames[inp.name] = conform_read(wh.query(
             f'SELECT o.* FROM main."{inp.name}" o {sql.semi_join("o", "_k", shared)} '
@@ -118,8 +126,7 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
                                          _k=primary.select(model.unique_key).unique()), model.schema)
                    if exists and not full_refresh else pl.DataFrame(schema=model.schema))
         inputs[model.name] = current.lazy()
-    facts, bad = split_quarantine(model.transform(inputs, BuildContext(day, run_id)).collect(),
-                                  model)
+    facts, bad = split_quarantine(run_transform(model, inputs, BuildContext(day, run_id)), model)
     held = [bad]
     for lk in fs.lookups:
         facts, q, new = _lookup(facts, lk, cat, wh, model, run_id, counts,
@@ -167,7 +174,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
     """
     fs = model.fact
     assert fs is not None
-    primary_name = model.inputs[0].name
+    primary_name = event_input(model)
     upstream = cat.models[primary_name]
     assert upstream.partition_by, f"{primary_name} must be partitioned by landing day"
     load = upstream.partition_by

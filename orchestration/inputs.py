@@ -11,10 +11,10 @@ from pathlib import Path
 
 import polars as pl
 
-from loaders.landing import landed_dates, scan_source
-from loaders.target import Warehouse, conform_read
-from models.contract import Model, Window
-from models.registry import Catalogue
+from starsmith.contract import Model, Window
+from starsmith.loaders.landing import landed_dates, scan_source
+from starsmith.loaders.target import Warehouse, conform_read
+from starsmith.registry import Catalogue
 
 
 def _partition(cat: Catalogue, name: str) -> str | None:
@@ -31,7 +31,7 @@ def input_days(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
         return [day]
     days: set[date] = set()
     for inp in daily:
-        if inp.name in cat.sources:
+        if inp.name in cat.sources:  # every landing (reference data: each one it had)
             days.update(landed_dates(landing, cat.sources[inp.name]))
         elif (col := _partition(cat, inp.name)) and wh.exists(inp.name):
             found = wh.query(f'SELECT DISTINCT "{col}" AS d FROM main."{inp.name}"')
@@ -46,7 +46,8 @@ def day_inputs(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
     read = 0
     for inp in model.inputs:
         if inp.name in cat.sources:
-            frame = scan_source(landing, cat.sources[inp.name], day).collect()
+            frame = scan_source(landing, cat.sources[inp.name], day,
+                                whole=inp.window is Window.ALL).collect()
         else:
             col = _partition(cat, inp.name)
             if inp.window is Window.DAY and col:

@@ -9,22 +9,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from models.registry import Catalogue, load_catalogue
-from orchestration.messages import BuildPlan, DayOutcome, StepRequest
-from orchestration.step import run_step
 from starsmith.errors import StarsmithError
 from starsmith.log import get_logger
+from starsmith.orchestration.messages import BuildPlan, DayOutcome, StepRequest
+from starsmith.orchestration.step import run_step
+from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
 Listener = Callable[[str, str, str], None]  # (logical date, model, state)
 
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
-            staging: str = "", listener: Listener | None = None,
-            catalogue: Catalogue | None = None, job_key: str = "", memory_budget: str = ""
-            ) -> DayOutcome:
+            catalogue: Catalogue, staging: str = "", listener: Listener | None = None,
+            job_key: str = "", memory_budget: str = "") -> DayOutcome:
     """Run every model of the plan for one day; a failure skips only its dependants."""
-    cat = catalogue or load_catalogue()
+    cat = catalogue
     job_key = job_key or uuid.uuid4().hex
     outcome = DayOutcome(day)
     for planned in plan.models:
@@ -38,7 +37,8 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
             listener(day, planned.name, "running")
         request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
                               full_refresh=plan.full_refresh, memory_limit=memory_limit,
-                              staging=staging, job_key=job_key, memory_budget=memory_budget)
+                              staging=staging, job_key=job_key, memory_budget=memory_budget,
+                              project=cat.project)
         try:
             outcome.built.append(run_step(request, cat))
         except StarsmithError as err:
@@ -49,9 +49,9 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
     return outcome
 
 
-def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, memory_limit: str = "4GB",
-             staging: str = "", listener: Listener | None = None,
-             catalogue: Catalogue | None = None, memory_budget: str = "") -> list[DayOutcome]:
+def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, catalogue: Catalogue,
+             memory_limit: str = "4GB", staging: str = "", listener: Listener | None = None,
+             memory_budget: str = "") -> list[DayOutcome]:
     """Days in order; stops after the first day that did not fully build (SCD needs order)."""
     outcomes = []
     for day in plan.dates:

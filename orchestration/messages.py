@@ -31,6 +31,8 @@ class BuildRequest:
     full_refresh: bool = False
     max_parallel: int = 4
     until: str = ""  # with no dates: only days up to this one (a schedule's logical date)
+    project: str = ""  # the project's name, for messages
+    fingerprint: str = ""  # the client's project fingerprint; a worker with another refuses
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class StepRequest:
     staging: str = ""
     job_key: str = ""  # one per build run: BigQuery job ids repeat within a run, never across
     memory_budget: str = ""  # empty: no budget; fact rebuilds go batch_days at a time
+    project: str = ""  # the project's name, for messages
+    fingerprint: str = ""  # the project fingerprint the build was planned with
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
 import polars as pl
 from sqlglot import exp
 
-from models.contract import QUARANTINE_REASON, Model
-from starsmith.errors import DataError
+from starsmith.contract import QUARANTINE_REASON, BuildContext, Model
+from starsmith.errors import ModelError, StarsmithError
 
 Statements = Callable[[str, str], list[exp.Expr]]
 """(target table, staged table) -> the strategy's statements for one atomic publish."""
@@ -32,13 +32,62 @@ class StepOutput:
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:
-    """The declared columns, in order, with the declared types: the model's output contract."""
+    """The declared columns, in order, with the declared types: the model's output contract.
+
+    A cast never loses data silently: a value it would round (money computed at a finer scale
+    than declared) or overflow is refused, naming the column, instead of being published wrong.
+    """
     missing = [c for c in model.schema.names() if c not in frame.columns]
     if missing:
-        raise DataError(f"the transform of {model.name} did not produce column(s) {missing}",
-                        where=f"models/{model.name}.py",
-                        fix="Produce every declared column, or remove it from the spec")
+        raise ModelError(f"the transform of {model.name} did not produce column(s) {missing}",
+                         where=f"model {model.name}",
+                         fix="Produce every declared column, or remove it from the spec")
+    for name, declared in model.schema.items():
+        _refuse_lossy(frame[name], declared, model)
     return frame.select(pl.col(c).cast(t) for c, t in model.schema.items())
+
+
+def _refuse_lossy(col: pl.Series, declared: pl.DataType, model: Model) -> None:
+    if col.dtype == declared:
+        return
+    where = f"model {model.name}, column {col.name!r}"
+    try:
+        cast = col.cast(declared)
+    except pl.exceptions.PolarsError as err:
+        raise ModelError(f"column {col.name!r} of {model.name} does not fit its declared type "
+                         f"{declared} (produced {col.dtype}): {str(err).splitlines()[0]}",
+                         where=where, fix="Declare a wider type, or fix the transform") from err
+    if not declared.is_decimal() or not (col.dtype.is_decimal() or col.dtype.is_float()):
+        return
+    back = cast.cast(col.dtype)
+    lost = col.filter(back.ne_missing(col))
+    if lost.len():
+        raise ModelError(
+            f"column {col.name!r} of {model.name} is {col.dtype} but declared {declared}: the cast "
+            f"would round {lost.len()} value(s), e.g. {lost[0]}",
+            where=where,
+            fix="Declare the scale the values have (e.g. Decimal(18,4) for a product of two "
+                "Decimal(15,2)), or round explicitly in the transform: "
+                "expr.round(2, mode='half_away_from_zero')")
+
+
+def run_transform(model: Model, inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext
+                  ) -> pl.DataFrame:
+    """Run a model's transform; a mistake in it (an unknown column, a wrong type, a missing
+    input) is a non-retryable ModelError naming the model and its inputs' columns, not a raw
+    engine traceback retried five times."""
+    try:
+        return model.transform(inputs, ctx).collect()
+    except StarsmithError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        seen = "; ".join(f"{n}: {', '.join(f.collect_schema().names())}"
+                         for n, f in inputs.items())
+        raise ModelError(f"the transform of {model.name} failed: {type(err).__name__}: {first}",
+                         where=f"model {model.name} (inputs {seen or 'none'})",
+                         fix="Fix the transform or the model's declared inputs; a retry "
+                             "cannot help") from err
 
 
 def split_quarantine(frame: pl.DataFrame, model: Model) -> tuple[pl.DataFrame, pl.DataFrame]:

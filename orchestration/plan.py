@@ -6,14 +6,15 @@ schedule from the same thing: a model starts as soon as its inputs are built.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-from loaders.landing import landed_dates
-from loaders.target import Warehouse
-from models.contract import Window
-from models.registry import Catalogue
-from orchestration.messages import BuildPlan, PlannedModel
+from starsmith.contract import Window
+from starsmith.loaders.landing import landed_dates
+from starsmith.loaders.target import Warehouse
+from starsmith.orchestration.messages import BuildPlan, PlannedModel
+from starsmith.registry import Catalogue
 
 
 def run_id_for(day: date | str) -> str:
@@ -21,9 +22,12 @@ def run_id_for(day: date | str) -> str:
     return f"build-{day if isinstance(day, str) else day.isoformat()}"
 
 
-def daily_sources(cat: Catalogue, models: list[str]) -> set[str]:
-    """The sources the selected models read day by day, through any chain of upstream models."""
-    wanted: set[str] = set()
+def needed_sources(cat: Catalogue, models: list[str]) -> tuple[set[str], set[str]]:
+    """The sources the selected models read, through any chain of upstream models: those that
+    must land on a day for it to build (daily cadences, read by day), and the others (reference
+    data, or sources read whole), which need only some landing on or before the day."""
+    daily: set[str] = set()
+    other: set[str] = set()
     todo = list(models)
     seen: set[str] = set()
     while todo:
@@ -32,34 +36,77 @@ def daily_sources(cat: Catalogue, models: list[str]) -> set[str]:
             continue
         seen.add(name)
         for inp in cat.models[name].inputs:
-            if inp.name in cat.sources and inp.window is Window.DAY:
-                wanted.add(inp.name)
+            if inp.name in cat.sources:
+                must = inp.window is Window.DAY and cat.sources[inp.name].cadence.daily
+                (daily if must else other).add(inp.name)
             elif inp.name in cat.models:
                 todo.append(inp.name)
-    return wanted
+    return daily, other - daily
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Which landed days can be built, and which are held back by what."""
+
+    ready: list[date]
+    held: dict[date, str] = field(default_factory=dict)  # day -> why it waits
+
+    def explain(self, limit: int = 5) -> list[str]:
+        lines = [f"{d} waits: {why}" for d, why in sorted(self.held.items())[:limit]]
+        if len(self.held) > limit:
+            lines.append(f"... and {len(self.held) - limit} more day(s) after them")
+        return lines
+
+
+def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
+    """Days on which every daily source the models need has landed, and every reference source
+    has landed on or before. A day that is not ready holds back every later day too, naming the
+    source: SCD history is built in order, so a gap is waited for, never skipped."""
+    daily, other = needed_sources(cat, models)
+    landed = {s: landed_dates(landing, cat.sources[s]) for s in daily | other}
+    candidates = set().union(*(landed[s] for s in daily)) if daily \
+        else set().union(*(landed[s] for s in other)) if other else set()
+    ready: list[date] = []
+    held: dict[date, str] = {}
+    blocker = ""
+    for day in sorted(candidates):
+        missing = [f"source {s!r} ({cat.sources[s].cadence.value}) has not landed that day"
+                   for s in sorted(daily) if day not in landed[s]]
+        missing += [f"reference source {s!r} has not landed on or before it" for s in sorted(other)
+                    if not landed[s] or landed[s][0] > day]
+        if blocker:
+            held[day] = blocker
+        elif missing:
+            held[day] = "; ".join(missing)
+            blocker = f"an earlier day ({day}) is not ready"
+        else:
+            ready.append(day)
+    return Readiness(ready, held)
 
 
 def landed_days(cat: Catalogue, models: list[str], landing: Path) -> list[date]:
-    """Days on which every source the models need (through any chain) has landed."""
-    sources = daily_sources(cat, models)
-    if not sources:
-        return []
-    return sorted(set.intersection(*(set(landed_dates(landing, cat.sources[s]))
-                                     for s in sources)))
+    """Days that can be built: see :func:`readiness`."""
+    return readiness(cat, models, landing).ready
 
 
-def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: Warehouse
-                  ) -> list[date]:
-    """Every landed day (on which all needed sources landed) not yet built for every model."""
-    common = set(landed_days(cat, models, landing))
-    if not common:
-        return []
-    built = wh.watermarks()
+@dataclass(frozen=True)
+class Pending:
+    days: list[date]
+    held: dict[date, str] = field(default_factory=dict)
+    landed: int = 0  # days ready to build, built or not
+
+
+def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: Warehouse) -> Pending:
+    """Every ready day not yet built for every model, and the days held back."""
+    ready = readiness(cat, models, landing)
+    common = set(ready.ready)
+    built = wh.watermarks() if common else None
     incremental = [m for m in models if cat.models[m].inputs]
-    done = {d for d in common if all(
-        not built.filter((built["model"] == m) & (built["logical_date"] == d)).is_empty()
-        for m in incremental)} if built.height else set()
-    return sorted(common - done)
+    done: set[date] = set()
+    if built is not None and built.height:
+        pairs = {(m, d) for m, d in built.select("model", "logical_date").iter_rows()}
+        done = {d for d in common if all((m, d) in pairs for m in incremental)}
+    return Pending(sorted(common - done), ready.held, len(common))
 
 
 def date_range(start: date, end: date) -> list[date]:

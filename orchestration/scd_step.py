@@ -16,13 +16,13 @@ from pathlib import Path
 import polars as pl
 from sqlglot import exp
 
-from dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
-from loaders import sql
-from loaders.target import Warehouse, conform_read
-from models.contract import BuildContext, Model
-from models.registry import Catalogue
-from orchestration.inputs import day_inputs, input_days
-from orchestration.output import StepOutput
+from starsmith.contract import BuildContext, Model
+from starsmith.dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
+from starsmith.loaders import sql
+from starsmith.loaders.target import Warehouse, conform_read
+from starsmith.orchestration.inputs import day_inputs, input_days
+from starsmith.orchestration.output import StepOutput, run_transform
+from starsmith.registry import Catalogue
 
 COUNTS = {"inserted": "rows_inserted", "updated": "rows_updated", "closed": "rows_closed"}
 
@@ -54,7 +54,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
     for d in days:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
-        batch = model.transform(inputs, BuildContext(d, run_id)).collect()
+        batch = run_transform(model, inputs, BuildContext(d, run_id))
         if dim is None:
             existing, max_key = _existing(wh, model, spec, batch, schema)
         else:

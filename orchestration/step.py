@@ -20,21 +20,21 @@ from typing import Any
 import polars as pl
 from sqlglot import exp
 
-from loaders import sql
-from loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse, open_warehouse
-from models.contract import BuildContext, Model, Strategy
-from models.registry import Catalogue, load_catalogue
-from orchestration.budget import duckdb_limit, parse_size
-from orchestration.fact_step import build_fact
-from orchestration.inputs import day_inputs, input_days
-from orchestration.messages import StepRequest, StepResult
-from orchestration.output import StepOutput, conform, split_quarantine
-from orchestration.scd_step import build_scd
-from quality.contract import audit_staged
-from quality.gate import judge, refuse
-from quality.sql_engine import supported
-from starsmith.errors import DataError, StarsmithError
+from starsmith.contract import BuildContext, Model, Strategy
+from starsmith.errors import DataError, ModelError, RetryableError, StarsmithError
+from starsmith.loaders import sql
+from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse, open_warehouse
 from starsmith.log import get_logger
+from starsmith.orchestration.budget import duckdb_limit, parse_size
+from starsmith.orchestration.fact_step import build_fact
+from starsmith.orchestration.inputs import day_inputs, input_days
+from starsmith.orchestration.messages import StepRequest, StepResult
+from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
+from starsmith.orchestration.scd_step import build_scd
+from starsmith.quality.contract import audit_staged
+from starsmith.quality.gate import judge, refuse
+from starsmith.quality.sql_engine import supported
+from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
 FAILPOINT = "STARSMITH_FAILPOINT"
@@ -46,7 +46,7 @@ def failpoint(name: str, model: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def preload() -> Catalogue:
+def preload(cat: Catalogue) -> Catalogue:
     """Import what a step needs (engines, the catalogue's modules, sqlglot's dialect), once.
 
     A worker calls this before it polls, so its first step does not pay ~0.3 s of imports that
@@ -55,10 +55,9 @@ def preload() -> Catalogue:
     import pyarrow  # noqa: F401  (the engines' interchange, imported by their first query)
     import sqlglot
 
-    import loaders.duckdb  # noqa: F401  (the embedded default; BigQuery's client loads on use)
+    import starsmith.loaders.duckdb  # noqa: F401  (the embedded default; BigQuery's client loads on use)
 
     sqlglot.parse_one("SELECT 1 FROM read_parquet('x')", read="duckdb")
-    cat = load_catalogue()
     for model in cat.models.values():  # reads each transform's source once (~10 ms a file)
         model.fingerprint()
     # Polars starts its thread pool and engine on the first query (~13 ms): once, here.
@@ -67,8 +66,7 @@ def preload() -> Catalogue:
     return cat
 
 
-def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult:
-    cat = catalogue or load_catalogue()
+def run_step(req: StepRequest, cat: Catalogue) -> StepResult:
     model = cat.model(req.model)
     day = date.fromisoformat(req.logical_date)
     wh = open_warehouse(req.warehouse, memory_limit=duckdb_limit(req.memory_budget, req.memory_limit),
@@ -84,9 +82,12 @@ def run_step(req: StepRequest, catalogue: Catalogue | None = None) -> StepResult
     try:
         with wh.session():
             counts = _run(model, cat, wh, req, day, log_row, clock)
-    except Exception as err:  # recorded in the run log, then surfaced as it is
+    except Exception as err:  # recorded in the run log, then surfaced typed
         _log_failure(wh, log_row, clock, err)
-        raise
+        typed = _typed(err, model)
+        if typed is err:
+            raise
+        raise typed from err
     log.info("%s %s: %s", model.name, day, {k: v for k, v in counts.items() if v})
     core = {k: counts.get(k, 0) for k in ("rows_read", "rows_written", "rows_inserted",
                                            "rows_updated", "rows_closed", "rows_quarantined")}
@@ -128,6 +129,26 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     ))
     failpoint("after_publish", model.name)
     return counts
+
+
+def _typed(err: Exception, model: Model) -> Exception:
+    """An engine error the step did not expect, as a StarsmithError that tells Temporal whether
+    a retry can help: a model that does not fit its tables is not retried, an I/O error is."""
+    import duckdb
+
+    if isinstance(err, StarsmithError):
+        return err
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaError
+                  | pl.exceptions.SchemaFieldNotFoundError | duckdb.BinderException
+                  | duckdb.CatalogException | duckdb.ParserException):
+        return ModelError(f"model {model.name} does not fit its tables: {type(err).__name__}: "
+                          f"{first}", where=f"model {model.name}",
+                          fix="Run `starsmith plan` to see model changes; fix the model or "
+                              f"rebuild it with `starsmith build -s {model.name}+ --full-refresh`")
+    if isinstance(err, duckdb.IOException | OSError):
+        return RetryableError(f"I/O error in {model.name}: {first}", where=f"model {model.name}")
+    return err
 
 
 def _audit(model: Model, wh: Warehouse, req: StepRequest, day: date, out: StepOutput, staged: str
@@ -200,8 +221,8 @@ def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date
     for d in days or [day]:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
-        good, rejected = split_quarantine(model.transform(inputs, BuildContext(d, req.run_id)).collect(),
-                                model)
+        good, rejected = split_quarantine(
+            run_transform(model, inputs, BuildContext(d, req.run_id)), model)
         parts.append(conform(good, model))
         bad.append(rejected.with_columns(logical_date=pl.lit(d)))
     rows = pl.concat(parts)

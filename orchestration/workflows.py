@@ -17,7 +17,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from orchestration.messages import (
+    from starsmith.orchestration.messages import (
         BuildPlan,
         BuildReport,
         BuildRequest,
@@ -106,7 +106,8 @@ class BuildWorkflow:
         step = StepRequest(name, day, plan.run_ids[day], req.paths.landing, req.paths.warehouse,
                            full_refresh=plan.full_refresh, memory_limit=req.paths.memory_limit,
                            staging=req.paths.staging, job_key=workflow.info().run_id,
-                           memory_budget=req.paths.memory_budget)
+                           memory_budget=req.paths.memory_budget, project=req.project,
+                           fingerprint=req.fingerprint)
         result: StepResult = await workflow.execute_activity(
             "build_model", step, result_type=StepResult, start_to_close_timeout=STEP_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=STEP_RETRY,
@@ -135,8 +136,7 @@ class BackfillWorkflow:
         self._done = [d for d in req.dates if d not in todo]
         report = BuildReport()
         for i, day in enumerate(todo):
-            child = BuildRequest(req.paths, req.select, (day,), req.full_refresh,
-                                 req.max_parallel)
+            child = dataclasses.replace(req, dates=(day,), until="")
             result = await workflow.execute_child_workflow(
                 BuildWorkflow.run, child, id=f"{workflow.info().workflow_id}-{day}")
             report.days.extend(result.days)

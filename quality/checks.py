@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
-from dimensions.spec import UNKNOWN_KEY
-from quality.contract import Queryable
+from starsmith.dimensions.spec import UNKNOWN_KEY
+from starsmith.quality.contract import Queryable
 
 
 class Warehouse(Queryable, Protocol):

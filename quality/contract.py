@@ -15,7 +15,7 @@ import polars as pl
 from starsmith.errors import DataError
 
 if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtime cycle
-    from models.contract import Model
+    from starsmith.contract import Model
 
 
 class Queryable(Protocol):

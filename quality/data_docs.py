@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from quality.expect import SEVERITIES
+from starsmith.quality.expect import SEVERITIES
 
 REMOTE = [
     re.compile(r"<link[^>]*>"),  # remote styles, and a favicon path that does not exist here

@@ -16,12 +16,12 @@ from datetime import date, datetime
 
 import polars as pl
 
-from models.contract import Model
-from quality.checks import Warehouse
-from quality.contract import audit_staged
-from quality.gx_engine import Outcome, run_expectations
-from quality.sql_engine import run_sql, supported
+from starsmith.contract import Model
 from starsmith.errors import DataError
+from starsmith.quality.checks import Warehouse
+from starsmith.quality.contract import audit_staged
+from starsmith.quality.gx_engine import Outcome, run_expectations
+from starsmith.quality.sql_engine import run_sql, supported
 
 RESULT_SCHEMA = pl.Schema({
     "run_id": pl.String(), "model": pl.String(), "layer": pl.String(),

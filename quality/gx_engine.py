@@ -15,8 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from quality.expect import SEVERITIES, Expect
 from starsmith.errors import ConfigError
+from starsmith.quality.expect import SEVERITIES, Expect
 
 _LOCK = threading.Lock()
 _CONTEXT: Any = None

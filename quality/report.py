@@ -16,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from loaders.target import Warehouse
-from quality import data_docs
+from starsmith.loaders.target import Warehouse
+from starsmith.quality import data_docs
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1f2933}

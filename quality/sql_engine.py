@@ -15,12 +15,12 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from quality.contract import Queryable, contract_checks, refuse_broken
-from quality.expect import Expect
-from quality.gx_engine import Outcome
+from starsmith.quality.contract import Queryable, contract_checks, refuse_broken
+from starsmith.quality.expect import Expect
+from starsmith.quality.gx_engine import Outcome
 
 if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtime cycle
-    from models.contract import Model
+    from starsmith.contract import Model
 
 
 def _q(name: str) -> str:

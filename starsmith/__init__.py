@@ -1,8 +1,14 @@
-"""starsmith: the CLI and project configuration, wiring the warehouse's packages together.
+"""starsmith: star-schema warehouses from Polars models, built by Temporal into DuckDB or BigQuery.
 
-Importing it also configures the process's Polars allocator, which must happen before Polars is
-first imported (jemalloc reads its settings once, at its first allocation): every entry point
-(the CLI, the worker, a build step through ``orchestration``) imports this package first.
+The public API is one import::
+
+    from starsmith import Model, Input, Source, Column, DimensionSpec, FactSpec, Expect
+
+Names are loaded on first use (PEP 562), so ``import starsmith`` stays cheap for the CLI.
+
+Importing this package also configures the process's Polars allocator, which must happen before
+Polars is first imported (jemalloc reads its settings once, at its first allocation): every entry
+point (the CLI, the worker, a build step) imports this package first.
 
 Why: Polars sets jemalloc to keep freed pages 0.5 s, then 1 s more ("muzzy"), and jemalloc
 purges only when it is next called, so a step's transient frames (the SCD builder's joins and
@@ -15,9 +21,105 @@ the environment wins over ours, and once Polars is loaded the variable is Polars
 left alone.
 """
 
+import importlib
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 POLARS_ALLOCATOR = "background_thread:true,dirty_decay_ms:400,muzzy_decay_ms:0"
 if "polars" not in sys.modules:
     os.environ.setdefault("_RJEM_MALLOC_CONF", POLARS_ALLOCATOR)
+
+_API = {
+    "starsmith.contract": ("BuildContext", "Cadence", "Column", "Input", "Kind", "Model",
+                           "Source", "Strategy", "Window", "dimension_columns"),
+    "starsmith.dimensions": ("ChangeDetection", "DeletePolicy", "DimensionSpec",
+                             "DuplicatePolicy", "LatePolicy", "SCDType"),
+    "starsmith.dimensions.date_dim": ("DATE_SCHEMA", "date_dimension", "date_key"),
+    "starsmith.facts.spec": ("Additivity", "FactSpec", "FactType", "KeyLookup", "MissingKey"),
+    "starsmith.quality.expect": ("Expect",),
+    "starsmith.quality.checks": ("Freshness", "References", "Volume"),
+    "starsmith.quality.rules": ("not_in", "quarantine_when"),
+    "starsmith.errors": ("ConfigError", "DataError", "ModelError", "StarsmithError"),
+    "starsmith.project": ("Project", "load_project"),
+    "starsmith.discover": ("load_catalogue",),
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+__all__ = [
+    "DATE_SCHEMA",
+    "Additivity",
+    "BuildContext",
+    "Cadence",
+    "ChangeDetection",
+    "Column",
+    "ConfigError",
+    "DataError",
+    "DeletePolicy",
+    "DimensionSpec",
+    "DuplicatePolicy",
+    "Expect",
+    "FactSpec",
+    "FactType",
+    "Freshness",
+    "Input",
+    "KeyLookup",
+    "Kind",
+    "LatePolicy",
+    "MissingKey",
+    "Model",
+    "ModelError",
+    "Project",
+    "References",
+    "SCDType",
+    "Source",
+    "StarsmithError",
+    "Strategy",
+    "Volume",
+    "Window",
+    "date_dimension",
+    "date_key",
+    "dimension_columns",
+    "load_catalogue",
+    "load_project",
+    "not_in",
+    "quarantine_when",
+]
+
+if TYPE_CHECKING:
+    from starsmith.contract import (
+        BuildContext,
+        Cadence,
+        Column,
+        Input,
+        Kind,
+        Model,
+        Source,
+        Strategy,
+        Window,
+        dimension_columns,
+    )
+    from starsmith.dimensions import (
+        ChangeDetection,
+        DeletePolicy,
+        DimensionSpec,
+        DuplicatePolicy,
+        LatePolicy,
+        SCDType,
+    )
+    from starsmith.dimensions.date_dim import DATE_SCHEMA, date_dimension, date_key
+    from starsmith.discover import load_catalogue
+    from starsmith.errors import ConfigError, DataError, ModelError, StarsmithError
+    from starsmith.facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
+    from starsmith.project import Project, load_project
+    from starsmith.quality.checks import Freshness, References, Volume
+    from starsmith.quality.expect import Expect
+    from starsmith.quality.rules import not_in, quarantine_when
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'starsmith' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from starsmith.config import ProjectConfig
-from starsmith.errors import ConfigError, StarsmithError
+from starsmith.errors import ConfigError
 from starsmith.log import configure
+from starsmith.registry import Catalogue
+from starsmith.shell import choose_project, config, console, exit_now, guard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build a star-schema warehouse: SCD dimensions and facts, gated and atomic.")
-console = Console(stderr=False)
-
 Landing = Annotated[Path | None, typer.Option(help="landing zone folder [default: ./landing]")]
 Warehouse = Annotated[Path | None, typer.Option(help="DuckDB file [default: ./.state/warehouse.duckdb]")]
 Select = Annotated[list[str] | None, typer.Option("--select", "-s",
@@ -34,17 +30,15 @@ Target = Annotated[str | None, typer.Option(
 
 
 def _config(landing: Path | None = None, warehouse: Path | None = None,
-            target: str | None = None) -> ProjectConfig:
-    return ProjectConfig.load(landing=landing, warehouse=warehouse, target=target)
+            target: str | None = None, **more: Any) -> ProjectConfig:
+    return config(landing=landing, warehouse=warehouse, target=target, **more)
 
 
-def _guard(fn: Callable[[], Any]) -> Any:
-    """Turn a StarsmithError into a clear message and exit code 2, without a traceback."""
-    try:
-        return fn()
-    except StarsmithError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(2) from err
+def _catalogue(cfg: ProjectConfig) -> Catalogue:
+    from starsmith.discover import load_catalogue
+
+    assert cfg.project is not None
+    return load_catalogue(cfg.project)
 
 
 def _parse_date(value: str | None, flag: str) -> date | None:
@@ -57,30 +51,64 @@ def _parse_date(value: str | None, flag: str) -> date | None:
 
 
 @app.callback()
-def main_options(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    project: Annotated[Path | None, typer.Option(
+        "--project", "-p", envvar="STARSMITH_PROJECT",
+        help="the project folder [default: found from the current folder upward]")] = None,
+) -> None:
     configure(logging.DEBUG if verbose else logging.INFO)
+    choose_project(project)
+
+
+@app.command()
+def init(folder: Annotated[Path, typer.Argument(help="a new or empty folder")],
+         name: Annotated[str | None, typer.Option(help="project name [default: the folder's]")]
+         = None,
+         sample: Annotated[bool, typer.Option(help="land three days of sample data")] = True,
+         ) -> None:
+    """Create a project: two sources, a dimension, a fact, sample data, a README on what to edit."""
+    from starsmith.scaffold import init_project
+
+    proj = guard(lambda: init_project(folder, name=name, sample=sample))
+    console.print(f"created project {proj.name!r} in {proj.root}")
+    console.print(f"next: cd {folder} && starsmith build")
 
 
 @app.command()
 def demo(
+    folder: Annotated[Path, typer.Argument(help="the demo project's folder (copied there once)")]
+    = Path("retail-demo"),
     days: Annotated[int, typer.Option(help="days of history to land")] = 7,
     scale: Annotated[float, typer.Option(help="1 = 1k customers, 300 orders a day")] = 1.0,
     seed: Annotated[int, typer.Option(help="random seed; same seed, same files")] = 7,
-    landing: Landing = None,
+    build_it: Annotated[bool, typer.Option("--build/--no-build", help="build after landing")]
+    = True,
+    in_process: Annotated[bool, typer.Option(help="build without Temporal")] = False,
 ) -> None:
-    """Write the demo retail landing zone (deterministic, with realistic dirt)."""
-    from models.demo_landing import write_landing
+    """The demo retail warehouse as a project: copy it into FOLDER, land its data, build it."""
+    from starsmith.demo_data import write_landing
+    from starsmith.discover import load_catalogue
+    from starsmith.scaffold import ensure_demo
 
-    cfg = _config(landing)
-    landed = write_landing(cfg.landing, days=days, scale=scale, seed=seed)
-    console.print(f"landed {len(landed)} day(s), {landed[0]} to {landed[-1]}, in {cfg.landing}")
+    def go() -> int:
+        proj = ensure_demo(folder)
+        cfg = ProjectConfig.load(proj)
+        landed = write_landing(cfg.landing, days=days, scale=scale, seed=seed,
+                               sources=load_catalogue(proj).sources)
+        console.print(f"landed {len(landed)} day(s), {landed[0]} to {landed[-1]}, in {cfg.landing}")
+        if not build_it:
+            return 0
+        choose_project(proj.root)
+        return _build(cfg, None, None, None, None, False, in_process, None, False, 4)
+
+    exit_now(guard(go))
 
 
-def _dates(cfg: ProjectConfig, models: list[str], day: str | None, start: str | None,
-           end: str | None) -> list[date]:
-    from loaders.target import open_warehouse
-    from models.registry import load_catalogue
-    from orchestration.plan import date_range, pending_dates
+def _dates(cfg: ProjectConfig, cat: Catalogue, models: list[str], day: str | None,
+           start: str | None, end: str | None) -> list[date]:
+    from starsmith.loaders.target import open_warehouse
+    from starsmith.orchestration.plan import date_range, pending_dates
 
     if day and (start or end):
         raise ConfigError("give either --date or --from/--to, not both")
@@ -92,7 +120,10 @@ def _dates(cfg: ProjectConfig, models: list[str], day: str | None, start: str | 
             raise ConfigError("--from and --to need both, with --from <= --to")
         return date_range(first, last)
     wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
-    return pending_dates(load_catalogue(), models, cfg.landing, wh)
+    pending = pending_dates(cat, models, cfg.landing, wh)
+    for line in pending.explain() if hasattr(pending, "explain") else []:
+        console.print(escape(line))
+    return pending.days
 
 
 @app.command()
@@ -115,49 +146,46 @@ def build(
     target: Target = None,
 ) -> None:
     """Build the warehouse: by default every landed day not yet built, in order."""
-    from models.registry import load_catalogue
-    from orchestration.plan import make_plan
 
     def go() -> int:
-        cfg = ProjectConfig.load(landing=landing, warehouse=warehouse, target=target,
-                                 memory_budget=memory_budget)
-        cat = load_catalogue()
-        models = cat.select(select)
-        dates = _dates(cfg, models, day, start, end)
-        if full_refresh and not dates:  # rebuild as of the latest landed day
-            from orchestration.plan import landed_days
+        cfg = _config(landing, warehouse, target, memory_budget=memory_budget)
+        return _build(cfg, select, day, start, end, full_refresh, in_process, address, no_wait,
+                      max_parallel)
 
-            landed = landed_days(cat, models, cfg.landing)
-            if not landed:
-                raise ConfigError("nothing has landed to rebuild from",
-                                  where=str(cfg.landing), fix="Run `starsmith demo` or land data")
-            dates = [landed[-1]]
-        if not dates:
-            console.print("nothing to build: every landed day is built")
-            return 0
-        plan = make_plan(cat, models, dates, full_refresh=full_refresh, max_parallel=max_parallel)
-        if in_process:
-            from starsmith.progress import run_in_process
-
-            return run_in_process(plan, cfg, console)
-        from starsmith.temporal_cli import run_with_temporal
-
-        # A range runs as a backfill: one child workflow per day, and a re-run after a failure
-        # resumes from the first day not built.
-        ranged = bool(start or end) and not full_refresh
-        return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
-                                 backfill=ranged)
-
-    code = _guard(go)
-    exit_now(code)
+    exit_now(guard(go))
 
 
-def exit_now(code: int) -> None:
-    """Flush and leave at once: temporalio can crash in interpreter finalisation (FACTS.md)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start: str | None,
+           end: str | None, full_refresh: bool, in_process: bool, address: str | None,
+           no_wait: bool, max_parallel: int) -> int:
+    from starsmith.orchestration.plan import make_plan
+
+    cat = _catalogue(cfg)
+    models = cat.select(select)
+    dates = _dates(cfg, cat, models, day, start, end)
+    if full_refresh and not dates:  # rebuild as of the latest landed day
+        from starsmith.orchestration.plan import landed_days
+
+        landed = landed_days(cat, models, cfg.landing)
+        if not landed:
+            raise ConfigError("nothing has landed to rebuild from", where=str(cfg.landing),
+                              fix="Land the sources' extracts (`starsmith plan` says which)")
+        dates = [landed[-1]]
+    if not dates:
+        console.print("nothing to build: every landed day is built")
+        return 0
+    plan = make_plan(cat, models, dates, full_refresh=full_refresh, max_parallel=max_parallel)
+    if in_process:
+        from starsmith.progress import run_in_process
+
+        return run_in_process(plan, cfg, console, cat)
+    from starsmith.temporal_cli import run_with_temporal
+
+    # A range runs as a backfill: one child workflow per day, and a re-run after a failure
+    # resumes from the first day not built.
+    ranged = bool(start or end) and not full_refresh
+    return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
+                             backfill=ranged, catalogue=cat)
 
 
 @app.command()
@@ -166,47 +194,57 @@ def plan(select: Select = None,
          start: Annotated[str | None, typer.Option("--from")] = None,
          end: Annotated[str | None, typer.Option("--to")] = None,
          landing: Landing = None, warehouse: Warehouse = None, target: Target = None) -> None:
-    """Show what a build would run, in which order, with which strategy (on BigQuery, with the
-    bytes its reads would scan, from dry runs)."""
-    from models.registry import load_catalogue
-
-    cfg = _config(landing, warehouse, target)
+    """Show what a build would run: the days (and those a source holds back), the models in
+    order with their strategy, and the models changed since their last build."""
 
     def go() -> None:
-        cat = load_catalogue()
+        from starsmith.changes import model_changes
+        from starsmith.loaders.target import open_warehouse
+
+        cfg = _config(landing, warehouse, target)
+        cat = _catalogue(cfg)
         models = cat.select(select)
-        dates = _dates(cfg, models, day, start, end)
-        table = Table(title=f"{len(models)} model(s) x {len(dates)} day(s): "
-                      + (", ".join(d.isoformat() for d in dates) or "nothing pending"))
+        dates = _dates(cfg, cat, models, day, start, end)
+        wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
+        changes = model_changes(cat, models, wh)
+        table = Table(title=f"project {cat.project}: {len(models)} model(s) x {len(dates)} "
+                      "day(s): " + (_span(dates) or "nothing pending"))
         estimate = None
         if cfg.target == "bigquery" and dates:
-            from loaders.bigquery.estimate import estimate_bytes
-            from loaders.target import open_warehouse
+            from starsmith.loaders.bigquery.estimate import estimate_bytes
 
-            wh = open_warehouse(cfg.warehouse_ref)
             estimate = {n: estimate_bytes(wh, cat, cat.models[n], dates) for n in models}  # type: ignore[arg-type]
         for col in ("#", "model", "kind", "strategy", "inputs", *(["est. bytes"] if estimate else [])):
             table.add_column(col)
         for i, name in enumerate(models, 1):
             m = cat.models[name]
             table.add_row(str(i), name, m.kind.value, m.strategy.value,
-                          ", ".join(m.input_names) or "-",
+                          escape(", ".join(m.input_names) or "-"),
                           *([f"{estimate[name]:,}"] if estimate else []))
         console.print(table)
+        for change in changes:
+            console.print(escape(f"changed: {change.model}: {'; '.join(change.reasons)}"
+                                 + (f"; dependants: {', '.join(change.dependants)}"
+                                    if change.dependants else "")))
+            console.print(escape(f"  -> {change.advice()}"))
         if estimate:
             console.print(f"estimated scan: {sum(estimate.values()):,} bytes (BigQuery dry runs "
                           "of each step's reads; staging loads are free)")
 
-    _guard(go)
+    guard(go)
+
+
+def _span(dates: list[date]) -> str:
+    if len(dates) > 6:
+        return f"{dates[0]} .. {dates[-1]}"
+    return ", ".join(d.isoformat() for d in dates)
 
 
 @app.command()
 def show(model: str) -> None:
     """Show a model's schema, inputs and dependants."""
-    from models.registry import load_catalogue
-
     def go() -> None:
-        cat = load_catalogue()
+        cat = _catalogue(_config())
         m = cat.model(model)
         console.print(f"[bold]{m.name}[/] ({m.kind.value}, strategy {m.strategy.value})")
         console.print(m.description)
@@ -239,7 +277,7 @@ def show(model: str) -> None:
                           f"type {int(kind)}" if kind is not None else "", c.description)
         console.print(table)
 
-    _guard(go)
+    guard(go)
 
 
 @app.command()
@@ -248,10 +286,13 @@ def worker(
     task_queue: Annotated[str, typer.Option(help="queue to poll")] = "starsmith",
     max_activities: Annotated[int, typer.Option(help="model steps at once on this worker")] = 4,
 ) -> None:
-    """Run a worker: several workers on one queue share a build."""
+    """Run a worker for the project (--project): several workers on one queue share a build.
+
+    Each task carries the fingerprint of the project the build was planned with; a worker whose
+    copy differs refuses it."""
     import asyncio
 
-    from orchestration.worker import make_worker
+    from starsmith.orchestration.worker import make_worker
     from starsmith.temporal_cli import Connection, _connect
 
     conn = Connection.from_env(address)
@@ -259,21 +300,27 @@ def worker(
         console.print("[bold red]error:[/] a worker needs --address or TEMPORAL_ADDRESS "
                       "(start one with `starsmith server`)")
         raise typer.Exit(2)
+    cfg = guard(_config)
+    cat = guard(lambda: _catalogue(cfg))
 
     async def go() -> None:
         client = await _connect(conn.address, conn)
-        console.print(f"worker polling {task_queue!r} at {conn.address}")
-        await make_worker(client, task_queue=task_queue, max_activities=max_activities).run()
+        assert cfg.project is not None
+        made = make_worker(client, cfg.project, task_queue=task_queue,
+                           max_activities=max_activities)
+        console.print(f"worker for project {cat.project!r} ({cat.fingerprint}) polling "
+                      f"{task_queue!r} at {conn.address}")
+        await made.run()
 
-    asyncio.run(go())
+    guard(lambda: asyncio.run(go()))
 
 
 @app.command()
 def server(port: int = 7233, ui_port: int = 8233) -> None:
     """Start the local Temporal server with its web UI (loopback only) until Ctrl-C."""
-    from orchestration.server import start_local_server
+    from starsmith.orchestration.server import start_local_server
 
-    cfg = _config()
+    cfg = guard(_config)
     srv = start_local_server(cfg.state / "temporal", port=port, ui=True, ui_port=ui_port)
     console.print(f"Temporal at {srv.address}; UI at http://127.0.0.1:{srv.ui_port}")
     console.print(f"export TEMPORAL_ADDRESS={srv.address}  # for builds and workers")
@@ -289,7 +336,7 @@ def status(run_id: Annotated[str | None, typer.Argument(help="workflow id; defau
     """Print a build's state: every model's progress, or the final result."""
     from starsmith.temporal_cli import status as show_status
 
-    exit_now(_guard(lambda: show_status(_config(), console, run_id, address)))
+    exit_now(guard(lambda: show_status(_config(), console, run_id, address)))
 
 
 @app.command()
@@ -303,20 +350,19 @@ def backfill(
     target: Target = None,
 ) -> None:
     """Build the days from --from to --to in order, one child workflow per day; resumable."""
-    from models.registry import load_catalogue
-    from orchestration.plan import date_range, make_plan
+    from starsmith.orchestration.plan import date_range, make_plan
     from starsmith.temporal_cli import run_with_temporal
 
-    cfg = _config(landing, warehouse, target)
-
     def go() -> int:
+        cfg = _config(landing, warehouse, target)
         first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
         assert first and last
-        cat = load_catalogue()
+        cat = _catalogue(cfg)
         plan = make_plan(cat, cat.select(select), date_range(first, last))
-        return run_with_temporal(plan, cfg, console, address=address, backfill=True)
+        return run_with_temporal(plan, cfg, console, address=address, backfill=True,
+                                 catalogue=cat)
 
-    exit_now(_guard(go))
+    exit_now(guard(go))
 
 
 def _schedules() -> None:
@@ -329,16 +375,34 @@ _schedules()
 
 
 @app.command()
+def docs(out: Annotated[Path | None, typer.Option(help="folder for the site [default: "
+                                                      "<state>/docs]")] = None,
+         warehouse: Warehouse = None, target: Target = None) -> None:
+    """Write the project's docs for analysts: a static, offline site with the lineage graph and,
+    per model, its columns, types, descriptions, SCD types, grain, checks and last build."""
+    from starsmith.docs import write_docs
+    from starsmith.loaders.target import open_warehouse
+
+    def go() -> object:
+        cfg = _config(warehouse=warehouse, target=target)
+        cat = _catalogue(cfg)
+        wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
+        return write_docs(cat, out or cfg.state / "docs", warehouse=wh)
+
+    console.print(f"docs: {guard(go)}")
+
+
+@app.command()
 def report(out: Annotated[Path, typer.Option(help="folder for the site")] = Path("quality-report"),
            runs: Annotated[int, typer.Option(help="runs in the trend")] = 14,
            warehouse: Warehouse = None, target: Target = None) -> None:
     """Write the data-quality report (static HTML, works offline) from the results table."""
-    from loaders.target import open_warehouse
-    from quality.report import write_report
+    from starsmith.loaders.target import open_warehouse
+    from starsmith.quality.report import write_report
 
-    cfg = _config(warehouse=warehouse, target=target)
+    cfg = guard(lambda: _config(warehouse=warehouse, target=target))
     name = cfg.warehouse_ref.split("?")[0] if cfg.target == "bigquery" else cfg.warehouse.name
-    index = _guard(lambda: write_report(open_warehouse(cfg.warehouse_ref), out, runs=runs,
+    index = guard(lambda: write_report(open_warehouse(cfg.warehouse_ref), out, runs=runs,
                                         name=name))
     console.print(f"report: {index}")
 
@@ -356,14 +420,12 @@ def reprocess(
 
     A re-run replaces that day's quarantine rows: fixed rows reach the table, rows still bad stay.
     """
-    from loaders.target import open_warehouse
-    from models.registry import load_catalogue
-    from orchestration.plan import make_plan
-
-    cfg = _config(landing, warehouse, target)
+    from starsmith.loaders.target import open_warehouse
+    from starsmith.orchestration.plan import make_plan
 
     def go() -> int:
-        cat = load_catalogue()
+        cfg = _config(landing, warehouse, target)
+        cat = _catalogue(cfg)
         cat.model(model)
         wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
         if not wh.exists(f"{model}__quarantine"):
@@ -378,12 +440,12 @@ def reprocess(
         if in_process:
             from starsmith.progress import run_in_process
 
-            return run_in_process(plan, cfg, console)
+            return run_in_process(plan, cfg, console, cat)
         from starsmith.temporal_cli import run_with_temporal
 
-        return run_with_temporal(plan, cfg, console, address=address)
+        return run_with_temporal(plan, cfg, console, address=address, catalogue=cat)
 
-    exit_now(_guard(go))
+    exit_now(guard(go))
 
 
 def main() -> None:

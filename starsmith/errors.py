@@ -34,6 +34,14 @@ class ModelGraphError(ConfigError):
     """The model catalogue does not form a valid graph (unknown input, cycle, duplicate name)."""
 
 
+class ModelError(ConfigError):
+    """A model's definition does not fit its inputs (unknown column, wrong type, bad join)."""
+
+
+class ProjectMismatch(ConfigError):
+    """A worker's copy of the project differs from the one the build was planned with."""
+
+
 class DataError(StarsmithError):
     """The data breaks a rule (grain, SCD invariants, a blocking expectation): no retry helps."""
 

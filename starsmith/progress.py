@@ -8,9 +8,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestration.messages import BuildPlan
 from starsmith.config import ProjectConfig
 from starsmith.log import get_logger
+from starsmith.orchestration.messages import BuildPlan
+from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
 
@@ -26,9 +27,9 @@ def summary_table(rows: Iterable[tuple[str, str, str, str]]) -> Table:
     return table
 
 
-def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console) -> int:
+def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console, cat: Catalogue) -> int:
     """Run the plan in this process; returns the exit code (0 when every day built)."""
-    from orchestration.local import run_plan
+    from starsmith.orchestration.local import run_plan
 
     total = len(plan.dates) * len(plan.models)
     if console.is_terminal:
@@ -43,11 +44,11 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console) -> int
 
             outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
                                 memory_limit=cfg.memory_limit, staging=str(cfg.staging),
-                                listener=listener, memory_budget=cfg.memory_budget)
+                                listener=listener, memory_budget=cfg.memory_budget, catalogue=cat)
     else:
         outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
                             memory_limit=cfg.memory_limit, staging=str(cfg.staging),
-                            memory_budget=cfg.memory_budget)
+                            memory_budget=cfg.memory_budget, catalogue=cat)
     rows = []
     for o in outcomes:
         rows += [(o.logical_date, r.model, "built",

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from starsmith.config import ProjectConfig
+from starsmith.shell import config, exit_now, guard
 
 if TYPE_CHECKING:  # temporalio costs ~0.5 s to import: only schedule commands pay it
     from temporalio.client import Client
@@ -34,15 +35,13 @@ def schedule_id(cfg: ProjectConfig, name: str) -> str:
 def _run(address: str | None, action: object) -> None:
     from starsmith.temporal_cli import Connection, session
 
-    cfg = ProjectConfig.load()
+    cfg = guard(config)
 
     async def go() -> None:
         async with session(cfg, Connection.from_env(address), local_worker=False) as client:
             await action(client, cfg)  # type: ignore[operator]
 
     asyncio.run(go())
-    from starsmith.cli import exit_now  # cli imports this module: import when run
-
     exit_now(0)  # as every Temporal command: temporalio can crash in finalisation (FACTS.md)
 
 
@@ -59,16 +58,18 @@ def create(cron: Annotated[str, typer.Option(help='cron, e.g. "0 2 * * *"')],
         ScheduleSpec,
     )
 
-    from orchestration.messages import BuildRequest, Paths
-    from orchestration.worker import TASK_QUEUE
-    from orchestration.workflows import BuildWorkflow
+    from starsmith.orchestration.messages import BuildRequest, Paths
+    from starsmith.orchestration.worker import TASK_QUEUE
+    from starsmith.orchestration.workflows import BuildWorkflow
 
     async def action(client: Client, cfg: ProjectConfig) -> None:
         paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
                       str(cfg.staging.resolve()), cfg.memory_budget)
         sid = schedule_id(cfg, name)
+        # No fingerprint: a scheduled run builds the project as its workers have it then.
+        request = BuildRequest(paths, project=cfg.project.name if cfg.project else "")
         await client.create_schedule(sid, Schedule(
-            action=ScheduleActionStartWorkflow(BuildWorkflow.run, BuildRequest(paths),
+            action=ScheduleActionStartWorkflow(BuildWorkflow.run, request,
                                                id=f"{sid}-run", task_queue=TASK_QUEUE),
             spec=ScheduleSpec(cron_expressions=[cron], time_zone_name=timezone),
             policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),

@@ -22,12 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
-from orchestration.messages import BuildPlan, BuildReport, BuildRequest, Paths
-from orchestration.server import LocalServer, start_local_server
-from orchestration.worker import TASK_QUEUE, make_worker
-from orchestration.workflows import BackfillWorkflow, BuildWorkflow
 from starsmith.config import ProjectConfig
+from starsmith.orchestration.messages import BuildPlan, BuildReport, BuildRequest, Paths
+from starsmith.orchestration.server import LocalServer, start_local_server
+from starsmith.orchestration.worker import TASK_QUEUE, make_worker
+from starsmith.orchestration.workflows import BackfillWorkflow, BuildWorkflow
 from starsmith.progress import summary_table
+from starsmith.registry import Catalogue
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,13 @@ def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") ->
     return f"starsmith-{warehouse_tag(cfg)}-{kind}-{span}"
 
 
-def request_for(cfg: ProjectConfig, plan: BuildPlan, select: tuple[str, ...] = ()) -> BuildRequest:
+def request_for(cfg: ProjectConfig, plan: BuildPlan, cat: Catalogue,
+                select: tuple[str, ...] = ()) -> BuildRequest:
     paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
                   str(cfg.staging.resolve()), cfg.memory_budget)
     return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
-                        plan.dates, plan.full_refresh, plan.max_parallel)
+                        plan.dates, plan.full_refresh, plan.max_parallel, project=cat.project,
+                        fingerprint=cat.fingerprint)
 
 
 @asynccontextmanager
@@ -74,7 +77,8 @@ async def session(cfg: ProjectConfig, conn: Connection, *, local_worker: bool | 
     try:
         client = await _connect(server.address if server else conn.address, conn)
         if local_worker if local_worker is not None else server is not None:
-            async with make_worker(client, max_activities=cfg.max_parallel):
+            assert cfg.project is not None
+            async with make_worker(client, cfg.project, max_activities=cfg.max_parallel):
                 yield client
         else:
             yield client
@@ -133,9 +137,10 @@ def report_rows(report: BuildReport) -> list[tuple[str, str, str, str]]:
 
 
 def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
-                      address: str | None, wait: bool = True, backfill: bool = False) -> int:
+                      address: str | None, catalogue: Catalogue, wait: bool = True,
+                      backfill: bool = False) -> int:
     conn = Connection.from_env(address)
-    req = request_for(cfg, plan)
+    req = request_for(cfg, plan, catalogue)
     workflow_id = build_id(cfg, plan.dates, "backfill" if backfill else "build")
 
     async def go() -> int:

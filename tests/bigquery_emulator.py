@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.server import free_port, stop_process
+from starsmith.orchestration.server import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".emulator"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.demo_landing import write_landing
-from orchestration.server import LocalServer, start_local_server
+from starsmith.demo_data import write_landing
+from starsmith.orchestration.server import LocalServer, start_local_server
 from tests.bigquery_emulator import Emulator, start
 
 DEMO_DAYS = 4

@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from dimensions import (
+from starsmith.dimensions import (
     ChangeDetection,
     DeletePolicy,
     DimensionSpec,

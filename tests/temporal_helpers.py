@@ -11,9 +11,10 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from orchestration.messages import BuildReport, BuildRequest, Paths
-from orchestration.worker import make_worker
-from orchestration.workflows import BackfillWorkflow, BuildWorkflow
+from starsmith.orchestration.messages import BuildReport, BuildRequest, Paths
+from starsmith.orchestration.worker import make_worker
+from starsmith.orchestration.workflows import BackfillWorkflow, BuildWorkflow
+from starsmith.scaffold import demo_project
 
 
 def request(landing: Path, wh: Path, dates: list[date], **kw: Any) -> BuildRequest:
@@ -26,7 +27,7 @@ async def run_build(address: str, req: BuildRequest, *, backfill: bool = False,
                     ) -> tuple[BuildReport, WorkflowHandle[Any, BuildReport]]:
     client = await Client.connect(address)
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    async with make_worker(client, task_queue=queue, max_activities=4):
+    async with make_worker(client, demo_project(), task_queue=queue, max_activities=4):
         handle = await client.start_workflow(
             BackfillWorkflow.run if backfill else BuildWorkflow.run, req,
             id=workflow_id or f"test-{uuid.uuid4().hex}", task_queue=queue)

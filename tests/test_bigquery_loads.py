@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 from google.api_core import exceptions as api
 
-from loaders import sql
-from loaders.bigquery.connection import BigQueryRef, classify, is_transient, retrying
-from loaders.bigquery.warehouse import BigQueryWarehouse
-from loaders.target import Publish
-from models.contract import Column, Kind, Model, Strategy
+from starsmith.contract import Column, Kind, Model, Strategy
 from starsmith.errors import ConfigError, DataError, RetryableError
+from starsmith.loaders import sql
+from starsmith.loaders.bigquery.connection import BigQueryRef, classify, is_transient, retrying
+from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
+from starsmith.loaders.target import Publish
 from tests.bigquery_emulator import PROJECT, Emulator
 
 
@@ -166,9 +166,9 @@ def test_batches_staged_apart_read_back_as_one_table_in_order(emulator: Emulator
 @pytest.mark.bigquery
 def test_a_refused_audit_leaves_the_published_table_and_records_why(emulator: Emulator) -> None:
     """Write, audit, publish on BigQuery: bad staged rows never reach the table."""
-    from quality.contract import audit_staged
-    from quality.expect import Expect
-    from quality.gate import judge, refuse
+    from starsmith.quality.contract import audit_staged
+    from starsmith.quality.expect import Expect
+    from starsmith.quality.gate import judge, refuse
 
     wh = warehouse(emulator, "refused")
     m = model(K, V)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from loaders.bigquery.tables import bigquery_type, current_view_sql, label, table_for
-from models.registry import load_catalogue
 from starsmith.errors import ConfigError
+from starsmith.loaders.bigquery.tables import bigquery_type, current_view_sql, label, table_for
+from starsmith.scaffold import demo_catalogue as load_catalogue
 from tests.bigquery_emulator import PROJECT, Emulator
 
 

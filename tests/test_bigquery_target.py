@@ -19,12 +19,14 @@ from typing import Any
 import polars as pl
 import pytest
 
-from loaders.bigquery.warehouse import MERGE_MODE_ENV, BigQueryWarehouse
-from loaders.duckdb import DuckDBWarehouse
-from loaders.target import conform_read
-from models.registry import Catalogue, load_catalogue
-from orchestration.local import run_plan
-from orchestration.plan import landed_days, make_plan
+from starsmith.loaders.bigquery.warehouse import MERGE_MODE_ENV, BigQueryWarehouse
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.target import conform_read
+from starsmith.orchestration.local import run_plan
+from starsmith.orchestration.plan import landed_days, make_plan
+from starsmith.registry import Catalogue
+from starsmith.scaffold import DEMO
+from starsmith.scaffold import demo_catalogue as load_catalogue
 from tests.bigquery_emulator import PROJECT, Emulator
 
 pytestmark = pytest.mark.bigquery
@@ -151,7 +153,7 @@ def test_the_readme_analyst_queries_run(built: Built, emulator: Emulator, index:
 def _cli(built: Built, emulator: Emulator, *args: str, cwd: Path) -> str:
     env = {**os.environ, "STARSMITH_TARGET": "bigquery", "STARSMITH_BQ_PROJECT": PROJECT,
            "STARSMITH_BQ_DATASET": DATASET, "STARSMITH_BQ_ENDPOINT": emulator.endpoint,
-           "COLUMNS": "200"}
+           "COLUMNS": "200", "STARSMITH_PROJECT": str(DEMO)}
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "starsmith"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -180,7 +182,7 @@ def test_a_temporal_build_publishes_to_bigquery(built: Built, temporal_server: A
     the dimensions re-run for the last day through Temporal, and the star stays as it was."""
     import asyncio
 
-    from orchestration.messages import BuildRequest, Paths
+    from starsmith.orchestration.messages import BuildRequest, Paths
     from tests.temporal_helpers import run_build
 
     before = _star(built.bq, built.cat)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.budget import (
+from starsmith.errors import ConfigError
+from starsmith.orchestration.budget import (
     DUCKDB_SHARE,
     MARGIN,
     WORKING_SET_FACTOR,
@@ -21,7 +22,6 @@ from orchestration.budget import (
     reset_peak,
     resident_bytes,
 )
-from starsmith.errors import ConfigError
 
 DAYS = [date(2024, 1, 1) + timedelta(days=i) for i in range(100)]
 MIB = 2**20
@@ -121,6 +121,9 @@ def test_this_process_memory_can_be_read_here() -> None:
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_a_bad_budget_stops_the_build_before_any_step_with_a_clear_error(
         how: str, tmp_path: Path) -> None:
+    from starsmith.scaffold import init_project
+
+    init_project(tmp_path, sample=True)
     env = {**os.environ, "COLUMNS": "200"}
     args = [str(Path(sys.executable).with_name("starsmith")), "build", "--in-process"]
     if how == "flag":

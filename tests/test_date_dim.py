@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from dimensions.date_dim import date_dimension
+from starsmith.dimensions.date_dim import date_dimension
 
 
 def test_calendar_fiscal_and_holiday_attributes() -> None:

@@ -7,12 +7,12 @@ from datetime import date, datetime
 import polars as pl
 import pytest
 
-from dimensions import OPEN_END, DeletePolicy, dimension_schema, inferred_members
-from facts.grain import check_grain, grain_violations
-from facts.keys import MATCH, apply_missing, how_names, lookup_key
-from facts.snapshots import accumulate, complete_grain
-from facts.spec import KeyLookup, MissingKey
+from starsmith.dimensions import OPEN_END, DeletePolicy, dimension_schema, inferred_members
 from starsmith.errors import DataError
+from starsmith.facts.grain import check_grain, grain_violations
+from starsmith.facts.keys import MATCH, apply_missing, how_names, lookup_key
+from starsmith.facts.snapshots import accumulate, complete_grain
+from starsmith.facts.spec import KeyLookup, MissingKey
 from tests.scd_helpers import TYPES, batch, empty, spec, step
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dimensions.keyed import at_key_end, at_key_start, key_total, last_in_key
+from starsmith.dimensions.keyed import at_key_end, at_key_start, key_total, last_in_key
 
 ROWS = pl.DataFrame({
     "k": [1, 1, 1, 2, 3, 3, 4, 4],

@@ -18,13 +18,13 @@ import duckdb
 import polars as pl
 import pytest
 
-from loaders import sql
-from loaders.bigquery import dialect
-from loaders.bigquery.connection import BigQueryRef
-from loaders.bigquery.warehouse import BigQueryWarehouse
-from loaders.duckdb import DuckDBWarehouse
-from loaders.target import Publish, Warehouse
-from models.contract import Column, Kind, Model, Strategy
+from starsmith.contract import Column, Kind, Model, Strategy
+from starsmith.loaders import sql
+from starsmith.loaders.bigquery import dialect
+from starsmith.loaders.bigquery.connection import BigQueryRef
+from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.target import Publish, Warehouse
 from tests.bigquery_emulator import PROJECT, Emulator
 
 TARGET = pl.DataFrame({"k": [1, 2, 3], "d": [date(2024, 1, 1), date(2024, 1, 1), date(2024, 1, 2)],

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dimensions import OPEN_END, ChangeDetection, DimensionSpec
-from facts.keys import MATCH, how_names, lookup_key
-from facts.packed import MAX_LEVELS, SLOTS
-from facts.spec import KeyLookup
+from starsmith.dimensions import OPEN_END, ChangeDetection, DimensionSpec
+from starsmith.facts.keys import MATCH, how_names, lookup_key
+from starsmith.facts.packed import MAX_LEVELS, SLOTS
+from starsmith.facts.spec import KeyLookup
 
 EPOCH = datetime(2024, 1, 1)
 SPEC = DimensionSpec(name="dim_k", surrogate_key="k_key", natural_key=("k",), columns=(),

@@ -11,16 +11,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from loaders.duckdb import DuckDBWarehouse
-from loaders.landing import check_drift
-from models.contract import BuildContext, Column, Input, Kind, Model, Source, Strategy
-from models.registry import Catalogue, build_catalogue
-from models.sources import SOURCES
-from orchestration.local import run_day
-from orchestration.plan import make_plan
-from quality.checks import Freshness, References, Volume
-from quality.expect import Expect
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Source, Strategy
 from starsmith.errors import ConfigError, DataError
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.landing import check_drift
+from starsmith.orchestration.local import run_day
+from starsmith.orchestration.plan import make_plan
+from starsmith.quality.checks import Freshness, References, Volume
+from starsmith.quality.expect import Expect
+from starsmith.registry import Catalogue, build_catalogue
+from starsmith.scaffold import demo_catalogue
+
+SOURCES = tuple(demo_catalogue().sources.values())
 
 D1, D2 = date(2024, 1, 1), date(2024, 1, 2)
 STORES = next(s for s in SOURCES if s.name == "stores")

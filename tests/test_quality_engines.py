@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from loaders.duckdb import DuckDBWarehouse
-from quality.expect import Expect
-from quality.gx_engine import run_expectations
-from quality.sql_engine import AGG_RULES, run_sql, supported
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.quality.expect import Expect
+from starsmith.quality.gx_engine import run_expectations
+from starsmith.quality.sql_engine import AGG_RULES, run_sql, supported
 
 FRAME = pl.DataFrame({
     "id": [1, 2, 2, 3, None, 5, 6, 6],
@@ -72,7 +72,7 @@ def test_sql_and_gx_agree(expectation: Expect, tmp_path: Path) -> None:
 def test_the_suite_pass_also_audits_the_contract(tmp_path: Path) -> None:
     """The step audits the contract in the suite's own query: a broken rule stops it there,
     naming every broken rule; a kept contract leaves the outcomes as they were."""
-    from models.contract import Column, Kind, Model, Strategy
+    from starsmith.contract import Column, Kind, Model, Strategy
     from starsmith.errors import DataError
 
     model = Model("t", Kind.STAGING, (), (Column("id", pl.Int64(), "the key", nullable=False),

@@ -7,10 +7,13 @@ from collections.abc import Mapping
 import polars as pl
 import pytest
 
-from models.contract import BuildContext, Column, Input, Kind, Model, Strategy
-from models.registry import build_catalogue, load_catalogue
-from models.sources import SOURCES
+from starsmith.contract import BuildContext, Column, Input, Kind, Model, Strategy
 from starsmith.errors import ConfigError, ModelGraphError
+from starsmith.registry import build_catalogue
+from starsmith.scaffold import demo_catalogue
+from starsmith.scaffold import demo_catalogue as load_catalogue
+
+SOURCES = tuple(demo_catalogue().sources.values())
 
 
 def _t(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
@@ -35,7 +38,7 @@ def test_unknown_input_suggests_the_closest_name() -> None:
     with pytest.raises(ModelGraphError) as err:
         build_catalogue([model("stg_a", "landing.customers"), model("dim_a", "stg_aa")], SOURCES)
     assert str(err.value) == ("model 'dim_a' reads 'stg_aa', which is neither a model nor a "
-                              "source; did you mean 'stg_a'? (in models/dim_a.py)")
+                              "source; did you mean 'stg_a'? (in model dim_a)")
 
 
 def test_a_cycle_is_named_in_full() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loaders.duckdb import DuckDBWarehouse
-from quality.expect import Expect
-from quality.report import write_report
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.quality.expect import Expect
+from starsmith.quality.report import write_report
 from tests.test_quality import catalogue, run
 
 CHROMIUM = shutil.which("chromium")

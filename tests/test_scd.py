@@ -7,7 +7,7 @@ from datetime import datetime
 import polars as pl
 import pytest
 
-from dimensions import (
+from starsmith.dimensions import (
     OPEN_END,
     ChangeDetection,
     DeletePolicy,

@@ -15,7 +15,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dimensions import OPEN_END, DeletePolicy, invariant_violations
+from starsmith.dimensions import OPEN_END, DeletePolicy, invariant_violations
 from tests.scd_helpers import batch, empty, spec, step
 
 EPOCH = datetime(2024, 1, 1)

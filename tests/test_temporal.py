@@ -16,10 +16,11 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
-from loaders.duckdb import DuckDBWarehouse
-from models.registry import load_catalogue
-from orchestration.server import LocalServer
-from orchestration.workflows import WORKFLOWS
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.orchestration.server import LocalServer
+from starsmith.orchestration.workflows import WORKFLOWS
+from starsmith.scaffold import demo_catalogue as load_catalogue
+from starsmith.scaffold import demo_project
 from tests.temporal_helpers import completions, request, run_build, scheduled_steps
 from tests.test_warehouse import build, tables
 
@@ -85,8 +86,8 @@ def test_a_killed_worker_is_replaced_and_the_warehouse_matches_an_undisturbed_bu
              "--task-queue", queue], env=env, stdout=worker_log, stderr=subprocess.STDOUT)
 
     async def go() -> object:
-        from orchestration.worker import make_worker
-        from orchestration.workflows import BuildWorkflow
+        from starsmith.orchestration.worker import make_worker
+        from starsmith.orchestration.workflows import BuildWorkflow
 
         client = await Client.connect(temporal_server.address)
         handle = await client.start_workflow(BuildWorkflow.run, request(landing, wh, [D2]),
@@ -95,7 +96,7 @@ def test_a_killed_worker_is_replaced_and_the_warehouse_matches_an_undisturbed_bu
         while doomed.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert doomed.returncode == -9, (tmp_path / "worker.log").read_text()[-3000:]
-        async with make_worker(client, task_queue=queue):
+        async with make_worker(client, demo_project(), task_queue=queue):
             return await handle.result()
 
     report = asyncio.run(go())
@@ -146,10 +147,10 @@ def test_schedule_create_trigger_list_delete(temporal_server: LocalServer, landi
     assert "nightly" in cli("list")
 
     async def trigger_and_wait() -> list[str]:
-        from orchestration.worker import TASK_QUEUE, make_worker
+        from starsmith.orchestration.worker import TASK_QUEUE, make_worker
 
         client = await Client.connect(temporal_server.address)
-        async with make_worker(client, task_queue=TASK_QUEUE):
+        async with make_worker(client, demo_project(), task_queue=TASK_QUEUE):
             cli("trigger")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -12,13 +12,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from loaders.duckdb import DuckDBWarehouse
-from models.registry import Catalogue, load_catalogue
-from orchestration.local import run_plan
-from orchestration.messages import DayOutcome
-from orchestration.plan import make_plan, pending_dates
-from quality.contract import audit_staged
 from starsmith.errors import DataError
+from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.orchestration.local import run_plan
+from starsmith.orchestration.messages import DayOutcome
+from starsmith.orchestration.plan import make_plan, pending_dates
+from starsmith.quality.contract import audit_staged
+from starsmith.registry import Catalogue
+from starsmith.scaffold import demo_catalogue as load_catalogue
 from tests.conftest import DEMO_DAYS
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, demo_landing: Path) -> DuckD
 
 def test_every_landed_day_is_built_once(built: DuckDBWarehouse, demo_landing: Path) -> None:
     cat = load_catalogue()
-    assert pending_dates(cat, list(cat.order), demo_landing, built) == []
+    assert pending_dates(cat, list(cat.order), demo_landing, built).days == []
     log = built.run_log().filter(pl.col("status") == "success")
     assert log.group_by("model").len()["len"].unique().to_list() == [DEMO_DAYS]
     parts = built.query("SELECT DISTINCT load_date FROM stg_customers ORDER BY 1")
@@ -134,10 +135,11 @@ def test_a_crash_between_staging_and_publish_leaves_the_previous_table(
     build(landing, path, DAYS[:2], select=dims)
     wh = DuckDBWarehouse(path)
     before = wh.read("dim_customer").sort("customer_key")
-    script = ("from orchestration.messages import StepRequest; "
-              "from orchestration.step import run_step; "
+    script = ("from starsmith.orchestration.messages import StepRequest; "
+              "from starsmith.orchestration.step import run_step; "
+              "from starsmith.scaffold import demo_catalogue; "
               f"run_step(StepRequest('dim_customer', '{DAYS[2]}', 'build-{DAYS[2]}', "
-              f"'{landing}', '{path}'))")
+              f"'{landing}', '{path}'), demo_catalogue())")
     build(landing, path, [DAYS[2]], select=["stg_customers"])
     env = {**os.environ, "STARSMITH_FAILPOINT": "after_stage:dim_customer"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
@@ -267,7 +269,7 @@ def test_staged_rows_come_in_duckdbs_row_groups_and_load_in_the_order_staged(tmp
     # loaded into a table, the rows keep the order they were staged in.
     import pyarrow.parquet as pq
 
-    from loaders.duckdb.warehouse import DUCKDB_ROW_GROUP
+    from starsmith.loaders.duckdb.warehouse import DUCKDB_ROW_GROUP
 
     wh = DuckDBWarehouse(tmp_path / "w.duckdb")
     rows = pl.DataFrame({"k": pl.int_range(300_000, eager=True),
@@ -285,8 +287,8 @@ def test_a_steps_rows_staged_in_its_session_read_and_load_like_a_staged_file(tmp
                                                                            ) -> None:
     # In a session the step's output is registered as Arrow (no file): in several batches, in
     # the order staged, with the column types a staged file gives; the publish lets it go.
-    from loaders import sql
-    from loaders.target import Publish
+    from starsmith.loaders import sql
+    from starsmith.loaders.target import Publish
 
     wh = DuckDBWarehouse(tmp_path / "w.duckdb")
     n = 300_000

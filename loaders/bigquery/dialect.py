@@ -27,9 +27,9 @@ import polars as pl
 import sqlglot
 from sqlglot import exp
 
-from loaders import sql
-from loaders.bigquery.tables import bigquery_type
 from starsmith.errors import ConfigError
+from starsmith.loaders import sql
+from starsmith.loaders.bigquery.tables import bigquery_type
 
 MERGE_MODES = ("merge", "delete_insert")
 

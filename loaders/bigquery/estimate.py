@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING
 
-from models.contract import Model, Window
-from models.registry import Catalogue
+from starsmith.contract import Model, Window
+from starsmith.registry import Catalogue
 
 if TYPE_CHECKING:
-    from loaders.bigquery.warehouse import BigQueryWarehouse
+    from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
 
 
 def estimate_bytes(wh: BigQueryWarehouse, cat: Catalogue, model: Model, dates: list[date]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from loaders.bigquery.tables import bigquery_type
+from starsmith.loaders.bigquery.tables import bigquery_type
 
 ROW = "_starsmith_row"  # the staged row's position: BigQuery tables have no order of their own
 
@@ -38,7 +38,7 @@ JOBS = pl.Schema({
 
 
 def quality_schema() -> pl.Schema:
-    from quality.gate import RESULT_SCHEMA
+    from starsmith.quality.gate import RESULT_SCHEMA
 
     return RESULT_SCHEMA
 

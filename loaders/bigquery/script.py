@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from sqlglot import exp
 
-from loaders.bigquery import meta
-from loaders.target import RUN_LOG_COLUMNS, Publish, safe_name
+from starsmith.loaders.bigquery import meta
+from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, safe_name
 
 if TYPE_CHECKING:
-    from loaders.bigquery.warehouse import BigQueryWarehouse
+    from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
 
 
 def _lit(value: object) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 from sqlglot import exp
 
-from models.contract import Model
+from starsmith.contract import Model
 from starsmith.errors import ConfigError
 
 MAX_CLUSTER = 4  # BigQuery allows four clustering columns

@@ -28,13 +28,13 @@ from typing import Any
 import polars as pl
 from sqlglot import exp
 
-from loaders.bigquery import dialect, meta
-from loaders.bigquery.connection import BigQueryRef, Jobs, job_id, make_client, retrying
-from loaders.bigquery.script import publish_script, values_insert
-from loaders.bigquery.tables import compare, current_view_sql, evolve, incompatible_error, table_for
-from loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
-from models.contract import Model
+from starsmith.contract import Model
 from starsmith.errors import ConfigError
+from starsmith.loaders.bigquery import dialect, meta
+from starsmith.loaders.bigquery.connection import BigQueryRef, Jobs, job_id, make_client, retrying
+from starsmith.loaders.bigquery.script import publish_script, values_insert
+from starsmith.loaders.bigquery.tables import compare, current_view_sql, evolve, incompatible_error, table_for
+from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.log import get_logger
 
 log = get_logger(__name__)

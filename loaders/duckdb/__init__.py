@@ -1,6 +1,6 @@
 """The DuckDB target (the embedded default)."""
 
-from loaders.duckdb.warehouse import DuckDBWarehouse
-from loaders.target import Publish
+from starsmith.loaders.duckdb.warehouse import DuckDBWarehouse
+from starsmith.loaders.target import Publish
 
 __all__ = ["DuckDBWarehouse", "Publish"]

@@ -31,9 +31,9 @@ import pyarrow as pa
 from polars._typing import PolarsDataType  # Polars' own alias for a dtype, instance or class
 from sqlglot import exp
 
-from loaders import sql
-from loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.errors import RetryableError, WarehouseBusy
+from starsmith.loaders import sql
+from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
@@ -283,8 +283,37 @@ class DuckDBWarehouse(SqlReads):
     def staged_files(self) -> list[Path]:
         return sorted(self.staging_dir.glob("*.parquet")) if self.staging_dir.exists() else []
 
+    def table_types(self, table: str) -> dict[str, str] | None:
+        """A published table's columns and DuckDB types, or None if there is no such table."""
+        if not self.exists(table):
+            return None
+        rows = self.query(f'DESCRIBE {PUBLISHED}."{table}"')
+        return dict(zip(rows["column_name"].to_list(), rows["column_type"].to_list(), strict=True))
+
+    def model_types(self, schema: pl.Schema) -> dict[str, str]:
+        """The DuckDB types a model's declared columns become when published."""
+        rows = self.query("DESCRIBE SELECT * FROM _m", _m=pl.DataFrame(schema=schema))
+        return dict(zip(rows["column_name"].to_list(), rows["column_type"].to_list(), strict=True))
+
     def check_schema(self, model: Any, *, full_refresh: bool) -> None:
-        """Nothing to check: a full refresh recreates the table, a merge inserts by name."""
+        """Before any data moves: refuse a breaking model change, add the columns a model added
+        to its table and its quarantine table (a full refresh recreates the table instead)."""
+        from starsmith.loaders.evolve import refuse_breaking, schema_diff
+
+        if full_refresh:
+            return
+        diff = schema_diff(self, model)
+        if diff is None:
+            return
+        refuse_breaking(model, diff)
+        if diff.added:
+            with self.connect() as con:
+                for table in (model.name, f"{model.name}__quarantine"):
+                    if self.exists(table):
+                        for col, kind in diff.added.items():
+                            con.execute(f'ALTER TABLE {PUBLISHED}."{table}" ADD COLUMN IF NOT '
+                                        f'EXISTS "{col}" {kind}')
+            log.info("%s: added column(s) %s to its table", model.name, ", ".join(diff.added))
 
     def publish(self, job: Publish) -> None:
         """Run the strategy, quarantine, run log and watermark in one transaction."""
@@ -370,6 +399,10 @@ class DuckDBWarehouse(SqlReads):
         table = f'{PUBLISHED}."{model}__quarantine"'
         con.register("_q", rows.to_arrow())
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM _q LIMIT 0")
+        have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM _q").fetchall():
+            if name not in have:  # the model gained a column since its rows were first held
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
         if scope is None:
             con.execute(f"DELETE FROM {table} WHERE logical_date = ?", [logical_date])
         else:

@@ -16,11 +16,11 @@ from enum import StrEnum
 
 import polars as pl
 
-from dimensions.spec import DimensionSpec
-from facts.spec import FactSpec
-from quality.checks import Check
-from quality.expect import Expect
+from starsmith.dimensions.spec import DimensionSpec
 from starsmith.errors import ConfigError
+from starsmith.facts.spec import FactSpec
+from starsmith.quality.checks import Check
+from starsmith.quality.expect import Expect
 
 
 class Kind(StrEnum):
@@ -56,8 +56,15 @@ class Column:
 
 @dataclass(frozen=True)
 class Input:
+    """A model's input: another model or ``landing.<source>``.
+
+    ``on`` names the columns a fact joins this input on to its event input (the rows carrying
+    the event date): the fact step reads only this input's rows matching the batch's keys.
+    """
+
     name: str
     window: Window = Window.DAY
+    on: tuple[str, ...] = ()
 
 
 QUARANTINE_REASON = "_quarantine_reason"
@@ -139,18 +146,50 @@ def _data_spec(spec: DimensionSpec | None) -> object:
     return {k: v for k, v in spec.__dict__.items() if k != "descriptions"}
 
 
+class Cadence(StrEnum):
+    """How a source lands: it tells the planner whether a logical date needs that day's extract."""
+
+    DAILY = "daily"  # a daily extract (events, facts): a day is built once it has landed
+    CHANGE_FEED = "change_feed"  # the day's changes (CDC): lands every day, possibly empty
+    SNAPSHOT = "snapshot"  # the full state, every day: a key missing from it was removed
+    REFERENCE = "reference"  # lands now and then: a day reads the latest landed on or before it
+
+    @property
+    def daily(self) -> bool:
+        """Must this source land on a day for the day to be built?"""
+        return self is not Cadence.REFERENCE
+
+
+SOURCE_FORMATS = ("parquet", "csv", "ndjson")
+
+
 @dataclass(frozen=True)
 class Source:
-    """A landing-zone feed: one folder per day, ``<landing>/<name>/date=YYYY-MM-DD/``."""
+    """A landing-zone feed: one folder per landing, ``<landing>/<name>/date=YYYY-MM-DD/``."""
 
     name: str
     format: str  # parquet | csv | ndjson
     columns: tuple[Column, ...]
     description: str = ""
+    cadence: Cadence = Cadence.DAILY
+
+    def __post_init__(self) -> None:
+        if self.format not in SOURCE_FORMATS:
+            raise ConfigError(f"source {self.name!r} has format {self.format!r}",
+                              fix=f"Use one of {', '.join(SOURCE_FORMATS)}")
+        if not isinstance(self.cadence, Cadence):
+            raise ConfigError(f"source {self.name!r} has cadence {self.cadence!r}",
+                              fix=f"Use Cadence.{', Cadence.'.join(c.name for c in Cadence)}")
 
     @property
     def schema(self) -> pl.Schema:
         return pl.Schema({c.name: c.dtype for c in self.columns})
+
+    def fingerprint(self) -> str:
+        """What changes the data read from it: format, cadence, columns and types."""
+        parts = [self.name, self.format, self.cadence.value,
+                 repr([(c.name, str(c.dtype), c.nullable) for c in self.columns])]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
 SYSTEM_DESCRIPTIONS = {
@@ -165,7 +204,7 @@ SYSTEM_DESCRIPTIONS = {
 
 def dimension_columns(spec: DimensionSpec, attributes: tuple[Column, ...]) -> tuple[Column, ...]:
     """The full column list of a dimension table: surrogate key, attributes, convention columns."""
-    from dimensions.members import dimension_schema
+    from starsmith.dimensions.members import dimension_schema
 
     schema = dimension_schema(spec, {c.name: c.dtype for c in attributes})
     described = {c.name: c for c in attributes}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from models.contract import QUARANTINE_REASON
+from starsmith.contract import QUARANTINE_REASON
 
 
 def quarantine_when(lf: pl.LazyFrame, rules: Sequence[tuple[pl.Expr, str]]) -> pl.LazyFrame:

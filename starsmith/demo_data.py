@@ -24,6 +24,7 @@ inventory                     0.5% of product x store pairs missing on a day
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from models.sources import SOURCES
+from starsmith.contract import Source
 
 START = date(2024, 1, 1)
 SEGMENTS = np.array(["CONS", "CORP", "SMB"])
@@ -46,8 +47,16 @@ DIRT = {
     "line_null_product": 0.002, "line_return": 0.02, "milestone_late": 0.01,
     "inventory_missing": 0.005,
 }
-SCHEMAS = {s.name: s.schema for s in SOURCES}
-FORMATS = {s.name: s.format for s in SOURCES}
+
+
+def _contracts(sources: Mapping[str, Source] | None) -> tuple[dict[str, pl.Schema], dict[str, str]]:
+    """Each demo source's schema and format, from the demo project's declarations."""
+    if sources is None:
+        from starsmith.scaffold import demo_catalogue
+
+        sources = demo_catalogue().sources
+    found = {s.name: s for s in sources.values()}
+    return {n: s.schema for n, s in found.items()}, {n: s.format for n, s in found.items()}
 
 
 def day_folder(root: Path, source: str, day: date) -> Path:
@@ -256,11 +265,11 @@ def _inventory(w: _World, day: date, n_stores: int) -> pl.DataFrame:
                          "on_hand": w.rng.integers(0, 200, int(keep.sum())).astype(np.int32)})
 
 
-def _write(root: Path, source: str, day: date, df: pl.DataFrame) -> None:
+def _write(root: Path, source: str, day: date, df: pl.DataFrame, schema: pl.Schema, fmt: str
+           ) -> None:
     folder = day_folder(root, source, day)
     folder.mkdir(parents=True, exist_ok=True)
-    df = df.select([pl.col(c).cast(t) for c, t in SCHEMAS[source].items()])
-    fmt = FORMATS[source]
+    df = df.select([pl.col(c).cast(t) for c, t in schema.items()])
     target = folder / f"part-0.{fmt}"
     tmp = target.with_suffix(".tmp")
     if fmt == "parquet":
@@ -273,8 +282,12 @@ def _write(root: Path, source: str, day: date, df: pl.DataFrame) -> None:
 
 
 def write_landing(root: Path, *, days: int, scale: float = 1.0, seed: int = 7,
-                  start: date = START) -> list[date]:
-    """Write ``days`` days of every source under ``root``; returns the landed dates."""
+                  start: date = START, sources: Mapping[str, Source] | None = None
+                  ) -> list[date]:
+    """Write ``days`` days of every demo source under ``root``; returns the landed dates.
+
+    ``sources`` are the demo project's declarations (default: the shipped demo's)."""
+    schemas, formats = _contracts(sources)
     w = _World(rng=np.random.default_rng(seed), scale=scale)
     landed = []
     for day_no in range(days):
@@ -284,11 +297,12 @@ def write_landing(root: Path, *, days: int, scale: float = 1.0, seed: int = 7,
         n_stores = out["stores"].height
         out |= _orders(w, day, n_stores)
         out["inventory"] = _inventory(w, day, n_stores)
-        out["shipments"] = pl.DataFrame(schema=SCHEMAS["shipments"])
+        out["shipments"] = pl.DataFrame(schema=schemas["shipments"])
         for source in out:
             pending = w.pending.pop((source, day), [])
-            frames = [out[source].select(SCHEMAS[source].names())] + [
-                p.select(SCHEMAS[source].names()) for p in pending]
-            _write(root, source, day, pl.concat(frames, how="vertical_relaxed"))
+            frames = [out[source].select(schemas[source].names())] + [
+                p.select(schemas[source].names()) for p in pending]
+            _write(root, source, day, pl.concat(frames, how="vertical_relaxed"),
+                   schemas[source], formats[source])
         landed.append(day)
     return landed

@@ -8,16 +8,13 @@ explicitly in their specs, so renaming a function never rewires the graph.
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
-from collections.abc import Iterable
-from dataclasses import dataclass
-from types import ModuleType
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from models.contract import Model, Source
+from starsmith.contract import Model, Source
 from starsmith.errors import ModelGraphError
+from starsmith.model_checks import check_model
 
-MODULE_PREFIXES = ("stg_", "dim_", "fact_")
 SOURCE_PREFIX = "landing."
 
 
@@ -28,6 +25,18 @@ class Catalogue:
     models: dict[str, Model]
     sources: dict[str, Source]
     order: tuple[str, ...]
+    project: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # model -> the file that defines it
+
+    def where(self, name: str) -> str:
+        """The file that defines a model, for error messages."""
+        return self.files.get(name, f"model {name}")
+
+    @property
+    def fingerprint(self) -> str:
+        from starsmith.discover import project_fingerprint
+
+        return project_fingerprint(self)
 
     def model(self, name: str) -> Model:
         if name not in self.models:
@@ -56,6 +65,11 @@ class Catalogue:
                 chosen |= self._closure(name, self.upstream)
         return [m for m in self.order if m in chosen] if selectors else list(self.order)
 
+    def downstream(self, name: str) -> list[str]:
+        """Every model that reads ``name``, directly or through others, in build order."""
+        found = self._closure(name, self.dependants)
+        return [m for m in self.order if m in found]
+
     def _closure(self, start: str, step: object) -> set[str]:
         seen: set[str] = set()
         todo = [start]
@@ -72,22 +86,24 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def _model_modules(package: ModuleType) -> list[ModuleType]:
-    names = sorted(
-        m.name for m in pkgutil.iter_modules(package.__path__) if m.name.startswith(MODULE_PREFIXES)
-    )
-    return [importlib.import_module(f"{package.__name__}.{n}") for n in names]
-
-
-def build_catalogue(models: Iterable[Model], sources: Iterable[Source]) -> Catalogue:
+def build_catalogue(models: Iterable[Model], sources: Iterable[Source], *, project: str = "",
+                    files: Mapping[str, str] | None = None) -> Catalogue:
     """Check the graph (duplicates, unknown inputs, cycles) and order it deterministically."""
+    files = dict(files or {})
     by_name: dict[str, Model] = {}
     for model in models:
         if model.name in by_name:
             raise ModelGraphError(f"two models are named {model.name!r}",
-                                  fix="Give each model module a unique MODEL name")
+                                  where=files.get(model.name),
+                                  fix="Give each model a unique name")
         by_name[model.name] = model
-    src = {f"{SOURCE_PREFIX}{s.name}": s for s in sources}
+    src: dict[str, Source] = {}
+    for s in sources:
+        key = f"{SOURCE_PREFIX}{s.name}"
+        if key in src and src[key] != s:
+            raise ModelGraphError(f"two sources are named {s.name!r}",
+                                  fix="Give each Source a unique name")
+        src[key] = s
     known = [*by_name, *src]
     for model in by_name.values():
         for name in model.input_names:
@@ -95,9 +111,12 @@ def build_catalogue(models: Iterable[Model], sources: Iterable[Source]) -> Catal
                 raise ModelGraphError(
                     f"model {model.name!r} reads {name!r}, which is neither a model nor a source"
                     f"{_did_you_mean(name, known)}",
-                    where=f"models/{model.name}.py",
+                    where=files.get(model.name, f"model {model.name}"),
                 )
-    return Catalogue(by_name, src, tuple(_topological(by_name)))
+    order = tuple(_topological(by_name))
+    for name in order:
+        check_model(by_name[name], by_name, src, files.get(name, f"model {name}"))
+    return Catalogue(by_name, src, order, project, files)
 
 
 def _topological(models: dict[str, Model]) -> list[str]:
@@ -122,18 +141,3 @@ def _cycle(deps: dict[str, list[str]], placed: set[str]) -> list[str]:
         path.append(node)
         node = next(d for d in deps[node] if d not in placed)
     return [*path[path.index(node):], node]
-
-
-def load_catalogue() -> Catalogue:
-    """The demo warehouse's catalogue: every ``models/{stg,dim,fact}_*.py`` module's MODEL."""
-    import models
-    from models.sources import SOURCES
-
-    found = []
-    for module in _model_modules(models):
-        model = getattr(module, "MODEL", None)
-        if not isinstance(model, Model):
-            raise ModelGraphError(f"module {module.__name__} defines no MODEL = Model(...)",
-                                  where=module.__file__)
-        found.append(model)
-    return build_catalogue(found, SOURCES)
