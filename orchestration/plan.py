@@ -44,6 +44,14 @@ def needed_sources(cat: Catalogue, models: list[str]) -> tuple[set[str], set[str
     return daily, other - daily
 
 
+def explain(held: dict[date, str], limit: int = 5) -> list[str]:
+    """One line per held-back day (the first few), saying what it waits for."""
+    lines = [f"{d} waits: {why}" for d, why in sorted(held.items())[:limit]]
+    if len(held) > limit:
+        lines.append(f"... and {len(held) - limit} more day(s) after them")
+    return lines
+
+
 @dataclass(frozen=True)
 class Readiness:
     """Which landed days can be built, and which are held back by what."""
@@ -52,10 +60,7 @@ class Readiness:
     held: dict[date, str] = field(default_factory=dict)  # day -> why it waits
 
     def explain(self, limit: int = 5) -> list[str]:
-        lines = [f"{d} waits: {why}" for d, why in sorted(self.held.items())[:limit]]
-        if len(self.held) > limit:
-            lines.append(f"... and {len(self.held) - limit} more day(s) after them")
-        return lines
+        return explain(self.held, limit)
 
 
 def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
@@ -64,16 +69,18 @@ def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
     source: SCD history is built in order, so a gap is waited for, never skipped."""
     daily, other = needed_sources(cat, models)
     landed = {s: landed_dates(landing, cat.sources[s]) for s in daily | other}
-    candidates = set().union(*(landed[s] for s in daily)) if daily \
+    seen = set().union(*(landed[s] for s in daily)) if daily \
         else set().union(*(landed[s] for s in other)) if other else set()
+    # Every day from the first landing to the last: a day no daily source landed is a gap
+    candidates = date_range(min(seen), max(seen)) if seen else []
     ready: list[date] = []
     held: dict[date, str] = {}
     blocker = ""
-    for day in sorted(candidates):
-        missing = [f"source {s!r} ({cat.sources[s].cadence.value}) has not landed that day"
-                   for s in sorted(daily) if day not in landed[s]]
-        missing += [f"reference source {s!r} has not landed on or before it" for s in sorted(other)
-                    if not landed[s] or landed[s][0] > day]
+    for day in candidates:
+        missing = [f"source {cat.sources[s].name!r} ({cat.sources[s].cadence.value}) has not "
+                   "landed that day" for s in sorted(daily) if day not in landed[s]]
+        missing += [f"reference source {cat.sources[s].name!r} has not landed on or before it"
+                    for s in sorted(other) if not landed[s] or landed[s][0] > day]
         if blocker:
             held[day] = blocker
         elif missing:
@@ -94,6 +101,9 @@ class Pending:
     days: list[date]
     held: dict[date, str] = field(default_factory=dict)
     landed: int = 0  # days ready to build, built or not
+
+    def explain(self, limit: int = 5) -> list[str]:
+        return explain(self.held, limit)
 
 
 def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: Warehouse) -> Pending:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,7 +122,7 @@ def _dates(cfg: ProjectConfig, cat: Catalogue, models: list[str], day: str | Non
         return date_range(first, last)
     wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
     pending = pending_dates(cat, models, cfg.landing, wh)
-    for line in pending.explain() if hasattr(pending, "explain") else []:
+    for line in pending.explain():
         console.print(escape(line))
     return pending.days
 
@@ -449,4 +450,27 @@ def reprocess(
 
 
 def main() -> None:
-    app()
+    app(args=_project_first(sys.argv[1:]))
+
+
+def _project_first(args: list[str]) -> list[str]:
+    """Accept ``--project DIR`` anywhere (``starsmith plan --project DIR``), as users type it:
+    typer takes the app's own options only before the command, so move it there."""
+    out: list[str] = []
+    moved: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        if arg == "--project" and i + 1 < len(args):
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        if arg.startswith("--project="):
+            moved.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    return moved + out

@@ -14,6 +14,7 @@ from temporalio.client import Client, WorkflowHandle
 from starsmith.orchestration.messages import BuildReport, BuildRequest, Paths
 from starsmith.orchestration.worker import make_worker
 from starsmith.orchestration.workflows import BackfillWorkflow, BuildWorkflow
+from starsmith.project import Project
 from starsmith.scaffold import demo_project
 
 
@@ -23,11 +24,12 @@ def request(landing: Path, wh: Path, dates: list[date], **kw: Any) -> BuildReque
 
 
 async def run_build(address: str, req: BuildRequest, *, backfill: bool = False,
-                    workflow_id: str | None = None
+                    workflow_id: str | None = None, project: Project | None = None
                     ) -> tuple[BuildReport, WorkflowHandle[Any, BuildReport]]:
     client = await Client.connect(address)
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    async with make_worker(client, demo_project(), task_queue=queue, max_activities=4):
+    async with make_worker(client, project or demo_project(), task_queue=queue,
+                           max_activities=4):
         handle = await client.start_workflow(
             BackfillWorkflow.run if backfill else BuildWorkflow.run, req,
             id=workflow_id or f"test-{uuid.uuid4().hex}", task_queue=queue)
