@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: nightly test lint pytest bench clean emulator
-# The BigQuery emulator needs CPython 3.13 (pyenv has one on these machines; FACTS.md)
+# The BigQuery emulator needs CPython 3.13 (pyenv has one on these machines)
 PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13))
 EMULATOR := .emulator/bin/local-bigquery
 

@@ -1,6 +1,6 @@
 """Point-in-time surrogate keys: each fact takes the dimension version valid at its event time.
 
-Neither ``join_asof`` (3x slower here, FACTS.md) nor an equi-join then a range filter (a
+Neither ``join_asof`` (3x slower here) nor an equi-join then a range filter (a
 candidate row per fact and version) does the bulk of the work. The latest versions of a key
 almost always follow one another without gaps, so facts/packed.py lays each key's latest versions
 side by side and finds a fact's version with one read and a few comparisons, in fact order: no

@@ -1,6 +1,6 @@
 """A step's memory budget: how many fact partitions to build at once, and DuckDB's share.
 
-Polars' streaming engine alone did not keep a large join under a cap (FACTS.md), so the budget
+Polars' streaming engine alone did not keep a large join under a cap, so the budget
 is kept the way a database keeps a work_mem: by the size of the unit of work. A fact rebuild is
 split into batches of event-date partitions, each built, keyed and staged before the next is
 read, so the peak is one batch's working set plus what the process already holds.

@@ -1,6 +1,6 @@
 """The messages that cross Temporal: small frozen dataclasses of names, dates, paths and counts.
 
-Kept free of Polars and DuckDB imports so the workflow sandbox can load them (FACTS.md: polars at a
+Kept free of Polars and DuckDB imports so the workflow sandbox can load them (polars at a
 workflow module's top level fails validation, duckdb aborts the worker). Nothing here ever holds
 table data: a step reads and writes by reference, so payloads stay far below Temporal's limits.
 """

@@ -2,7 +2,7 @@
 
 Used when no cluster address is configured: state lives in a SQLite file in the project's state
 folder, so history survives restarts and the UI can show past builds. The server is stopped by its
-PID (a server outlives a crashed parent otherwise; FACTS.md).
+PID (a server outlives a crashed parent otherwise).
 """
 
 from __future__ import annotations

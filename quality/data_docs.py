@@ -2,7 +2,7 @@
 
 The page is rendered by GX's own renderer from the results table (whichever engine counted them),
 so stewards get the Data Docs they know. GX's template pulls Bootstrap, jQuery, Vega and a logo
-from CDNs and remote URLs (FACTS.md); those references are removed and a small inline stylesheet
+from CDNs and remote URLs; those references are removed and a small inline stylesheet
 takes their place, so the page shows its content with no network at all.
 """
 

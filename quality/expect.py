@@ -4,7 +4,7 @@
 great-expectations expectation type and its arguments; ``severity`` is ``error`` (blocks the
 publish of the model and skips its dependants) or ``warn`` (recorded, the build goes on).
 Keeping the declaration free of GX keeps ``starsmith plan`` and the workflow sandbox fast: GX costs
-seconds and hundreds of MiB to import, paid once per worker process (FACTS.md).
+seconds and hundreds of MiB to import, paid once per worker process.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A fast path for the common expectations: the same rules, counted by one SQL pass in DuckDB.
 
 great-expectations on pandas took 5-6x a Polars pass here, and its SQL engine needs patches to
-run on DuckDB (FACTS.md); at 10M rows that makes validation slower than the build it guards. The
+run on DuckDB; at 10M rows that makes validation slower than the build it guards. The
 expectation types below are evaluated with GX's semantics (unexpected counts and percentages over
 the non-null values, ``mostly`` against that share, a sample of 20 unexpected values, row indices
 for quarantine) as one aggregate query over the staged rows, plus one GROUP BY per uniqueness

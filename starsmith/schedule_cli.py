@@ -42,7 +42,7 @@ def _run(address: str | None, action: object) -> None:
             await action(client, cfg)  # type: ignore[operator]
 
     asyncio.run(go())
-    exit_now(0)  # as every Temporal command: temporalio can crash in finalisation (FACTS.md)
+    exit_now(0)  # as every Temporal command: temporalio can crash in finalisation
 
 
 @app.command()

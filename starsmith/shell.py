@@ -45,7 +45,7 @@ def guard(fn: Callable[[], Any]) -> Any:
 
 
 def exit_now(code: int) -> None:
-    """Flush and leave at once: temporalio can crash in interpreter finalisation (FACTS.md)."""
+    """Flush and leave at once: temporalio can crash in interpreter finalisation."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -1,4 +1,4 @@
-"""Start the local BigQuery emulator (local-bigquery 0.3.2, FACTS.md) for tests, on 127.0.0.1.
+"""Start the local BigQuery emulator (local-bigquery 0.3.2) for tests, on 127.0.0.1.
 
 The emulator needs CPython 3.13 and pinned DuckDB extensions, so `make emulator` installs it in
 its own virtual environment (`.emulator/`); the project itself stays on 3.11. Its DuckDB

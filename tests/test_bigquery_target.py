@@ -47,7 +47,7 @@ class Built:
 @pytest.fixture(scope="module")
 def built(emulator: Emulator, demo_landing: Path, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Built]:
-    # The emulator aborts a transaction that holds a MERGE (FACTS.md), so the accumulating
+    # The emulator aborts a transaction that holds a MERGE, so the accumulating
     # snapshot's upsert runs in its equivalent delete-and-insert form here; real BigQuery runs
     # the MERGE (its SQL is checked in test_loader_contract.py).
     os.environ[MERGE_MODE_ENV] = "delete_insert"

@@ -13,7 +13,7 @@ The strategies of ``loaders/sql.py`` are mapped the same way, with BigQuery's ru
   ``MERGE ... ON FALSE`` bounded by the delete's condition.
 - ``delete_insert`` mode keeps the statement pairs and writes a key ``MERGE`` as the equivalent
   delete plus insert. It is for engines that cannot run a MERGE inside a transaction (the local
-  emulator; FACTS.md).
+  emulator).
 """
 
 from __future__ import annotations
