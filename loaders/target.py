@@ -130,19 +130,6 @@ def is_bigquery(ref: str | Path) -> bool:
     return str(ref).startswith(BIGQUERY_SCHEME)
 
 
-def open_warehouse(ref: str | Path, *, memory_limit: str = "4GB", staging: str = "",
-                   job_key: str = "") -> Warehouse:
-    """The target a reference names. ``job_key`` makes BigQuery job ids unique per build run."""
-    if is_bigquery(ref):
-        from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
-
-        return BigQueryWarehouse.from_ref(str(ref), job_key=job_key)
-    from starsmith.loaders.duckdb import DuckDBWarehouse
-
-    return DuckDBWarehouse(ref, memory_limit=memory_limit,
-                           staging_dir=Path(staging) if staging else None)
-
-
 def conform_read(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """Rows read back from a target, with the model's types (BigQuery widens NUMERIC, say)."""
     casts = {c: t for c, t in schema.items() if c in frame.columns and frame.schema[c] != t}

@@ -86,7 +86,7 @@ class ProjectActivities:
     @activity.defn(name="plan_build")
     def plan_build(self, req: BuildRequest) -> BuildPlan:
         """Select the models and the dates (by default every landed day not yet built)."""
-        from starsmith.loaders.target import open_warehouse
+        from starsmith.loaders.connect import open_warehouse
         from starsmith.orchestration.plan import make_plan, pending_dates
 
         def go() -> BuildPlan:
@@ -107,7 +107,7 @@ class ProjectActivities:
     @activity.defn(name="days_not_built")
     def days_not_built(self, req: BuildRequest) -> list[str]:
         """Of the requested days, those some selected model has not built yet (backfill resume)."""
-        from starsmith.loaders.target import open_warehouse
+        from starsmith.loaders.connect import open_warehouse
 
         def go() -> list[str]:
             cat = self.catalogue(req.fingerprint)

@@ -23,7 +23,8 @@ from sqlglot import exp
 from starsmith.contract import BuildContext, Model, Strategy
 from starsmith.errors import DataError, ModelError, RetryableError, StarsmithError
 from starsmith.loaders import sql
-from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse, open_warehouse
+from starsmith.loaders.connect import open_warehouse
+from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
 from starsmith.orchestration.fact_step import build_fact

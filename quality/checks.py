@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from starsmith.dimensions.spec import UNKNOWN_KEY
-from starsmith.quality.contract import Queryable
+from starsmith.quality.queryable import Queryable
 
 
 class Warehouse(Queryable, Protocol):

@@ -8,21 +8,13 @@ staged table, in the warehouse, without moving the data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from starsmith.errors import DataError
+from starsmith.quality.queryable import Queryable
 
 if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtime cycle
     from starsmith.contract import Model
-
-
-class Queryable(Protocol):
-    row_index: str  # SQL for a staged row's position (engines differ: see the targets)
-
-    def query(self, query: str, params: list[object] | None = None, **frames: pl.DataFrame
-              ) -> pl.DataFrame: ...
 
 
 def contract_checks(staged: str, model: Model) -> list[tuple[str, str]]:

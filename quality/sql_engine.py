@@ -15,9 +15,10 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from starsmith.quality.contract import Queryable, contract_checks, refuse_broken
+from starsmith.quality.contract import contract_checks, refuse_broken
 from starsmith.quality.expect import Expect
 from starsmith.quality.gx_engine import Outcome
+from starsmith.quality.queryable import Queryable
 
 if TYPE_CHECKING:  # models.contract imports the quality declarations: no runtime cycle
     from starsmith.contract import Model

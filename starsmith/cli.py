@@ -108,7 +108,7 @@ def demo(
 
 def _dates(cfg: ProjectConfig, cat: Catalogue, models: list[str], day: str | None,
            start: str | None, end: str | None) -> list[date]:
-    from starsmith.loaders.target import open_warehouse
+    from starsmith.loaders.connect import open_warehouse
     from starsmith.orchestration.plan import date_range, pending_dates
 
     if day and (start or end):
@@ -200,7 +200,7 @@ def plan(select: Select = None,
 
     def go() -> None:
         from starsmith.changes import model_changes
-        from starsmith.loaders.target import open_warehouse
+        from starsmith.loaders.connect import open_warehouse
 
         cfg = _config(landing, warehouse, target)
         cat = _catalogue(cfg)
@@ -382,7 +382,7 @@ def docs(out: Annotated[Path | None, typer.Option(help="folder for the site [def
     """Write the project's docs for analysts: a static, offline site with the lineage graph and,
     per model, its columns, types, descriptions, SCD types, grain, checks and last build."""
     from starsmith.docs import write_docs
-    from starsmith.loaders.target import open_warehouse
+    from starsmith.loaders.connect import open_warehouse
 
     def go() -> object:
         cfg = _config(warehouse=warehouse, target=target)
@@ -398,7 +398,7 @@ def report(out: Annotated[Path, typer.Option(help="folder for the site")] = Path
            runs: Annotated[int, typer.Option(help="runs in the trend")] = 14,
            warehouse: Warehouse = None, target: Target = None) -> None:
     """Write the data-quality report (static HTML, works offline) from the results table."""
-    from starsmith.loaders.target import open_warehouse
+    from starsmith.loaders.connect import open_warehouse
     from starsmith.quality.report import write_report
 
     cfg = guard(lambda: _config(warehouse=warehouse, target=target))
@@ -421,7 +421,7 @@ def reprocess(
 
     A re-run replaces that day's quarantine rows: fixed rows reach the table, rows still bad stay.
     """
-    from starsmith.loaders.target import open_warehouse
+    from starsmith.loaders.connect import open_warehouse
     from starsmith.orchestration.plan import make_plan
 
     def go() -> int:

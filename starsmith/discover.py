@@ -8,7 +8,6 @@ a worker pays the imports once, and an edited file is seen by the next build.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -128,11 +127,3 @@ def _load(project: Project, files: list[Path]) -> Catalogue:
         defined[model.name] = _rel(project, Path(str(origin_file))) if origin_file else listed
     return build_catalogue([m for m, _ in models.values()], sources.values(),
                            project=project.name, files=defined)
-
-
-def project_fingerprint(cat: Catalogue) -> str:
-    """One hash of every model's and source's data-relevant definition: two workers with the
-    same fingerprint run the same code on the same contracts."""
-    parts = [f"{n}={cat.models[n].fingerprint()}" for n in sorted(cat.models)]
-    parts += [f"{n}={cat.sources[n].fingerprint()}" for n in sorted(cat.sources)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

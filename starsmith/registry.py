@@ -8,6 +8,7 @@ explicitly in their specs, so renaming a function never rewires the graph.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -34,9 +35,11 @@ class Catalogue:
 
     @property
     def fingerprint(self) -> str:
-        from starsmith.discover import project_fingerprint
-
-        return project_fingerprint(self)
+        """One hash of every model's and source's data-relevant definition: two workers with
+        the same fingerprint run the same code on the same contracts."""
+        parts = [f"{n}={self.models[n].fingerprint()}" for n in sorted(self.models)]
+        parts += [f"{n}={self.sources[n].fingerprint()}" for n in sorted(self.sources)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def model(self, name: str) -> Model:
         if name not in self.models:

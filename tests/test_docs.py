@@ -215,7 +215,7 @@ def test_a_missing_run_log_shows_never_built(tmp_path: Path, demo: Catalogue,
 def test_docs_show_the_last_build_of_a_built_project(tmp_path: Path) -> None:
     from starsmith.config import ProjectConfig
     from starsmith.discover import load_catalogue
-    from starsmith.loaders.target import open_warehouse
+    from starsmith.loaders.connect import open_warehouse
     from starsmith.orchestration.local import run_plan
     from starsmith.orchestration.plan import make_plan, pending_dates
     from starsmith.scaffold import init_project

@@ -115,7 +115,7 @@ def test_schema_drift_is_named_precisely() -> None:
     assert str(err.value) == (
         "source 'stores' drifted from its contract: column 'store_id' changed type: declared "
         "Int64, found String (in landing/stores/date=2024-01-01). Fix the export, or change "
-        "the contract in models/sources.py")
+        "the source's contract in the project")
     missing = pl.Schema({"store_name": pl.String()})
     with pytest.raises(DataError, match="missing column 'store_id' \\(Int64\\)"):
         check_drift(parquet, missing, "x")
