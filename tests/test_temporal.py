@@ -79,7 +79,8 @@ def test_a_killed_worker_is_replaced_and_the_warehouse_matches_an_undisturbed_bu
     wh = tmp_path / "wh.duckdb"
     build(landing, wh, [D1])
     queue = "kill-test"
-    env = {**os.environ, "STARSMITH_FAILPOINT": "after_stage:dim_customer"}
+    env = {**os.environ, "STARSMITH_FAILPOINT": "after_stage:dim_customer",
+           "STARSMITH_PROJECT": str(demo_project().root)}  # the worker serves the demo project
     with open(tmp_path / "worker.log", "wb") as worker_log:
         doomed = subprocess.Popen(
             [sys.executable, "-m", "starsmith", "worker", "--address", temporal_server.address,
@@ -131,8 +132,10 @@ def test_backfill_runs_days_in_order_and_resumes_after_a_failure(
 
 def test_schedule_create_trigger_list_delete(temporal_server: LocalServer, landing: Path,
                                              tmp_path: Path) -> None:
+    from starsmith.scaffold import ensure_demo
+
     project = tmp_path / "project"
-    project.mkdir()
+    ensure_demo(project)  # the demo as a user's project: its config and model files
     shutil.move(landing, project / "landing")
     env = {**os.environ, "TEMPORAL_ADDRESS": temporal_server.address}
 
