@@ -11,6 +11,7 @@ import difflib
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from starsmith.contract import Model, Source
 from starsmith.errors import ModelGraphError
@@ -33,7 +34,7 @@ class Catalogue:
         """The file that defines a model, for error messages."""
         return self.files.get(name, f"model {name}")
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """One hash of every model's and source's data-relevant definition: two workers with
         the same fingerprint run the same code on the same contracts."""
