@@ -7,9 +7,18 @@ dimension row arrived (Kimball's late-arriving dimension); the SCD builder compl
 
 from __future__ import annotations
 
+from datetime import date
+
 import polars as pl
 
-from starsmith.dimensions.spec import BEGINNING, NOT_APPLICABLE_KEY, OPEN_END, UNKNOWN_KEY, DimensionSpec
+from starsmith.dimensions.spec import (
+    BEGINNING,
+    INFERRED_BASE,
+    NOT_APPLICABLE_KEY,
+    OPEN_END,
+    UNKNOWN_KEY,
+    DimensionSpec,
+)
 
 TS = pl.Datetime("us")
 
@@ -46,6 +55,20 @@ def reserved_members(spec: DimensionSpec, schema: pl.Schema) -> pl.LazyFrame:
     return pl.LazyFrame(rows, schema=schema)
 
 
+INFERRED_DAY_BITS = 20  # up to a million inferred members a day
+
+
+def inferred_slot(day: date) -> int:
+    """The first inferred key a build of ``day`` may issue, less one: keys say which day's facts
+    inferred them, so a replay re-creates each placeholder when the nightly build did."""
+    return INFERRED_BASE + (day.toordinal() << INFERRED_DAY_BITS)
+
+
+def inferred_day(key: int) -> date:
+    """The day whose facts inferred this key (see :func:`inferred_slot`)."""
+    return date.fromordinal((key - INFERRED_BASE) >> INFERRED_DAY_BITS)
+
+
 def inferred_members(
     spec: DimensionSpec,
     schema: pl.Schema,
@@ -58,6 +81,9 @@ def inferred_members(
     """New inferred rows for natural keys in ``seen_keys`` that the dimension does not hold.
 
     Keys are numbered after ``max_key`` in natural-key order, so a re-run assigns the same keys.
+    A build step numbers them in their own range (:func:`inferred_slot`): the dimension's own
+    versions are then numbered by its record history alone, so a replay of that history (a full
+    refresh, a restatement) gives them the keys a nightly build gave.
     Attributes stay NULL until the real row arrives and completes the member in place.
     """
     nk = list(spec.natural_key)

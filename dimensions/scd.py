@@ -7,7 +7,10 @@ better than a snapshot tool:
 - every change of a key in one batch becomes its own version, in order (not only the last one);
 - a change dated no later than the key's latest version is never dropped: if the dimension already
   shows that state at that time it is a replay (counted, no-op), otherwise it is quarantined with
-  the reason or versioned at the batch time, as the spec says;
+  the reason or versioned at the batch time, as the spec says (a snapshot re-sends every record,
+  so there a record whose state is already the key's current state is a replay too);
+- with ``DuplicatePolicy.LATEST`` the highest sequence at an instant wins; records that tie on it
+  with different values are never picked: all are quarantined and the key keeps its state;
 - a change is detected null-safely (NULL to NULL is no change, NULL to a value or back is);
 - deletes close, flag or ignore; a key that comes back opens a new version without overlap;
 - inferred members are completed in place and keep their surrogate key.
@@ -46,6 +49,29 @@ from starsmith.errors import DataError, InvariantViolation
 
 TS = pl.Datetime("us")
 REJECT_COLUMNS = ("updated_at", "is_delete", "reason")
+"""The builder's own columns of the rejects frame, beside the natural key and the attributes:
+the record's time, whether it deletes, and why it was held back. Where a natural key column or an
+attribute already has one of these names, the builder's column takes a leading underscore (as
+many as it needs to be unique): see :func:`reject_columns` and :func:`reason_column`."""
+
+
+def reject_columns(spec: DimensionSpec) -> tuple[str, str, str]:
+    """The names of the rejects frame's (updated_at, is_delete, reason) columns for ``spec``:
+    :data:`REJECT_COLUMNS`, each prefixed with ``_`` until it names no natural key column or
+    attribute of the dimension."""
+    taken = {*spec.natural_key, *spec.attributes}
+    names: list[str] = []
+    for name in REJECT_COLUMNS:
+        while name in taken:
+            name = f"_{name}"
+        names.append(name)
+    return names[0], names[1], names[2]
+
+
+def reason_column(spec: DimensionSpec) -> str:
+    """The rejects frame's column holding why each record was held back: ``reason`` unless the
+    dimension has a column of that name (then ``_reason``, ``__reason``...)."""
+    return reject_columns(spec)[2]
 
 
 @dataclass(frozen=True)
@@ -150,9 +176,10 @@ def _normalize(batch: pl.LazyFrame, spec: DimensionSpec, batch_time: datetime) -
 
 
 def _reject(frame: pl.LazyFrame, spec: DimensionSpec, reason: pl.Expr) -> pl.LazyFrame:
+    at, dead, why = reject_columns(spec)
     return frame.select(
         *spec.natural_key, *spec.attributes,
-        updated_at=pl.col("_ts"), is_delete=pl.col("_dead"), reason=reason,
+        pl.col("_ts").alias(at), pl.col("_dead").alias(dead), reason.alias(why),
     )
 
 
@@ -212,16 +239,23 @@ def scd_changes(
     old = old.cache()
     seq = _sequence(old, ev, spec)
 
-    # Exact repeats (same key, time and state) collapse to the first to arrive. Only records
-    # sharing a (key, time) can repeat one, and in this order those are neighbours: only they
-    # are compared whole, so a batch of distinct instants never hashes its string attributes.
+    # Exact repeats (same key, time and state) collapse to the first to arrive, or with a
+    # sequence to the copy with the highest one (the copy that competes with the key's other
+    # records at that instant). Only records sharing a (key, time) can repeat one, and in this
+    # order those are neighbours: only they are compared whole, so a batch of distinct instants
+    # never hashes its string attributes.
     every, group = [*nk, *attrs, "_ts", "_dead"], [*nk, "_ts", "_old"]
     cand = ~pl.col("_old") & (same_as(group, 1) | same_as(group, -1))
     seq = seq.with_columns(_cand=cand)
     shared = pl.col("_row").filter(pl.col("_cand"))
-    by_arrival = shared.arg_sort()
-    repeats = shared.gather(by_arrival).filter(
-        ~pl.struct(every).filter(pl.col("_cand")).gather(by_arrival).is_first_distinct())
+    if spec.sequence:
+        order = [pl.col("_seq").filter(pl.col("_cand")), shared]
+        kept_first = pl.int_range(shared.len(), dtype=pl.get_index_type()).sort_by(
+            order, descending=[True, False], nulls_last=True)
+    else:
+        kept_first = shared.arg_sort()
+    repeats = shared.gather(kept_first).filter(
+        ~pl.struct(every).filter(pl.col("_cand")).gather(kept_first).is_first_distinct())
     # A membership test, not an anti-join: the join copied every column (~50 ms for 350k rows).
     seq = seq.with_columns(_repeat=pl.col("_row").is_in(repeats.implode()).fill_null(False)
                            ).cache()
@@ -251,10 +285,22 @@ def scd_changes(
     conflicts = (seq.filter(pl.col("_same_next") | pl.col("_same_prev"))
                  .select(nk).unique(maintain_order=True))
     if spec.duplicates is DuplicatePolicy.LATEST:
-        rejects.append(_reject(seq.filter(pl.col("_same_next")), spec, pl.lit(
+        # The highest sequence wins. Records sharing it (different values: exact repeats are
+        # gone) tie, and a tie is never picked: each is held back and the key keeps its state.
+        # In this order they are the last rows of their (key, time) run.
+        same_seq = [*group, "_seq"]
+        tied = ((same_as(same_seq, 1) | same_as(same_seq, -1))
+                & pl.col("_seq").eq_missing(at_key_end(pl.col("_seq"), group)))
+        seq = seq.with_columns(_tied=tied)
+        instant = (spec.updated_at if spec.detection is Detect.TIMESTAMP and spec.updated_at
+                   else "batch time")
+        rejects.append(_reject(seq.filter(pl.col("_same_next") & ~pl.col("_tied")), spec, pl.lit(
             f"superseded: another record of this key at the same instant has a higher"
             f" {spec.sequence}")))
-        seq = seq.filter(~pl.col("_same_next"))
+        rejects.append(_reject(seq.filter(pl.col("_tied")), spec, pl.lit(
+            f"tie: another record of this key has the same {instant} and {spec.sequence}"
+            f" with different values")))
+        seq = seq.filter(~pl.col("_same_next") & ~pl.col("_tied"))
         conflicts = seq.filter(pl.lit(False)).select(nk)
 
     rows, ignored = _versions(seq, spec, run_id=run_id, max_key=max_key)
@@ -304,8 +350,15 @@ def _sequence(old: pl.LazyFrame, ev: pl.LazyFrame, spec: DimensionSpec) -> pl.La
 
 def _replay_check(late: pl.LazyFrame, old: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFrame:
     """Late records, each with ``_applied``: the dimension already shows that state at that time
-    (a replay, counted and otherwise ignored). Late records are rare: joins are fine here."""
+    (a replay, counted and otherwise ignored). Late records are rare: joins are fine here.
+
+    A snapshot re-sends every record every time, so a record dated before its key's latest
+    version would be held back again on every later batch although nothing changed. There a late
+    record whose state is the key's current state (its type-2 and type-1 values, alive; or, for a
+    delete, a key already deleted or closed) is no change either: counted as a replay."""
     nk, t2 = list(spec.natural_key), spec.of_type(SCDType.VERSIONED)
+    if spec.snapshot:
+        late = _same_as_current(late, old, spec)
     valid_then = late.join(
         old.select(*nk, *[pl.col(c).alias(f"{c}_v") for c in t2],
                    "valid_from", "valid_to", "is_deleted"),
@@ -316,11 +369,28 @@ def _replay_check(late: pl.LazyFrame, old: pl.LazyFrame, spec: DimensionSpec) ->
         _same=pl.when(pl.col("_dead")).then(pl.col("is_deleted"))
         .otherwise(~pl.col("is_deleted") & ~_differs(t2, "_v")),
     )
+    applied = (pl.when(pl.col("_dead")).then(pl.col("_same").fill_null(True))
+               .otherwise(pl.col("_same").fill_null(False)))
+    if spec.snapshot:
+        applied = applied | pl.col("_unchanged")
     return late.join(valid_then, on=["_row", "_ts"], how="left", maintain_order="left"
-                     ).with_columns(
-        _applied=pl.when(pl.col("_dead")).then(pl.col("_same").fill_null(True))
-        .otherwise(pl.col("_same").fill_null(False))
-    )
+                     ).with_columns(_applied=applied)
+
+
+def _same_as_current(late: pl.LazyFrame, old: pl.LazyFrame, spec: DimensionSpec) -> pl.LazyFrame:
+    """Late records with ``_unchanged``: the record's state is its key's current state. A key
+    has at most one current version; one with none was closed by a delete."""
+    nk = list(spec.natural_key)
+    compared = [*spec.of_type(SCDType.VERSIONED), *spec.of_type(SCDType.OVERWRITE)]
+    current = old.filter(pl.col("is_current")).select(
+        *nk, *[pl.col(c).alias(f"{c}_now") for c in compared],
+        _del_now=pl.col("is_deleted"), _has_now=pl.lit(True))
+    dead_now = pl.col("_has_now").is_null() | pl.col("_del_now")
+    unchanged = (pl.when(pl.col("_dead")).then(dead_now)
+                 .otherwise(~dead_now & ~_differs(compared, "_now")))
+    return (late.join(current, on=nk, how="left", maintain_order="left")
+            .with_columns(_unchanged=unchanged.fill_null(False))
+            .drop([f"{c}_now" for c in compared], "_del_now", "_has_now"))
 
 
 def _versions(seq: pl.LazyFrame, spec: DimensionSpec, *, run_id: str, max_key: int

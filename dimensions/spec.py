@@ -20,6 +20,9 @@ BEGINNING = datetime(1900, 1, 1)
 
 UNKNOWN_KEY = -1
 NOT_APPLICABLE_KEY = -2
+INFERRED_BASE = 1 << 50
+"""Inferred members (keys facts saw before their dimension) are numbered after this; the
+dimension's own versions below it, in the order its record history issues them."""
 
 
 class SCDType(IntEnum):

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import polars as pl
 
-from starsmith.contract import Source
+from starsmith.contract import Cadence, Source
 from starsmith.errors import DataError, SourceMissing
+from starsmith.loaders.landed import (
+    LandedDay,
+    data_files,
+    fingerprint,
+    inspect_day,
+    landed_dates,
+    manifest_rows,
+    uses_markers,
+    verify,
+)
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
@@ -21,18 +31,6 @@ log = get_logger(__name__)
 
 def source_folder(landing: Path, source: Source, day: date) -> Path:
     return landing / source.name / f"date={day.isoformat()}"
-
-
-def landed_dates(landing: Path, source: Source) -> list[date]:
-    """Every day for which the source has a complete folder, oldest first."""
-    root = landing / source.name
-    if not root.is_dir():
-        return []
-    days = []
-    for folder in root.glob("date=*"):
-        if any(folder.glob(f"*.{source.format}")):
-            days.append(date.fromisoformat(folder.name.removeprefix("date=")))
-    return sorted(days)
 
 
 _COMPATIBLE: dict[pl.DataType, set[pl.DataType]] = {  # widenings that lose no data
@@ -46,13 +44,17 @@ _COMPATIBLE: dict[pl.DataType, set[pl.DataType]] = {  # widenings that lose no d
 def check_drift(source: Source, found: pl.Schema, where: str) -> None:
     """Name schema drift precisely: a missing column, a changed type, a new column.
 
-    A missing required column or an incompatible type stops the read (no retry helps); a missing
-    nullable column reads as NULLs and a new column is ignored, both logged as warnings.
+    A missing required column or an incompatible type stops the read (no retry helps), and so
+    does any missing column of a snapshot or change feed (it would version every key with a
+    NULL); elsewhere a missing nullable column reads as NULLs and a new column is ignored, both
+    logged as warnings.
     """
     problems = []
     for col in source.columns:
         if col.name not in found:
-            if not col.nullable:
+            if not col.nullable or source.cadence in (Cadence.SNAPSHOT, Cadence.CHANGE_FEED):
+                # a snapshot's or change feed's columns version dimensions: read as NULL, a
+                # missing column would close every version with a NULL value
                 problems.append(f"missing column {col.name!r} ({col.dtype})")
             else:
                 log.warning("source %r has no column %r (%s): read as NULL (in %s)",
@@ -104,16 +106,38 @@ def scan_source(landing: Path, source: Source, day: date, *, whole: bool = False
     return frames[0] if len(frames) == 1 else pl.concat(frames)
 
 
-def _scan_one(landing: Path, source: Source, day: date) -> pl.LazyFrame:
+def day_landing(landing: Path, source: Source, day: date) -> LandedDay:
+    """The day's landing, refused with the reason unless it is complete."""
     folder = source_folder(landing, source, day)
-    files = sorted(folder.glob(f"*.{source.format}"))
-    if not files:
+    if not folder.is_dir() or (not data_files(folder, source) and not (folder / "_manifest.json").exists()):
         raise SourceMissing(
             f"source {source.name!r} has no {source.format} extract for {day}",
             where=str(folder),
             fix="Land the extract, or build only the days that have landed (`starsmith build`)",
         )
-    schema = source.schema
+    found = inspect_day(source, day, folder, markers=uses_markers(landing, source))
+    if not found.complete:
+        raise SourceMissing(f"source {source.name!r}'s extract for {day} is not complete: "
+                            f"{found.problem}", where=str(folder),
+                            fix="Wait for the export to finish, or land it again")
+    return found
+
+
+def fingerprints(landing: Path, source: Source, day: date, *, whole: bool = False
+                 ) -> dict[date, str]:
+    """The fingerprint of each landing a run of ``day`` reads (recorded with its publish)."""
+    return {d: fingerprint(day_landing(landing, source, d))
+            for d in landings_for(landing, source, day, whole=whole)}
+
+
+def _scan_one(landing: Path, source: Source, day: date) -> pl.LazyFrame:
+    found = day_landing(landing, source, day)
+    verify(found)
+    folder, schema = found.folder, source.schema
+    files = [f for f in found.files if f.stat().st_size > 0]  # an empty change-feed day: 0 bytes
+    if not files:
+        _check_rows(source, found, pl.LazyFrame(schema=schema))
+        return pl.LazyFrame(schema=schema)
     if source.format == "parquet":
         lf = pl.scan_parquet(files)
     elif source.format == "csv":
@@ -122,10 +146,46 @@ def _scan_one(landing: Path, source: Source, day: date) -> pl.LazyFrame:
         lf = pl.scan_ndjson(files, schema={c: pl.String() for c in schema.names()})
     else:  # pragma: no cover - Source checks its format when it is declared
         raise DataError(f"unknown source format {source.format!r}", where=source.name)
-    found = lf.collect_schema()
-    check_drift(source, found, str(folder))
+    found_schema = lf.collect_schema()
+    check_drift(source, found_schema, str(folder))
+    _check_rows(source, found, lf)
     return lf.select(
-        (pl.col(c).str.to_datetime(time_unit="us") if t == pl.Datetime("us") and found.get(c) == pl.String()
-         else pl.col(c).cast(t)) if c in found else pl.lit(None, dtype=t).alias(c)
+        (pl.col(c).str.to_datetime(time_unit="us")
+         if t == pl.Datetime("us") and found_schema.get(c) == pl.String()
+         else pl.col(c).cast(t)) if c in found_schema else pl.lit(None, dtype=t).alias(c)
         for c, t in schema.items()
     )
+
+
+def _check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame) -> None:
+    """A day with no rows is refused unless the source allows empty days; a manifest's row
+    counts must match what each file holds (a CSV cut at a line boundary parses fine)."""
+    declared = manifest_rows(day)
+    if declared:
+        for path in day.files:
+            want = declared.get(path.name)
+            if want is None:
+                continue
+            got = _count(source, path)
+            if got != want:
+                raise DataError(f"{path.name} holds {got} rows, its manifest says {want}",
+                                where=str(path), fix="Land the export again, manifest last")
+        total = sum(declared.values())
+    else:
+        total = int(lf.select(pl.len()).collect().item())
+    if total == 0 and not source.allows_empty:
+        raise DataError(
+            f"source {source.name!r}'s extract for {day.day} has no rows: a {source.cadence.value}"
+            " source with an empty day is a broken export, not an empty business day",
+            where=str(day.folder),
+            fix="Land the export again; if an empty day is right for this source, declare "
+                "guard=Guard(allow_empty=True)")
+
+
+def _count(source: Source, path: Path) -> int:
+    if source.format == "parquet":
+        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    if source.format == "csv":
+        return int(pl.scan_csv(path, infer_schema=False).select(pl.len()).collect().item())
+    with path.open("rb") as fh:  # a JSON line per record
+        return sum(1 for line in fh if line.strip())

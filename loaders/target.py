@@ -50,7 +50,8 @@ class Publish:
     quality: pl.DataFrame | None = None  # this step's expectation results
     quarantine_scope: tuple[str, Sequence[date]] | None = None  # (column, values) it replaces
     model: Model | None = None  # the spec, for targets that create and evolve tables from it
-    full_refresh: bool = False
+    full_refresh: bool = False  # the model's watermarks and recorded landings are replaced
+    landings: Sequence[tuple[str, date, str]] = ()  # (source, landed day, fingerprint) read
 
 
 def safe_name(name: str) -> str:
@@ -122,6 +123,9 @@ class Warehouse(Protocol):
     def log_failure(self, row: dict[str, Any]) -> None: ...
 
     def watermarks(self) -> pl.DataFrame: ...
+
+    def landings(self) -> pl.DataFrame:
+        """What each model read: (model, source, landed_day, fingerprint, run_id)."""
 
     def run_log(self) -> pl.DataFrame: ...
 

@@ -100,6 +100,7 @@ class ProjectActivities:
                 if req.until:
                     dates = [d for d in dates if d <= date.fromisoformat(req.until)]
             return make_plan(cat, models, dates, full_refresh=req.full_refresh,
+                             accept_changes=req.accept_changes,
                              max_parallel=req.max_parallel)
 
         return _as_temporal(go)

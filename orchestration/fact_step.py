@@ -22,7 +22,8 @@ from sqlglot import exp
 
 from starsmith.contract import BuildContext, Kind, Model, Window
 from starsmith.dimensions import dimension_schema, inferred_members
-from starsmith.facts.grain import check_grain, grain_violations
+from starsmith.dimensions.members import INFERRED_DAY_BITS, inferred_slot
+from starsmith.facts.grain import check_grain, grain_violations, split_grain_conflicts
 from starsmith.facts.keys import HOW, MATCH, apply_missing, lookup_key
 from starsmith.facts.spec import FactSpec, FactType, KeyLookup, MissingKey
 from starsmith.loaders import sql
@@ -84,7 +85,7 @@ def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: 
 
 
 def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, model: Model,
-            run_id: str, counts: dict[str, int], pending: pl.DataFrame | None
+            run_id: str, day: date, counts: dict[str, int], pending: pl.DataFrame | None
             ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[str, pl.DataFrame] | None]:
     """Key the facts; ``pending`` holds inferred members an earlier batch of this run made."""
     spec = lk.dimension
@@ -99,7 +100,10 @@ def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, m
     looked, missing = pl.collect_all([found.facts, found.missing_keys], engine="in-memory")
     inferred = None
     if lk.missing is MissingKey.INFERRED and missing.height:
-        issued = wh.max_value(spec.name, spec.surrogate_key)
+        slot, sk = inferred_slot(day), spec.surrogate_key
+        issued = int(wh.query(f'SELECT coalesce(max("{sk}"), ?) AS m FROM main."{spec.name}" '
+                              f'WHERE "{sk}" > ? AND "{sk}" < ?',
+                              [slot, slot, slot + (1 << INFERRED_DAY_BITS)])["m"][0])
         if pending is not None and pending.height:
             issued = max(issued, int(pending[spec.surrogate_key].max()))  # type: ignore[arg-type]
         inferred = inferred_members(spec, schema, versions.lazy(), missing.lazy(),
@@ -114,11 +118,35 @@ def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, m
     return keep.drop(MATCH), held.drop(MATCH), extra
 
 
+def _grain_conflicts(model: Model, fs: FactSpec, cat: Catalogue, primary: pl.DataFrame,
+                     counts: dict[str, int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check a transaction fact's event rows at its grain before its transform can drop any.
+
+    A transaction fact has one row per event, so event rows carrying the grain are at the grain:
+    a row landed twice unchanged is kept once, and rows sharing a grain with different values
+    are all held back with the reason (a transform's ``unique(..., keep="last")`` would publish
+    one of them, and the grain check after it could not tell). Rows are compared without the
+    landing day they were staged under. A snapshot's event rows may be finer than its grain (a
+    total per store from levels per product), so only the grain check after the transform
+    applies to snapshots.
+    """
+    if fs.fact_type is not FactType.TRANSACTION or not set(fs.grain) <= set(primary.columns):
+        return primary, primary.clear().with_columns(reason=pl.lit("", dtype=pl.String()))
+    load = cat.models[event_input(model)].partition_by
+    kept, held = split_grain_conflicts(primary, fs.grain, [load] if load else [])
+    if held.height:
+        counts["grain_conflicts"] = counts.get("grain_conflicts", 0) + held.height
+        log.warning("%s: %d rows held back: they share a grain (%s) with different values",
+                    model.name, held.height, ", ".join(fs.grain))
+    return kept, held
+
+
 def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
            day: date, bound: date, run_id: str, exists: bool, full_refresh: bool,
            counts: dict[str, int], inferred: dict[str, pl.DataFrame]
            ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """Build the facts of one batch of partitions: transform, point-in-time keys, grain."""
+    primary, conflicts = _grain_conflicts(model, fs, cat, primary, counts)
     inputs = _inputs(model, fs, cat, wh, primary, bound)
     if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
         current = (conform_read(wh.query(f'SELECT f.* FROM main."{model.name}" f '
@@ -127,9 +155,9 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
                    if exists and not full_refresh else pl.DataFrame(schema=model.schema))
         inputs[model.name] = current.lazy()
     facts, bad = split_quarantine(run_transform(model, inputs, BuildContext(day, run_id)), model)
-    held = [bad]
+    held = [bad, conflicts]
     for lk in fs.lookups:
-        facts, q, new = _lookup(facts, lk, cat, wh, model, run_id, counts,
+        facts, q, new = _lookup(facts, lk, cat, wh, model, run_id, day, counts,
                                 inferred.get(lk.dimension.name))
         held.append(q)
         if new is not None:

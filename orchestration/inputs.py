@@ -12,7 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from starsmith.contract import Model, Window
-from starsmith.loaders.landing import landed_dates, scan_source
+from starsmith.loaders.landed import landed_dates
+from starsmith.loaders.landing import scan_source
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.registry import Catalogue
 

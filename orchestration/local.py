@@ -38,7 +38,7 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
         request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
                               full_refresh=plan.full_refresh, memory_limit=memory_limit,
                               staging=staging, job_key=job_key, memory_budget=memory_budget,
-                              project=cat.project)
+                              project=cat.project, accept_changes=plan.accept_changes)
         try:
             outcome.built.append(run_step(request, cat))
         except StarsmithError as err:

@@ -33,6 +33,7 @@ class BuildRequest:
     until: str = ""  # with no dates: only days up to this one (a schedule's logical date)
     project: str = ""  # the project's name, for messages
     fingerprint: str = ""  # the client's project fingerprint; a worker with another refuses
+    accept_changes: bool = False  # let a day through the sources' guards (--accept-changes)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class BuildPlan:
     full_refresh: bool = False
     max_parallel: int = 4
     run_ids: dict[str, str] = field(default_factory=dict)
+    accept_changes: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class StepRequest:
     memory_budget: str = ""  # empty: no budget; fact rebuilds go batch_days at a time
     project: str = ""  # the project's name, for messages
     fingerprint: str = ""  # the project fingerprint the build was planned with
+    accept_changes: bool = False  # a change beyond a source's guard is applied, not refused
 
 
 @dataclass(frozen=True)

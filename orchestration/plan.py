@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from starsmith.contract import Window
-from starsmith.loaders.landing import landed_dates
+from starsmith.loaders.landed import incomplete, landed_dates
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan, PlannedModel
 from starsmith.registry import Catalogue
@@ -69,7 +69,8 @@ def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
     source: SCD history is built in order, so a gap is waited for, never skipped."""
     daily, other = needed_sources(cat, models)
     landed = {s: landed_dates(landing, cat.sources[s]) for s in daily | other}
-    seen = set().union(*(landed[s] for s in daily)) if daily \
+    partial = {s: incomplete(landing, cat.sources[s]) for s in daily}
+    seen = set().union(*(landed[s] for s in daily), *(partial[s] for s in daily)) if daily \
         else set().union(*(landed[s] for s in other)) if other else set()
     # Every day from the first landing to the last: a day no daily source landed is a gap
     candidates = date_range(min(seen), max(seen)) if seen else []
@@ -77,8 +78,10 @@ def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
     held: dict[date, str] = {}
     blocker = ""
     for day in candidates:
-        missing = [f"source {cat.sources[s].name!r} ({cat.sources[s].cadence.value}) has not "
-                   "landed that day" for s in sorted(daily) if day not in landed[s]]
+        missing = [f"source {cat.sources[s].name!r}'s extract is not complete: {partial[s][day]}"
+                   if day in partial[s] else f"source {cat.sources[s].name!r} "
+                   f"({cat.sources[s].cadence.value}) has not landed that day"
+                   for s in sorted(daily) if day not in landed[s]]
         missing += [f"reference source {cat.sources[s].name!r} has not landed on or before it"
                     for s in sorted(other) if not landed[s] or landed[s][0] > day]
         if blocker:
@@ -124,7 +127,8 @@ def date_range(start: date, end: date) -> list[date]:
 
 
 def make_plan(cat: Catalogue, selected: list[str], dates: list[date], *,
-              full_refresh: bool = False, max_parallel: int = 4) -> BuildPlan:
+              full_refresh: bool = False, max_parallel: int = 4,
+              accept_changes: bool = False) -> BuildPlan:
     chosen = set(selected)
     models = tuple(
         PlannedModel(name, cat.models[name].strategy.value, cat.models[name].kind.value,
@@ -132,4 +136,5 @@ def make_plan(cat: Catalogue, selected: list[str], dates: list[date], *,
         for name in selected
     )
     iso = tuple(d.isoformat() for d in dates)
-    return BuildPlan(iso, models, full_refresh, max_parallel, {d: run_id_for(d) for d in iso})
+    return BuildPlan(iso, models, full_refresh, max_parallel, {d: run_id_for(d) for d in iso},
+                     accept_changes)

@@ -10,7 +10,7 @@ refresh replays every landed day, in order, from an empty dimension.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -18,10 +18,14 @@ from sqlglot import exp
 
 from starsmith.contract import BuildContext, Model
 from starsmith.dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
+from starsmith.dimensions.members import inferred_day
+from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END
 from starsmith.loaders import sql
 from starsmith.loaders.target import Warehouse, conform_read
+from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
 from starsmith.orchestration.output import StepOutput, run_transform
+from starsmith.orchestration.plan import run_id_for
 from starsmith.registry import Catalogue
 
 COUNTS = {"inserted": "rows_inserted", "updated": "rows_updated", "closed": "rows_closed"}
@@ -35,12 +39,51 @@ def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFr
         rows = wh.read(model.name)
     else:
         rows = wh.read_keys(model.name, batch.select(spec.natural_key).unique())
-    return (conform_read(rows.select(schema.names()), schema),
-            wh.max_value(model.name, spec.surrogate_key))
+    own = wh.query(f'SELECT coalesce(max("{spec.surrogate_key}"), 0) AS m FROM main."{model.name}"'
+                   f' WHERE "{spec.surrogate_key}" < ?', [INFERRED_BASE])
+    return conform_read(rows.select(schema.names()), schema), int(own["m"][0])
+
+
+def _own_max(frame: pl.DataFrame, sk: str) -> int:
+    """The largest key the dimension's own versions hold (inferred members have their own range)."""
+    found = frame.filter(pl.col(sk) < INFERRED_BASE)[sk].max()
+    return max(0, int(found or 0))  # type: ignore[arg-type]
+
+
+def _placeholders(wh: Warehouse, model: Model, spec: DimensionSpec, schema: pl.Schema
+                  ) -> pl.DataFrame:
+    """The inferred members facts created, as the placeholders they were when created: a replay
+    completes them in place again, and they keep their keys (their own range)."""
+    if not wh.exists(model.name):
+        return pl.DataFrame(schema=schema)
+    sk = spec.surrogate_key
+    seeds = conform_read(wh.read(model.name, f'"{sk}" >= ?', [INFERRED_BASE])
+                         .select(schema.names()), schema)
+    blank = {c: pl.lit(None, dtype=schema[c]) for c in spec.attributes}
+    reset: dict[str, pl.Expr] = {"valid_from": pl.lit(BEGINNING, dtype=schema["valid_from"]),
+                                 "valid_to": pl.lit(OPEN_END, dtype=schema["valid_to"]),
+                                 "is_current": pl.lit(True), "is_inferred": pl.lit(True)}
+    if spec.tracks_deletes:
+        reset["is_deleted"] = pl.lit(False)
+    # the key's first version only: later versions of an inferred key are replayed
+    first = seeds.sort("valid_from").unique(subset=list(spec.natural_key), keep="first")
+    return first.with_columns(**blank, **reset).select(schema.names())
+
+
+def _seed(dim: pl.DataFrame, seeds: pl.DataFrame | None, spec: DimensionSpec, *, before: date
+          ) -> pl.DataFrame:
+    """Add the placeholders the facts of days before ``before`` inferred, as the nightly build
+    did after each day's dimension step: only for keys the dimension did not hold then."""
+    if seeds is None or not seeds.height:
+        return dim
+    sk, nk = spec.surrogate_key, list(spec.natural_key)
+    due = seeds.filter(pl.col(sk).map_elements(inferred_day, return_dtype=pl.Date()) < before)
+    due = due.join(dim.select(nk), on=nk, how="anti")
+    return pl.concat([dim, due]) if due.height else dim
 
 
 def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
-              run_id: str, *, full_refresh: bool) -> StepOutput:
+              run_id: str, *, full_refresh: bool, accept_changes: bool = False) -> StepOutput:
     spec = model.dimension
     assert spec is not None
     schema = dimension_schema(spec, model.schema)
@@ -49,19 +92,27 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
     totals: dict[str, int] = {}
     rejects: list[pl.DataFrame] = []
     read = 0
+    seeds = _placeholders(wh, model, spec, schema) if full_refresh else None
     dim = reserved if full_refresh else None
     changed = pl.DataFrame(schema=schema)
     for d in days:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
-        batch = run_transform(model, inputs, BuildContext(d, run_id))
+        # A replay dates each day's rows with that day's run, as the nightly build did.
+        day_run = run_id_for(d) if full_refresh else run_id
+        batch = run_transform(model, inputs, BuildContext(d, day_run))
         if dim is None:
             existing, max_key = _existing(wh, model, spec, batch, schema)
+            if spec.snapshot and spec.tracks_deletes:
+                batch, held = guard_snapshot(model, cat, wh, existing, batch, d,
+                                             accept=accept_changes)
+                totals["closes_held"] = totals.get("closes_held", 0) + held
         else:
-            existing, max_key = dim, max(0, int(dim[spec.surrogate_key].max() or 0))  # type: ignore[arg-type]
+            dim = _seed(dim, seeds, spec, before=d)
+            existing, max_key = dim, _own_max(dim, spec.surrogate_key)
         frames: SCDFrames = scd_changes(
-            existing.lazy(), batch.lazy(), spec, batch_time=BuildContext(d, run_id).batch_time,
-            run_id=run_id, max_key=max_key, narrowed=dim is None and not spec.snapshot,
+            existing.lazy(), batch.lazy(), spec, batch_time=BuildContext(d, day_run).batch_time,
+            run_id=day_run, max_key=max_key, narrowed=dim is None and not spec.snapshot,
         ).collect()
         for k, v in frames.stats.items():
             totals[k] = totals.get(k, 0) + v
@@ -71,7 +122,8 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         else:
             dim = frames.apply(dim, spec.surrogate_key)
     if dim is not None:
-        rows = dim.sort(spec.surrogate_key)  # replayed day by day: put in key order once
+        # replayed day by day: put in key order once
+        rows = _seed(dim, seeds, spec, before=day + timedelta(days=1)).sort(spec.surrogate_key)
     elif wh.exists(model.name):
         rows = changed
     else:  # the first publish creates the table with its reserved members

@@ -20,10 +20,12 @@ from typing import Any
 import polars as pl
 from sqlglot import exp
 
-from starsmith.contract import BuildContext, Model, Strategy
+from starsmith.contract import BuildContext, Model, Strategy, Window
 from starsmith.errors import DataError, ModelError, RetryableError, StarsmithError
 from starsmith.loaders import sql
 from starsmith.loaders.connect import open_warehouse
+from starsmith.loaders.landed import landed_dates
+from starsmith.loaders.landing import fingerprints
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
@@ -101,6 +103,7 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     wh.check_schema(model, full_refresh=req.full_refresh)  # fail before any data moves
+    read = _landings(model, cat, Path(req.landing), day, full_refresh=req.full_refresh)
     out = _build(model, cat, wh, Path(req.landing), day, req)
     staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows,
                                                             in_memory=True)
@@ -127,9 +130,27 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
         watermark_dates=out.days, also_staged=out.also_staged, quality=quality,
         quarantine_scope=out.quarantine_scope, model=model, full_refresh=req.full_refresh,
+        landings=read,
     ))
     failpoint("after_publish", model.name)
     return counts
+
+
+def _landings(model: Model, cat: Catalogue, landing: Path, day: date, *, full_refresh: bool
+              ) -> list[tuple[str, date, str]]:
+    """The fingerprint of every landing the step reads, taken before it reads them: recorded
+    with the publish, so a day re-landed later (a corrected export) is noticed and rebuilt."""
+    read: dict[tuple[str, date], str] = {}
+    for inp in model.inputs:
+        source = cat.sources.get(inp.name)
+        if source is None:
+            continue
+        whole = full_refresh or inp.window is Window.ALL
+        days = [d for d in landed_dates(landing, source) if d <= day] if whole else [day]
+        for d in days:
+            for landed_day, fp in fingerprints(landing, source, d).items():
+                read[(source.name, landed_day)] = fp
+    return [(s, d, fp) for (s, d), fp in sorted(read.items())]
 
 
 def _typed(err: Exception, model: Model) -> Exception:
@@ -216,7 +237,8 @@ def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date
         return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
                           budget=parse_size(req.memory_budget) if req.memory_budget else 0)
     if model.strategy is Strategy.SCD:
-        return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh)
+        return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
+                         accept_changes=req.accept_changes)
     days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)
     parts, bad, read = [], [], 0
     for d in days or [day]:

@@ -107,7 +107,7 @@ class BuildWorkflow:
                            full_refresh=plan.full_refresh, memory_limit=req.paths.memory_limit,
                            staging=req.paths.staging, job_key=workflow.info().run_id,
                            memory_budget=req.paths.memory_budget, project=req.project,
-                           fingerprint=req.fingerprint)
+                           fingerprint=req.fingerprint, accept_changes=plan.accept_changes)
         result: StepResult = await workflow.execute_activity(
             "build_model", step, result_type=StepResult, start_to_close_timeout=STEP_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=STEP_RETRY,

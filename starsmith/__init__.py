@@ -31,8 +31,8 @@ if "polars" not in sys.modules:
     os.environ.setdefault("_RJEM_MALLOC_CONF", POLARS_ALLOCATOR)
 
 _API = {
-    "starsmith.contract": ("BuildContext", "Cadence", "Column", "Input", "Kind", "Model",
-                           "Source", "Strategy", "Window", "dimension_columns"),
+    "starsmith.contract": ("BuildContext", "Cadence", "Column", "Completion", "Guard", "Input",
+                           "Kind", "Model", "Source", "Strategy", "Window", "dimension_columns"),
     "starsmith.dimensions": ("ChangeDetection", "DeletePolicy", "DimensionSpec",
                              "DuplicatePolicy", "LatePolicy", "SCDType"),
     "starsmith.dimensions.date_dim": ("DATE_SCHEMA", "date_dimension", "date_key"),
@@ -52,6 +52,7 @@ __all__ = [
     "Cadence",
     "ChangeDetection",
     "Column",
+    "Completion",
     "ConfigError",
     "DataError",
     "DeletePolicy",
@@ -61,6 +62,7 @@ __all__ = [
     "FactSpec",
     "FactType",
     "Freshness",
+    "Guard",
     "Input",
     "KeyLookup",
     "Kind",
@@ -90,6 +92,8 @@ if TYPE_CHECKING:
         BuildContext,
         Cadence,
         Column,
+        Completion,
+        Guard,
         Input,
         Kind,
         Model,

@@ -6,7 +6,7 @@ import logging
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,10 @@ from starsmith.errors import ConfigError
 from starsmith.log import configure
 from starsmith.registry import Catalogue
 from starsmith.shell import choose_project, config, console, exit_now, guard
+
+if TYPE_CHECKING:
+    from starsmith.orchestration.messages import BuildPlan
+    from starsmith.orchestration.restate import Restatement
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build a star-schema warehouse: SCD dimensions and facts, gated and atomic.")
@@ -134,6 +138,8 @@ def build(
     start: Annotated[str | None, typer.Option("--from", help="first logical date")] = None,
     end: Annotated[str | None, typer.Option("--to", help="last logical date")] = None,
     full_refresh: Annotated[bool, typer.Option(help="rebuild the tables from all history")] = False,
+    accept_changes: Annotated[bool, typer.Option(
+        help="apply a day that a source's guard refused (a snapshot closing many keys)")] = False,
     in_process: Annotated[bool, typer.Option(help="run without Temporal (debugging)")] = False,
     address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS",
                                                 help="Temporal cluster; default: a local dev server")] = None,
@@ -151,15 +157,18 @@ def build(
     def go() -> int:
         cfg = _config(landing, warehouse, target, memory_budget=memory_budget)
         return _build(cfg, select, day, start, end, full_refresh, in_process, address, no_wait,
-                      max_parallel)
+                      max_parallel, accept_changes)
 
     exit_now(guard(go))
 
 
 def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start: str | None,
            end: str | None, full_refresh: bool, in_process: bool, address: str | None,
-           no_wait: bool, max_parallel: int) -> int:
-    from starsmith.orchestration.plan import make_plan
+           no_wait: bool, max_parallel: int, accept_changes: bool = False) -> int:
+    from starsmith.orchestration.plan import make_plan as plan_of
+
+    def make_plan(cat: Catalogue, models: list[str], dates: list[date], **how: Any) -> BuildPlan:
+        return plan_of(cat, models, dates, accept_changes=accept_changes, **how)
 
     cat = _catalogue(cfg)
     models = cat.select(select)
@@ -172,21 +181,58 @@ def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start:
             raise ConfigError("nothing has landed to rebuild from", where=str(cfg.landing),
                               fix="Land the sources' extracts (`starsmith plan` says which)")
         dates = [landed[-1]]
+
+    def run(plan: BuildPlan, ranged: bool = False) -> int:
+        if in_process:
+            from starsmith.progress import run_in_process
+
+            return run_in_process(plan, cfg, console, cat)
+        from starsmith.temporal_cli import run_with_temporal
+
+        return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
+                                 backfill=ranged, catalogue=cat)
+
+    explicit = bool(day or start or end)
+    if not full_refresh and (restate := _restatement(cfg, cat, models, dates, explicit)):
+        for line in restate.explain():
+            console.print(escape(line))
+        if restate.replay:
+            days = [d for d in _ready(cfg, cat, restate.replay)
+                    if restate.start <= d <= restate.end]
+            if days and (rc := run(make_plan(cat, restate.replay, days,
+                                             max_parallel=max_parallel))):
+                return rc
+        if restate.rebuild and (rc := run(make_plan(cat, restate.rebuild, [restate.end],
+                                                    full_refresh=True, max_parallel=max_parallel))):
+            return rc
+        dates = ([d for d in dates if d > restate.end] if explicit
+                 else _dates(cfg, cat, models, None, None, None))
+        if not dates:
+            return 0
     if not dates:
         console.print("nothing to build: every landed day is built")
         return 0
     plan = make_plan(cat, models, dates, full_refresh=full_refresh, max_parallel=max_parallel)
-    if in_process:
-        from starsmith.progress import run_in_process
-
-        return run_in_process(plan, cfg, console, cat)
-    from starsmith.temporal_cli import run_with_temporal
-
     # A range runs as a backfill: one child workflow per day, and a re-run after a failure
     # resumes from the first day not built.
-    ranged = bool(start or end) and not full_refresh
-    return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
-                             backfill=ranged, catalogue=cat)
+    return run(plan, ranged=bool(start or end) and not full_refresh)
+
+
+def _ready(cfg: ProjectConfig, cat: Catalogue, models: list[str]) -> list[date]:
+    from starsmith.orchestration.plan import landed_days
+
+    return landed_days(cat, models, cfg.landing)
+
+
+def _restatement(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[date],
+                 explicit: bool) -> Restatement | None:
+    """What must be re-derived before this build (orchestration/restate.py), if anything."""
+    from starsmith.loaders.connect import open_warehouse
+    from starsmith.orchestration.restate import find_restatement
+
+    wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
+    return find_restatement(cat, models, _ready(cfg, cat, models), wh, cfg.landing,
+                            forced=min(dates) if explicit and dates else None)
 
 
 @app.command()

@@ -163,15 +163,45 @@ class Cadence(StrEnum):
 SOURCE_FORMATS = ("parquet", "csv", "ndjson")
 
 
+class Completion(StrEnum):
+    """How a landed day is known to be complete (loaders/landed.py): exporters write the data
+    files first and a marker or manifest last, so a day without it is still being written."""
+
+    AUTO = "auto"  # MARKER or MANIFEST once the source has written one; FILES before that
+    MARKER = "marker"  # a ``_SUCCESS`` file (Spark, Hadoop, most exporters)
+    MANIFEST = "manifest"  # ``_manifest.json``: every file with its bytes, rows and sha256
+    FILES = "files"  # the data files are there and none is empty or still named as in progress
+
+
+@dataclass(frozen=True)
+class Guard:
+    """How much one day of a source may change history before a build refuses it.
+
+    ``max_closed``: the share of a dimension's live keys one snapshot may close (a truncated
+    or empty export closes everything it lacks); ``allow_empty``: a day with no rows is valid
+    (None: only a change feed's). ``starsmith build --accept-changes`` lets one build through.
+    """
+
+    max_closed: float = 0.1
+    allow_empty: bool | None = None
+
+
 @dataclass(frozen=True)
 class Source:
-    """A landing-zone feed: one folder per landing, ``<landing>/<name>/date=YYYY-MM-DD/``."""
+    """A landing-zone feed: one folder per landing, ``<landing>/<name>/date=YYYY-MM-DD/``.
+
+    ``future_days``: how many days after today a landing may be dated (time zones, exporters
+    that date by the next business day); a folder dated later is refused, not built.
+    """
 
     name: str
     format: str  # parquet | csv | ndjson
     columns: tuple[Column, ...]
     description: str = ""
     cadence: Cadence = Cadence.DAILY
+    completion: Completion = Completion.AUTO
+    guard: Guard = field(default_factory=Guard)
+    future_days: int = 1
 
     def __post_init__(self) -> None:
         if self.format not in SOURCE_FORMATS:
@@ -184,6 +214,14 @@ class Source:
     @property
     def schema(self) -> pl.Schema:
         return pl.Schema({c.name: c.dtype for c in self.columns})
+
+    @property
+    def allows_empty(self) -> bool:
+        """May a landed day hold no rows? A change feed's quiet day may; a snapshot or a daily
+        extract with no rows is a broken export unless the source says otherwise."""
+        if self.guard.allow_empty is not None:
+            return self.guard.allow_empty
+        return self.cadence in (Cadence.CHANGE_FEED, Cadence.REFERENCE)
 
     def fingerprint(self) -> str:
         """What changes the data read from it: format, cadence, columns and types."""

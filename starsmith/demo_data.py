@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from starsmith.contract import Source
+from starsmith.loaders.landed import write_manifest
 
 START = date(2024, 1, 1)
 SEGMENTS = np.array(["CONS", "CORP", "SMB"])
@@ -279,6 +280,7 @@ def _write(root: Path, source: str, day: date, df: pl.DataFrame, schema: pl.Sche
     else:
         df.write_ndjson(tmp)
     tmp.replace(target)  # a reader never sees half a file
+    write_manifest(folder, {target.name: df.height})  # last: the day is complete
 
 
 def write_landing(root: Path, *, days: int, scale: float = 1.0, seed: int = 7,

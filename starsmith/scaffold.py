@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from starsmith.errors import ConfigError
+from starsmith.loaders.landed import write_manifest
 from starsmith.project import CONFIG_FILE, Project, find_config, load_project
 from starsmith.registry import Catalogue
 
@@ -112,3 +113,4 @@ def _land(landing: Path, source: str, day: date, frame: pl.DataFrame) -> None:
     tmp = folder / "part-0.parquet.tmp"
     frame.write_parquet(tmp)
     tmp.replace(folder / "part-0.parquet")  # a reader never sees half a file
+    write_manifest(folder, {"part-0.parquet": frame.height})  # last: the day is complete

@@ -53,9 +53,16 @@ def warehouse_tag(cfg: ProjectConfig) -> str:
     return hashlib.sha1(cfg.warehouse_ref.encode()).hexdigest()[:8]
 
 
-def build_id(cfg: ProjectConfig, dates: tuple[str, ...], kind: str = "build") -> str:
+def build_id(cfg: ProjectConfig, plan: BuildPlan, kind: str = "build") -> str:
+    """What the build means, in its id: the warehouse, the days, a full refresh, the models. A
+    build of other models or with other flags never joins a running one by accident."""
+    import hashlib
+
+    dates = plan.dates
     span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
-    return f"starsmith-{warehouse_tag(cfg)}-{kind}-{span}"
+    models = hashlib.sha256(",".join(m.name for m in plan.models).encode()).hexdigest()[:8]
+    refresh = "-full-refresh" if plan.full_refresh else ""
+    return f"starsmith-{warehouse_tag(cfg)}-{kind}{refresh}-{span}-{models}"
 
 
 def request_for(cfg: ProjectConfig, plan: BuildPlan, cat: Catalogue,
@@ -64,7 +71,7 @@ def request_for(cfg: ProjectConfig, plan: BuildPlan, cat: Catalogue,
                   str(cfg.staging.resolve()), cfg.memory_budget)
     return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
                         plan.dates, plan.full_refresh, plan.max_parallel, project=cat.project,
-                        fingerprint=cat.fingerprint)
+                        fingerprint=cat.fingerprint, accept_changes=plan.accept_changes)
 
 
 @asynccontextmanager
@@ -141,7 +148,7 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
                       backfill: bool = False) -> int:
     conn = Connection.from_env(address)
     req = request_for(cfg, plan, catalogue)
-    workflow_id = build_id(cfg, plan.dates, "backfill" if backfill else "build")
+    workflow_id = build_id(cfg, plan, "backfill" if backfill else "build")
 
     async def go() -> int:
         async with session(cfg, conn) as client:

@@ -17,6 +17,7 @@ from starsmith.config import ProjectConfig
 from starsmith.discover import load_catalogue
 from starsmith.errors import ConfigError, ModelError
 from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.landed import write_manifest
 from starsmith.orchestration.local import run_plan
 from starsmith.orchestration.output import conform
 from starsmith.orchestration.plan import make_plan, pending_dates
@@ -176,6 +177,7 @@ def test_a_model_change_is_planned_applied_or_refused(tmp_path: Path) -> None:
     pl.read_parquet(root / "landing" / "sales" / "date=2024-01-03" / "part-0.parquet"
                     ).with_columns(sale_id=pl.col("sale_id") + 100, sold_at=pl.col("sold_at")
                                    + pl.duration(days=1)).write_parquet(folder / "part-0.parquet")
+    write_manifest(folder, {"part-0.parquet": 10})  # the export's last file: the day is complete
     fact = root / "models" / "marts" / "fact_sales.py"
     original = fact.read_text()
     fact.write_text(original.replace(

@@ -17,7 +17,9 @@ from starsmith.dimensions import (
     dimension_schema,
     inferred_members,
     invariant_violations,
+    reserved_members,
 )
+from starsmith.dimensions.scd import reason_column, reject_columns
 from starsmith.errors import ConfigError, DataError
 from tests.scd_helpers import TYPES, batch, empty, spec, step, versions
 
@@ -282,3 +284,110 @@ def test_bad_specs_fail_at_definition() -> None:
         spec(duplicates=DuplicatePolicy.LATEST)
     with pytest.raises(ConfigError, match="both natural key and attribute"):
         spec(columns=(("id", SCDType.VERSIONED),))
+
+
+def test_attributes_named_like_the_reject_columns_do_not_clash() -> None:
+    # A dimension may have attributes called reason, updated_at (not the spec's updated_at
+    # column) or is_delete: the rejects frame then names its own columns with a leading "_".
+    s = spec(columns=(("reason", SCDType.VERSIONED), ("updated_at", SCDType.OVERWRITE),
+                      ("is_delete", SCDType.VERSIONED)))
+    types = {"id": pl.Int64(), "reason": pl.String(), "updated_at": pl.String(),
+             "is_delete": pl.Boolean()}
+    cols = {**types, "ts": pl.Datetime("us"), "deleted": pl.Boolean()}
+
+    def rows(*records: tuple[object, ...]) -> pl.DataFrame:
+        return pl.DataFrame(list(records), schema=cols, orient="row")
+
+    dim = reserved_members(s, dimension_schema(s, types)).collect()
+    dim, _ = step(dim, rows((1, "new", "mon", False, t(1), False),
+                            (2, "new", "mon", False, t(1), False)), s)
+    dim, out = step(dim, rows((1, "moved", "tue", True, t(2), False),  # a change
+                              (None, "x", "tue", False, t(2), False),  # NULL natural key
+                              (2, "old", "tue", False, t(1), False)), s)  # late
+    assert versions(dim, 1)["reason"].to_list() == ["new", "moved"]
+    assert versions(dim, 1)["is_delete"].to_list() == [False, True]
+    assert reject_columns(s) == ("_updated_at", "_is_delete", "_reason")
+    assert reason_column(s) == "_reason"
+    assert out.rejects.columns == ["id", "reason", "updated_at", "is_delete", "_updated_at",
+                                   "_is_delete", "_reason"]
+    rejected = out.rejects.sort("id", nulls_last=True)
+    assert rejected["reason"].to_list() == ["old", "x"]  # the attribute, as sent
+    assert rejected["_reason"].to_list() == [
+        "late change: dated 2024-01-01 00:00:00 but the dimension already has a version from "
+        "2024-01-01 00:00:00 for this key", "natural key or updated_at is NULL"]
+    assert rejected["_updated_at"].to_list() == [t(1), t(2)]
+    assert out.stats["rejected"] == 2
+    # Without a clash the names stay; with a clash on the prefixed name too, it takes another.
+    assert reject_columns(spec()) == ("updated_at", "is_delete", "reason")
+    assert reason_column(spec()) == "reason"
+    assert reason_column(spec(columns=(("reason", SCDType.VERSIONED),
+                                       ("_reason", SCDType.VERSIONED)))) == "__reason"
+
+
+def test_a_tie_on_the_highest_sequence_is_never_picked() -> None:
+    # Two records of key 7 at one instant with the same sequence but different values: neither
+    # is picked, both are held back, and the key keeps its state. Key 8 in the same batch is not
+    # affected; key 9's exact duplicates still collapse.
+    s = spec(duplicates=DuplicatePolicy.LATEST, sequence="seq")
+    cols = ("id", "a", "b", "e", "f", "ts", "deleted", "seq")
+    dim, _ = step(empty(s), batch([(7, "w", "p", "e", "f", t(1), False, 1),
+                                   (8, "w", "p", "e", "f", t(1), False, 1)], cols), s)
+    dim, out = step(dim, batch([(7, "x", "p", "e", "f", t(2), False, 5),
+                                (7, "z", "p", "e", "f", t(2), False, 4),
+                                (8, "v", "p", "e", "f", t(2), False, 5),
+                                (9, "n", "p", "e", "f", t(2), False, 5),
+                                (7, "y", "p", "e", "f", t(2), False, 5),
+                                (9, "n", "p", "e", "f", t(2), False, 5)], cols), s)
+    assert versions(dim, 7)["a"].to_list() == ["w"] and versions(dim, 7)["is_current"].all()
+    assert versions(dim, 8)["a"].to_list() == ["w", "v"]
+    assert versions(dim, 9)["a"].to_list() == ["n"]
+    assert out.stats["exact_duplicates"] == 1
+    rejected = {a: r for a, r in out.rejects.select("a", "reason").iter_rows()}
+    tie = "tie: another record of this key has the same ts and seq with different values"
+    assert rejected == {"x": tie, "y": tie, "z": "superseded: another record of this key at "
+                                                  "the same instant has a higher seq"}
+    # An exact copy of a tied record with a lower sequence does not break the tie.
+    _, out = step(dim, batch([(7, "x", "p", "e", "f", t(3), False, 4),
+                              (7, "x", "p", "e", "f", t(3), False, 5),
+                              (7, "y", "p", "e", "f", t(3), False, 5)], cols), s)
+    assert out.rows.height == 0 and out.rejects["reason"].str.starts_with("tie").all()
+    assert sorted(out.rejects["a"].to_list()) == ["x", "y"]
+
+
+def test_a_higher_sequence_still_wins_over_records_that_tie_below_it() -> None:
+    s = spec(duplicates=DuplicatePolicy.LATEST, sequence="seq")
+    cols = ("id", "a", "b", "e", "f", "ts", "deleted", "seq")
+    dim, out = step(empty(s), batch([(7, "x", "p", "e", "f", t(1), False, 1),
+                                     (7, "y", "p", "e", "f", t(1), False, 1),
+                                     (7, "z", "p", "e", "f", t(1), False, 2)], cols), s)
+    assert versions(dim, 7)["a"].to_list() == ["z"]
+    assert sorted(out.rejects["a"].to_list()) == ["x", "y"]
+    assert out.rejects["reason"].str.starts_with("superseded").all()
+
+
+def test_a_snapshot_record_the_dimension_already_shows_is_not_held_back_every_day() -> None:
+    # A timestamp-detected snapshot re-sends every record each day. Key 1's updated_at was
+    # rewritten to an earlier time (before its latest version) with its state unchanged: it is no
+    # change, not a late change to quarantine again on every batch. Key 2 changed without its
+    # updated_at moving: the dimension does not show that state, so it stays held back.
+    s = spec(updated_at="ts", deleted_flag=None, snapshot=True, deletes=DeletePolicy.INVALIDATE)
+    cols = ("id", "a", "b", "e", "f", "ts")
+    dim, _ = step(empty(s), batch([(1, "x", "p", "e", "f", t(1)),
+                                   (2, "m", "p", "e", "f", t(1))], cols), s, at=t(1))
+    dim, _ = step(dim, batch([(1, "y", "p", "e", "f", t(2, 6)),
+                              (2, "m", "p", "e", "f", t(1))], cols), s, at=t(2))
+    snapshot = batch([(1, "y", "p", "e", "f", t(2, 1)), (2, "n", "p", "e", "f", t(1))], cols)
+    for day in (3, 4, 5):
+        after, out = step(dim, snapshot, s, at=t(day))
+        assert after.equals(dim)
+        assert out.rejects["id"].to_list() == [2]
+        assert out.rejects["reason"][0].startswith("late change")
+        assert out.stats["replayed"] == 1
+    # A type-1 difference is a change the dimension does not show: still held back.
+    _, out = step(dim, batch([(1, "y", "p", "e2", "f", t(2, 1)), (2, "n", "p", "e", "f", t(1))],
+                             cols), s, at=t(6))
+    assert out.rejects["id"].to_list() == [1, 2] and out.rows.height == 0
+    # Once key 1 is closed (gone from a snapshot), its old record is no longer its state.
+    dim, _ = step(dim, batch([(2, "m", "p", "e", "f", t(1))], cols), s, at=t(7))
+    _, out = step(dim, snapshot, s, at=t(8))
+    assert sorted(out.rejects["id"].to_list()) == [1, 2]

@@ -14,6 +14,7 @@ import pytest
 
 from starsmith.errors import DataError
 from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.landed import write_manifest
 from starsmith.orchestration.local import run_plan
 from starsmith.orchestration.messages import DayOutcome
 from starsmith.orchestration.plan import make_plan, pending_dates
@@ -254,6 +255,8 @@ def test_a_row_later_than_the_lookback_still_lands_in_its_partition(landing: Pat
                                       line_ts=pl.lit(datetime(2023, 11, 1, 9)))
     pl.concat([orders, old]).write_parquet(landing / "orders" / f"date={day}" / "part-0.parquet")
     pl.concat([lines, line]).write_parquet(folder / "part-0.parquet")
+    write_manifest(landing / "orders" / f"date={day}", {"part-0.parquet": orders.height + 1})
+    write_manifest(folder, {"part-0.parquet": lines.height + 1})  # a corrected export
     path = tmp_path / "late.duckdb"
     build(landing, path, DAYS)
     wh = DuckDBWarehouse(path)

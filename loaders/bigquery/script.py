@@ -100,7 +100,9 @@ def _quarantine(s: _Script, rows: pl.DataFrame) -> None:
         table = wh.client.update_table(table, ["schema"])
     types = {f.name: str(f.field_type).partition("(")[0] for f in table.schema}
     target = s.table(wh.ref.dataset, f"{job.target}__quarantine")
-    if scope is None:
+    if job.full_refresh:  # rebuilt from history: every row it held back is held back again
+        s.lines.append(f"DELETE FROM {target} WHERE TRUE")
+    elif scope is None:
         s.lines.append(f"DELETE FROM {target} WHERE `logical_date` = "
                        f"{_lit(job.run_log['logical_date'])}")
     else:
@@ -125,6 +127,18 @@ def publish_script(wh: BigQueryWarehouse, job: Publish, body: Sequence[str]
         s.lines.append(f"DELETE FROM {s.table(meta_ds, 'quality_results')} WHERE `run_id` = "
                        f"{_lit(job.run_log['run_id'])} AND `model` = {_lit(job.target)}")
         s.values(s.table(meta_ds, "quality_results"), quality)
+    if job.full_refresh:  # rebuilt as of its logical date: later days are undone
+        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'landings')} WHERE `model` = "
+                       f"{_lit(job.target)}")
+        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'watermarks')} WHERE `model` = "
+                       f"{_lit(job.target)} AND `logical_date` > "
+                       f"{_lit(job.run_log['logical_date'])}")
+    if job.landings:
+        read = pl.DataFrame([(job.target, src, d, f, job.run_log["run_id"], datetime.now())
+                             for src, d, f in job.landings], schema=meta.LANDINGS, orient="row")
+        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'landings')} WHERE `model` = "
+                       f"{_lit(job.target)} AND {_in('landed_day', sorted({d for _, d, _ in job.landings}))}")
+        s.values(s.table(meta_ds, "landings"), read)
     if job.watermark_dates:
         days = sorted(set(job.watermark_dates))
         marks = pl.DataFrame({

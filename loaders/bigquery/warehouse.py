@@ -351,6 +351,10 @@ class BigQueryWarehouse(SqlReads):
         self.ensure_datasets()
         return self.query("SELECT * FROM _starsmith.watermarks ORDER BY model, logical_date")
 
+    def landings(self) -> pl.DataFrame:
+        self.ensure_datasets()
+        return self.query("SELECT * FROM _starsmith.landings ORDER BY model, source, landed_day")
+
     def run_log(self) -> pl.DataFrame:
         self.ensure_datasets()
         return self.query("SELECT * FROM _starsmith.run_log ORDER BY started_at")

@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS {META}.watermarks (
     model VARCHAR, logical_date DATE, run_id VARCHAR, fingerprint VARCHAR,
     published_at TIMESTAMP, PRIMARY KEY (model, logical_date)
 )"""
+LANDINGS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.landings (
+    model VARCHAR, source VARCHAR, landed_day DATE, fingerprint VARCHAR, run_id VARCHAR,
+    recorded_at TIMESTAMP, PRIMARY KEY (model, source, landed_day)
+)"""
 UPKEEP_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.table_upkeep (
     model VARCHAR PRIMARY KEY, deleted_rows BIGINT
@@ -179,6 +184,7 @@ class DuckDBWarehouse(SqlReads):
             con.execute(WATERMARK_DDL)
             con.execute(QUALITY_DDL)
             con.execute(UPKEEP_DDL)
+            con.execute(LANDINGS_DDL)
             _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
@@ -331,10 +337,12 @@ class DuckDBWarehouse(SqlReads):
                 self._count_deleted(con, job.target, deleted, reset=job.full_refresh)
                 if job.quarantine is not None:
                     self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"],
-                                     job.quarantine_scope)
+                                     None if job.full_refresh else job.quarantine_scope,
+                                     everything=job.full_refresh)
                 self._log(con, job.run_log)
                 if job.quality is not None:
                     self._record_quality(con, job.quality)
+                self._bookkeep(con, job)
                 for day in job.watermark_dates:
                     con.execute(
                         f"INSERT OR REPLACE INTO {META}.watermarks VALUES (?, ?, ?, ?, now())",
@@ -351,6 +359,24 @@ class DuckDBWarehouse(SqlReads):
                 self._compact(con, job.target)
         for ref in (job.staged, *job.also_staged):  # published: the staged copies are done
             self._release(ref)
+
+    @staticmethod
+    def _bookkeep(con: duckdb.DuckDBPyConnection, job: Publish) -> None:
+        """Record the landings the step read. A full refresh forgets the model's recorded
+        landings and its days after the one it rebuilt as of (a folder dated in the future and
+        refused since leaves no watermark behind)."""
+        if job.full_refresh:  # rebuilt as of its logical date: later days are undone
+            con.execute(f"DELETE FROM {META}.landings WHERE model = ?", [job.target])
+            con.execute(f"DELETE FROM {META}.watermarks WHERE model = ? AND logical_date > ?",
+                        [job.target, job.run_log["logical_date"]])
+        if job.landings:
+            con.register("_l", pl.DataFrame(
+                [(job.target, s, d, f, job.run_log["run_id"]) for s, d, f in job.landings],
+                schema={"model": pl.String(), "source": pl.String(), "landed_day": pl.Date(),
+                        "fingerprint": pl.String(), "run_id": pl.String()}, orient="row"
+            ).to_arrow())
+            con.execute(f"INSERT OR REPLACE INTO {META}.landings SELECT model, source, "
+                        "landed_day, fingerprint, run_id, now() FROM _l")
 
     @staticmethod
     def _count_deleted(con: duckdb.DuckDBPyConnection, target: str, deleted: int, *,
@@ -390,11 +416,13 @@ class DuckDBWarehouse(SqlReads):
                  stored, time.perf_counter() - clock)
 
     def _quarantine(self, con: duckdb.DuckDBPyConnection, model: str, rows: pl.DataFrame,
-                    logical_date: date, scope: tuple[str, Sequence[date]] | None) -> None:
+                    logical_date: date, scope: tuple[str, Sequence[date]] | None, *,
+                    everything: bool = False) -> None:
         """Replace the quarantine rows this step is responsible for (a re-run never doubles).
 
         By default those of its logical date; a fact names the event-date partitions it rebuilt,
-        since a row held back from a partition is held back again whenever that partition is.
+        since a row held back from a partition is held back again whenever that partition is;
+        a full refresh rebuilt everything, so it replaces every row.
         """
         table = f'{PUBLISHED}."{model}__quarantine"'
         con.register("_q", rows.to_arrow())
@@ -403,7 +431,9 @@ class DuckDBWarehouse(SqlReads):
         for name, kind, *_ in con.execute("DESCRIBE SELECT * FROM _q").fetchall():
             if name not in have:  # the model gained a column since its rows were first held
                 con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
-        if scope is None:
+        if everything:
+            con.execute(f"DELETE FROM {table}")
+        elif scope is None:
             con.execute(f"DELETE FROM {table} WHERE logical_date = ?", [logical_date])
         else:
             con.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{scope[0]}" DATE')
@@ -437,6 +467,9 @@ class DuckDBWarehouse(SqlReads):
 
     def watermarks(self) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {META}.watermarks ORDER BY model, logical_date")
+
+    def landings(self) -> pl.DataFrame:
+        return self.query(f"SELECT * FROM {META}.landings ORDER BY model, source, landed_day")
 
     def run_log(self) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {META}.run_log ORDER BY started_at")

@@ -1,0 +1,235 @@
+"""When a day has landed: folder names read strictly, completeness by a declared convention, and
+a fingerprint per landed day so that a re-landed (corrected) day is noticed.
+
+An exporter writes a day's data files first and a marker last: ``_SUCCESS`` (Spark, Hadoop, most
+exporters) or ``_manifest.json`` (every file with its bytes, rows and sha256, as BigQuery
+transfers and many exporters write). Until the marker is there the day is still being written,
+and a build waits for it instead of reading half a day. A source that never writes markers
+(``Completion.AUTO`` before its first one) counts a day as landed when its data files are there
+and none is empty or still named as in progress.
+
+Only folders named ``date=YYYY-MM-DD`` are days; any other name is reported once and skipped,
+and a day dated beyond the source's tolerance after today is refused, not built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from starsmith.contract import Completion, Source
+from starsmith.errors import DataError
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
+
+MARKER = "_SUCCESS"
+MANIFEST = "_manifest.json"
+DAY_FOLDER = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+IN_PROGRESS = (".tmp", ".part", ".inprogress", "_COPYING_", ".crdownload", ".partial")
+_REPORTED: set[str] = set()  # badly named folders and refused days: reported once a process
+
+
+def _report_once(key: str, message: str, *args: object) -> None:
+    if key not in _REPORTED:
+        _REPORTED.add(key)
+        log.warning(message, *args)
+
+
+def data_files(folder: Path, source: Source) -> list[Path]:
+    """The day's data files: its format's suffix, not hidden (``.x``, ``_x``), not in progress."""
+    return sorted(p for p in folder.glob(f"*.{source.format}")
+                  if p.is_file() and not p.name.startswith((".", "_"))
+                  and not p.name.endswith(IN_PROGRESS))
+
+
+def _in_progress(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(IN_PROGRESS))
+
+
+def day_folders(landing: Path, source: Source, *, today: date | None = None
+                ) -> dict[date, Path]:
+    """Every well-named day folder of the source within the future tolerance, by day."""
+    root = landing / source.name
+    if not root.is_dir():
+        return {}
+    limit = (today or date.today()) + timedelta(days=source.future_days)
+    days: dict[date, Path] = {}
+    for folder in root.iterdir():
+        if not folder.is_dir() or folder.name.startswith((".", "_")):
+            continue
+        match = DAY_FOLDER.fullmatch(folder.name)
+        day = None
+        if match:
+            try:
+                day = date.fromisoformat(match.group(1))
+            except ValueError:
+                day = None
+        if day is None:
+            _report_once(str(folder), "skipped %s: a day's folder is named date=YYYY-MM-DD "
+                         "(rename it to build it)", folder)
+            continue
+        if day > limit:
+            _report_once(str(folder), "refused %s: dated %s, more than %d day(s) after today; "
+                         "fix the export's date (or the source's future_days)", folder, day,
+                         source.future_days)
+            continue
+        days[day] = folder
+    return dict(sorted(days.items()))
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text())
+        files = found["files"]
+        assert isinstance(files, list) and all(isinstance(f, dict) and "name" in f for f in files)
+    except (ValueError, KeyError, AssertionError) as err:
+        raise DataError(f"the manifest is not valid: {err}", where=str(path),
+                        fix='Write {"files": [{"name": ..., "bytes": ..., "rows": ..., '
+                            '"sha256": ...}]}') from err
+    return dict(found)
+
+
+def uses_markers(landing: Path, source: Source) -> bool:
+    """Has the source ever written a marker or manifest (AUTO then expects one every day)?"""
+    root = landing / source.name
+    return root.is_dir() and (any(root.glob(f"date=*/{MARKER}"))
+                              or any(root.glob(f"date=*/{MANIFEST}")))
+
+
+@dataclass(frozen=True)
+class LandedDay:
+    """One day folder of a source: its data files, whether it is complete, and why not."""
+
+    day: date
+    folder: Path
+    files: tuple[Path, ...]
+    problem: str = ""  # empty when the day is complete
+
+    @property
+    def complete(self) -> bool:
+        return not self.problem
+
+
+def inspect_day(source: Source, day: date, folder: Path, *, markers: bool) -> LandedDay:
+    """Is the day complete, by the source's convention? Cheap: names and sizes only (checksums
+    and row counts are checked when the day is read, see :func:`verify`)."""
+    files = tuple(data_files(folder, source))
+    mode = source.completion
+    if mode is Completion.AUTO:
+        mode = Completion.MARKER if markers else Completion.FILES
+    manifest = _manifest(folder)
+    if mode is Completion.MANIFEST or (mode is Completion.MARKER and manifest is not None):
+        if manifest is None:
+            return LandedDay(day, folder, files, f"no {MANIFEST} yet (still being written?)")
+        listed = {str(f["name"]): f for f in manifest["files"]}
+        names = {p.name for p in files}
+        for name, entry in sorted(listed.items()):
+            path = folder / name
+            if not path.is_file():
+                return LandedDay(day, folder, files, f"{name} is in the manifest but not landed")
+            size = entry.get("bytes")
+            if size is not None and path.stat().st_size != int(size):
+                return LandedDay(day, folder, files,
+                                 f"{name} has {path.stat().st_size} bytes, the manifest says "
+                                 f"{size} (cut short or still being written?)")
+        extra = sorted(names - set(listed))
+        if extra:
+            return LandedDay(day, folder, files, f"{', '.join(extra)} not in the manifest")
+        return LandedDay(day, folder, tuple(folder / n for n in sorted(listed)))
+    if mode is Completion.MARKER and not (folder / MARKER).exists():
+        return LandedDay(day, folder, files, f"no {MARKER} marker yet (still being written?)")
+    if not files:
+        busy = _in_progress(folder)
+        return LandedDay(day, folder, files, f"only files in progress ({', '.join(busy)})" if busy
+                         else f"no {source.format} file")
+    if mode is Completion.FILES:
+        empty = [p.name for p in files if p.stat().st_size == 0]
+        if empty:
+            return LandedDay(day, folder, files, f"{', '.join(empty)} is empty (0 bytes: still "
+                             "being written?)")
+        busy = _in_progress(folder)
+        if busy:
+            return LandedDay(day, folder, files, f"{', '.join(busy)} still being written")
+    return LandedDay(day, folder, files)
+
+
+def landed(landing: Path, source: Source, *, today: date | None = None) -> list[LandedDay]:
+    """Every well-named day folder of the source, complete or not, oldest first."""
+    markers = uses_markers(landing, source)
+    return [inspect_day(source, d, f, markers=markers)
+            for d, f in day_folders(landing, source, today=today).items()]
+
+
+def landed_dates(landing: Path, source: Source) -> list[date]:
+    """Every day whose extract is complete, oldest first."""
+    return [d.day for d in landed(landing, source) if d.complete]
+
+
+def incomplete(landing: Path, source: Source) -> dict[date, str]:
+    """Days whose folder is there but not complete, with why."""
+    return {d.day: d.problem for d in landed(landing, source) if not d.complete}
+
+
+def fingerprint(day: LandedDay) -> str:
+    """What the day's landing is: the manifest's text when there is one (it holds checksums, so
+    an identical re-export is not a change), else every data file's name, size and mtime."""
+    digest = hashlib.sha256()
+    manifest = day.folder / MANIFEST
+    if manifest.is_file():
+        digest.update(manifest.read_bytes())
+    else:
+        for path in day.files:
+            st = path.stat()
+            digest.update(f"{path.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+    return digest.hexdigest()[:16]
+
+
+def verify(day: LandedDay) -> None:
+    """Check the day's files against its manifest's checksums (a file cut at a line boundary
+    has the right shape and the wrong bytes). Row counts are checked by the reader."""
+    found = _manifest(day.folder)
+    if found is None:
+        return
+    for entry in found["files"]:
+        want = entry.get("sha256")
+        if not want:
+            continue
+        path = day.folder / str(entry["name"])
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != want:
+            raise DataError(f"{path.name} does not match its manifest's sha256 (changed or cut "
+                            "short after the manifest was written)", where=str(path),
+                            fix="Land the export again, manifest last")
+
+
+def manifest_rows(day: LandedDay) -> dict[str, int]:
+    """Row counts the manifest declares, by file name."""
+    found = _manifest(day.folder)
+    if found is None:
+        return {}
+    return {str(f["name"]): int(f["rows"]) for f in found["files"] if f.get("rows") is not None}
+
+
+def write_manifest(folder: Path, rows: dict[str, int]) -> None:
+    """Write a day's manifest (the last file of an export): each data file's bytes, rows and
+    sha256. The demo and ``starsmith init`` land their days this way."""
+    files = []
+    for name, n in sorted(rows.items()):
+        data = (folder / name).read_bytes()
+        files.append({"name": name, "bytes": len(data), "rows": n,
+                      "sha256": hashlib.sha256(data).hexdigest()})
+    tmp = folder / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    tmp.replace(folder / MANIFEST)

@@ -1,0 +1,126 @@
+"""Restatement: a day that changes or lands after later days were built re-derives every model it
+affects, from that day on, in order; never a patch on top of what later days built.
+
+What triggers one: a landed day whose files changed since a model read them (a corrected
+export, noticed by the fingerprints recorded with each publish), a day that became ready after
+later days were built (a late landing), or ``build --date D`` / ``--from D`` of a day older than
+the latest built.
+
+How it runs, so that the result equals a clean build of the landing zone as it is now:
+
+1. the per-day models at the root of the affected graph (staging tables partitioned by landing
+   day, whose inputs are sources or other such tables) re-run each day from D to the latest
+   built day: each run replaces its day's partition;
+2. every other affected model (SCD dimensions, facts, merged tables, and whatever reads them)
+   is rebuilt from history as of the latest built day: an SCD dimension replays its staged
+   records day by day keeping the surrogate keys it issued, a fact rebuilds its partitions.
+
+The cost of step 2 is the affected models' history, not the day's changes: a restatement is
+rare, and only the affected models pay it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from starsmith.contract import Strategy
+from starsmith.loaders.landed import fingerprint, landed
+from starsmith.loaders.target import Warehouse
+from starsmith.registry import Catalogue
+
+
+@dataclass(frozen=True)
+class Restatement:
+    """Which models re-derive from which day, and why."""
+
+    start: date
+    end: date  # the latest day built for any affected model
+    replay: list[str]  # step 1: per-day models re-run from start to end
+    rebuild: list[str]  # step 2: rebuilt from history as of end
+    why: dict[str, str] = field(default_factory=dict)  # model -> the first reason found
+
+    def explain(self) -> list[str]:
+        lines = [f"restating from {self.start} to {self.end}:"]
+        lines += [f"  {m}: {why}" for m, why in self.why.items()]
+        if self.replay:
+            lines.append(f"  re-run day by day: {', '.join(self.replay)}")
+        if self.rebuild:
+            lines.append(f"  rebuilt from history as of {self.end}: {', '.join(self.rebuild)}")
+        return lines
+
+
+def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Path
+                      ) -> dict[str, tuple[date, str]]:
+    """Models whose recorded landings differ from the landing zone now: (first day, why)."""
+    recorded = wh.landings()
+    if not recorded.height:
+        return {}
+    current: dict[tuple[str, date], str] = {}
+    for source in cat.sources.values():
+        for day in landed(root, source):
+            if day.complete:
+                current[(source.name, day.day)] = fingerprint(day)
+    chosen = set(models)
+    found: dict[str, tuple[date, str]] = {}
+    for model, source, day, fp in recorded.select(
+            "model", "source", "landed_day", "fingerprint").iter_rows():
+        now = current.get((source, day))
+        if model not in chosen or now is None or now == fp:
+            continue
+        if model not in found or day < found[model][0]:
+            found[model] = (day, f"source {source!r}'s extract for {day} changed after it was "
+                                 "built (re-landed)")
+    return found
+
+
+def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: Warehouse,
+                     landing: Path, *, forced: date | None = None) -> Restatement | None:
+    """The restatement a build must run first, or None. ``forced``: the earliest day the user
+    asked for (``--date``/``--from``)."""
+    marks = wh.watermarks()
+    if not marks.height:
+        return None
+    built: dict[str, set[date]] = {}
+    for model, day in marks.select("model", "logical_date").iter_rows():
+        built.setdefault(model, set()).add(day)
+    dirty = _changed_landings(cat, models, wh, landing)
+    for m in models:
+        if not cat.models[m].inputs or m not in built:
+            continue
+        last = max(built[m])
+        late = [d for d in ready if d < last and d not in built[m]]
+        if late and (m not in dirty or late[0] < dirty[m][0]):
+            dirty[m] = (late[0], f"{late[0]} became ready after later days were built")
+        if forced and forced < last and (m not in dirty or forced < dirty[m][0]):
+            dirty[m] = (forced, f"asked to build {forced}, older than its latest build ({last})")
+    if not dirty:
+        return None
+    start = min(d for d, _ in dirty.values())
+    affected = [m for m in models if m in dirty or any(u in dirty for u in _upstream(cat, m))]
+    affected = [m for m in affected if m in built]
+    if not affected:
+        return None
+    end = max(max(built[m]) for m in affected)
+    replay: list[str] = []
+    for m in affected:  # in catalogue order: a model's upstream comes first
+        model = cat.models[m]
+        roots = all(i.name in cat.sources or i.name in replay for i in model.inputs)
+        if model.strategy is Strategy.PARTITION and model.fact is None and roots:
+            replay.append(m)
+    rebuild = [m for m in affected if m not in replay]
+    why = {m: dirty[m][1] for m in affected if m in dirty}
+    return Restatement(start, end, replay, rebuild, why)
+
+
+def _upstream(cat: Catalogue, name: str) -> set[str]:
+    """Every model ``name`` reads, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for up in cat.upstream(todo.pop()):
+            if up not in seen:
+                seen.add(up)
+                todo.append(up)
+    return seen
