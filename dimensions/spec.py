@@ -51,6 +51,8 @@ class DeletePolicy(StrEnum):
 class LatePolicy(StrEnum):
     """What happens to a change dated no later than the dimension's latest version of its key."""
 
+    PLACE = "place"  # re-derive the key's versions with every staged record (orchestration/
+    # late.py); where there is no staged history to read (the builder on its own), QUARANTINE
     QUARANTINE = "quarantine"  # hold it back with the reason; a steward decides
     BATCH_TIME = "batch_time"  # version it at the batch time instead of its own date
 
@@ -79,7 +81,7 @@ class DimensionSpec:
     deleted_flag: str | None = None
     snapshot: bool = False
     deletes: DeletePolicy = DeletePolicy.IGNORE
-    late_changes: LatePolicy = LatePolicy.QUARANTINE
+    late_changes: LatePolicy = LatePolicy.PLACE
     duplicates: DuplicatePolicy = DuplicatePolicy.FAIL
     sequence: str | None = None
     descriptions: tuple[tuple[str, str], ...] = field(default=())

@@ -17,6 +17,7 @@ from starsmith.dimensions.date_dim import date_key
 from starsmith.facts.snapshots import complete_grain
 from starsmith.facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
 from starsmith.quality.expect import Expect
+from starsmith.quality.rules import quarantine_when
 
 from . import dim_product, dim_store
 
@@ -46,13 +47,20 @@ def _live(dim: pl.LazyFrame, key: str, days: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
-    levels = inputs["stg_inventory"].unique(subset=list(GRAIN), keep="last", maintain_order=True)
-    days = levels.select("snapshot_date").unique()
+    # A level counted twice is one level; two different levels for one pair are never picked:
+    # both are held back with the reason, and the pair is not filled with a zero either.
+    levels = inputs["stg_inventory"].select(*GRAIN, "on_hand").unique(maintain_order=True)
+    clash = pl.len().over(GRAIN) > 1
+    conflicts = quarantine_when(levels.filter(clash), [(pl.lit(True), (
+        "duplicate grain (snapshot_date={snapshot_date}, product_id={product_id}, "
+        "store_id={store_id}): levels differ"))])
+    levels = levels.filter(~clash)
+    days = inputs["stg_inventory"].select("snapshot_date").unique()
     expected = _live(inputs["dim_product"], "product_id", days).join(
-        _live(inputs["dim_store"], "store_id", days), on="snapshot_date")
-    full = complete_grain(levels.select(*GRAIN, "on_hand"), expected, GRAIN,
-                          {"on_hand": pl.lit(0, dtype=pl.Int32)})
-    return full.with_columns(
+        _live(inputs["dim_store"], "store_id", days), on="snapshot_date").join(
+        conflicts.select(GRAIN), on=list(GRAIN), how="anti")
+    full = complete_grain(levels, expected, GRAIN, {"on_hand": pl.lit(0, dtype=pl.Int32)})
+    return pl.concat([full, conflicts], how="diagonal_relaxed").with_columns(
         date_key=date_key("snapshot_date"),
         snapshot_ts=pl.col("snapshot_date").dt.combine(time(23, 59, 59)),
     )

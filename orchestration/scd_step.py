@@ -24,6 +24,7 @@ from starsmith.loaders import sql
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
+from starsmith.orchestration.late import place_late
 from starsmith.orchestration.output import StepOutput, run_transform
 from starsmith.orchestration.plan import run_id_for
 from starsmith.registry import Catalogue
@@ -95,6 +96,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
     seeds = _placeholders(wh, model, spec, schema) if full_refresh else None
     dim = reserved if full_refresh else None
     changed = pl.DataFrame(schema=schema)
+    late_keys: list[pl.DataFrame] = []
     for d in days:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
@@ -110,6 +112,13 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         else:
             dim = _seed(dim, seeds, spec, before=d)
             existing, max_key = dim, _own_max(dim, spec.surrogate_key)
+        placed = place_late(model, cat, wh, existing, batch, d, day_run, max_key)
+        if placed is not None:  # late keys re-derived from their history; the rest as usual
+            nk = list(spec.natural_key)
+            batch, max_key = placed.rest, placed.issued
+            existing = existing.join(placed.keys, on=nk, how="anti")
+            rejects.append(placed.rejects.with_columns(logical_date=pl.lit(d)))
+            totals["late_keys_placed"] = totals.get("late_keys_placed", 0) + placed.keys.height
         frames: SCDFrames = scd_changes(
             existing.lazy(), batch.lazy(), spec, batch_time=BuildContext(d, day_run).batch_time,
             run_id=day_run, max_key=max_key, narrowed=dim is None and not spec.snapshot,
@@ -119,8 +128,14 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         rejects.append(frames.rejects.with_columns(logical_date=pl.lit(d)))
         if dim is None:
             changed = frames.changes()
+            if placed is not None:
+                changed = pl.concat([changed, placed.rows])
+                late_keys.append(placed.keys)
         else:
             dim = frames.apply(dim, spec.surrogate_key)
+            if placed is not None:
+                dim = pl.concat([dim.join(placed.keys, on=list(spec.natural_key), how="anti"),
+                                 placed.rows])
     if dim is not None:
         # replayed day by day: put in key order once
         rows = _seed(dim, seeds, spec, before=day + timedelta(days=1)).sort(spec.surrogate_key)
@@ -129,16 +144,22 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
     else:  # the first publish creates the table with its reserved members
         rows = pl.concat([reserved, changed])
     counts = {COUNTS.get(k, k): v for k, v in totals.items() if k != "rejected"}
+    # A late key's versions were re-derived: every stored row of it goes, even one whose
+    # valid_from moved (its surrogate key is not among the staged rows).
+    moved = (wh.stage(f"{model.name}__late_keys", run_id, pl.concat(late_keys))
+             if late_keys else None)
 
     def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
         if full_refresh:
             return sql.replace_all(qualified, staged)
-        return [sql.create_like(qualified, staged),
+        gone = [sql.replace_keys(qualified, moved, spec.natural_key, [])[0]] if moved else []
+        return [sql.create_like(qualified, staged), *gone,
                 *sql.replace_keys(qualified, staged, (spec.surrogate_key,), schema.names())]
 
     quarantine = (pl.concat(rejects, how="diagonal_relaxed") if rejects
                   else pl.DataFrame({"reason": []}, schema={"reason": pl.String()}))
     # In (natural key, valid_from) order, as the builder left them: deterministic, so a re-run
     # stages the same file.
-    return StepOutput(rows, quarantine, statements, read, counts, days)
+    return StepOutput(rows, quarantine, statements, read, counts, days,
+                      also_staged=[moved] if moved else [])

@@ -41,6 +41,14 @@ class Demo:
         write_landing(self.landing, days=days, scale=scale)
         self.warehouse = root / ".state" / "warehouse.duckdb"
 
+    def copy(self, dest: Path) -> Demo:
+        """The same project, landing and warehouse in another folder (a test's own copy)."""
+        shutil.copytree(self.root, dest, symlinks=True)
+        twin = Demo.__new__(Demo)
+        twin.root, twin.landing, twin.days = dest, dest / "landing", self.days
+        twin.warehouse = dest / ".state" / "warehouse.duckdb"
+        return twin
+
     def build(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=self.root,
                               env=cli_env(), capture_output=True, text=True, timeout=600)

@@ -7,15 +7,22 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from tests.faults.harness import Demo, assert_same_tables, clean_build, day
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """Six days landed and built by one `starsmith build` (each day its own nightly run)."""
+    shop = Demo(tmp_path_factory.mktemp("restate") / "shop", days=6)
+    shop.build()
+    return shop
+
+
 def test_full_refresh_equals_the_nightly_builds_and_never_doubles_the_quarantine(
-        tmp_path: Path) -> None:
-    demo = Demo(tmp_path / "shop", days=6)
-    for n in range(1, 7):  # six nightly builds, one day each
-        demo.build("--date", str(day(n)))
+        built: Demo, tmp_path: Path) -> None:
+    demo = built.copy(tmp_path / "shop")
     nightly = demo.tables()
     assert sum(f.height for n, f in nightly.items() if n.endswith("__quarantine")) > 0
     demo.build("--full-refresh")
@@ -25,9 +32,9 @@ def test_full_refresh_equals_the_nightly_builds_and_never_doubles_the_quarantine
         assert refreshed[name].equals(frame), name
 
 
-def test_a_relanded_day_is_noticed_and_every_table_converges(tmp_path: Path) -> None:
-    demo = Demo(tmp_path / "shop", days=6)
-    demo.build()
+def test_a_relanded_day_is_noticed_and_every_table_converges(built: Demo, tmp_path: Path
+                                                              ) -> None:
+    demo = built.copy(tmp_path / "shop")
     customers = demo.read("customers", 3)
     changed = customers.with_columns(
         pl.when(pl.int_range(pl.len()) < 5).then(pl.lit("1 Corrected Road"))
@@ -44,9 +51,8 @@ def test_a_relanded_day_is_noticed_and_every_table_converges(tmp_path: Path) -> 
     assert "restating" not in again.stdout and "nothing to build" in again.stdout
 
 
-def test_building_an_older_date_rederives_the_later_days(tmp_path: Path) -> None:
-    demo = Demo(tmp_path / "shop", days=6)
-    demo.build()
+def test_building_an_older_date_rederives_the_later_days(built: Demo, tmp_path: Path) -> None:
+    demo = built.copy(tmp_path / "shop")
     before = demo.tables()
     proc = demo.build("--date", str(day(2)))
     assert "restating from 2024-01-02" in proc.stdout, proc.stdout
