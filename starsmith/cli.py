@@ -254,6 +254,10 @@ def plan(select: Select = None,
         dates = _dates(cfg, cat, models, day, start, end)
         wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
         changes = model_changes(cat, models, wh)
+        restate = _restatement(cfg, cat, models, dates, bool(day or start or end))
+        if restate:  # what a build runs first
+            for line in restate.explain():
+                console.print(escape(line))
         table = Table(title=f"project {cat.project}: {len(models)} model(s) x {len(dates)} "
                       "day(s): " + (_span(dates) or "nothing pending"))
         estimate = None
