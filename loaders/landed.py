@@ -5,8 +5,10 @@ An exporter writes a day's data files first and a marker last: ``_SUCCESS`` (Spa
 exporters) or ``_manifest.json`` (every file with its bytes, rows and sha256, as BigQuery
 transfers and many exporters write). Until the marker is there the day is still being written,
 and a build waits for it instead of reading half a day. A source that never writes markers
-(``Completion.AUTO`` before its first one) counts a day as landed when its data files are there
-and none is empty or still named as in progress.
+(``Completion.AUTO``, on days before its first marked one) counts a day as landed when its data
+files are there and none is empty or still named as in progress. A marked day with no data files
+(a ``_SUCCESS`` alone, or a manifest listing none) is a landed empty day: a change feed's quiet
+day, refused when read for a source that does not allow empty days.
 
 Only folders named ``date=YYYY-MM-DD`` are days; any other name is reported once and skipped,
 and a day dated beyond the source's tolerance after today is refused, not built.
@@ -14,9 +16,11 @@ and a day dated beyond the source's tolerance after today is refused, not built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -87,22 +91,62 @@ def _manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
     if not path.is_file():
         return None
+    fix = ('Write {"files": [{"name": ..., "bytes": ..., "rows": ..., "sha256": ...}]}, '
+           "the export's last file")
     try:
-        found = json.loads(path.read_text())
-        files = found["files"]
-        assert isinstance(files, list) and all(isinstance(f, dict) and "name" in f for f in files)
-    except (ValueError, KeyError, AssertionError) as err:
-        raise DataError(f"the manifest is not valid: {err}", where=str(path),
-                        fix='Write {"files": [{"name": ..., "bytes": ..., "rows": ..., '
-                            '"sha256": ...}]}') from err
+        found = json.loads(path.read_bytes())
+    except ValueError as err:  # cut short: an exporter still writing it, or a broken copy
+        raise DataError("the manifest is not valid JSON yet (still being written?)",
+                        where=str(path), fix=fix) from err
+    files = found.get("files") if isinstance(found, dict) else None
+    if not (isinstance(files, list)
+            and all(isinstance(f, dict) and "name" in f for f in files)):
+        raise DataError('the manifest is not valid: it needs "files", a list of {"name": ...}',
+                        where=str(path), fix=fix)
     return dict(found)
 
 
-def uses_markers(landing: Path, source: Source) -> bool:
-    """Has the source ever written a marker or manifest (AUTO then expects one every day)?"""
+CACHE_SECONDS = 30  # how long a process may take to notice a marker written into a day folder
+
+
+def _bucket() -> int:
+    return int(time.monotonic() // CACHE_SECONDS)
+
+
+def first_marker_day(landing: Path, source: Source) -> date | None:
+    """The source's first day with a ``_SUCCESS`` or manifest: under ``Completion.AUTO`` the
+    days from it on need one, the days before it (landed before the exporter wrote markers)
+    are judged by their files.
+
+    Asked once per day read, so it is cached: by the source's folder and its mtime (a new day
+    folder) and by a time bucket, so a long-lived worker notices a marker written into an
+    existing day folder within :data:`CACHE_SECONDS`, while one build reading thousands of
+    days lists the folders about once."""
     root = landing / source.name
-    return root.is_dir() and (any(root.glob(f"date=*/{MARKER}"))
-                              or any(root.glob(f"date=*/{MANIFEST}")))
+    if not root.is_dir():
+        return None
+    return _first_marker_day(str(root), root.stat().st_mtime_ns, _bucket())
+
+
+@functools.lru_cache(maxsize=256)
+def _first_marker_day(root: str, _mtime: int, _bucket: int) -> date | None:
+    days: list[tuple[date, Path]] = []
+    for folder in Path(root).iterdir():
+        match = DAY_FOLDER.fullmatch(folder.name)
+        if match:
+            try:
+                days.append((date.fromisoformat(match.group(1)), folder))
+            except ValueError:
+                continue
+    for day, folder in sorted(days):
+        if (folder / MARKER).exists() or (folder / MANIFEST).exists():
+            return day
+    return None
+
+
+def marker_rules(first: date | None, day: date) -> bool:
+    """Does ``Completion.AUTO`` expect a marker on ``day``, given the source's first marked day?"""
+    return first is not None and day >= first
 
 
 @dataclass(frozen=True)
@@ -121,12 +165,16 @@ class LandedDay:
 
 def inspect_day(source: Source, day: date, folder: Path, *, markers: bool) -> LandedDay:
     """Is the day complete, by the source's convention? Cheap: names and sizes only (checksums
-    and row counts are checked when the day is read, see :func:`verify`)."""
+    and row counts are checked when the day is read, see :func:`verify`). ``markers``: under
+    ``Completion.AUTO``, does this day need a marker (see :func:`marker_rules`)?"""
     files = tuple(data_files(folder, source))
     mode = source.completion
     if mode is Completion.AUTO:
         mode = Completion.MARKER if markers else Completion.FILES
-    manifest = _manifest(folder)
+    try:
+        manifest = _manifest(folder)
+    except DataError as err:  # half-written: the day waits (reading it says why)
+        return LandedDay(day, folder, files, err.what)
     if mode is Completion.MANIFEST or (mode is Completion.MARKER and manifest is not None):
         if manifest is None:
             return LandedDay(day, folder, files, f"no {MANIFEST} yet (still being written?)")
@@ -149,8 +197,15 @@ def inspect_day(source: Source, day: date, folder: Path, *, markers: bool) -> La
         return LandedDay(day, folder, files, f"no {MARKER} marker yet (still being written?)")
     if not files:
         busy = _in_progress(folder)
-        return LandedDay(day, folder, files, f"only files in progress ({', '.join(busy)})" if busy
-                         else f"no {source.format} file")
+        if busy:
+            return LandedDay(day, folder, files, f"only files in progress ({', '.join(busy)})")
+        other = sorted(p.name for p in folder.iterdir() if not p.name.startswith((".", "_")))
+        if mode is Completion.MARKER and not other:
+            # the export finished with no data: an empty day (a change feed's quiet day; the
+            # reader refuses it for a source that does not allow empty days)
+            return LandedDay(day, folder, ())
+        return LandedDay(day, folder, files, f"no {source.format} file" + (
+            f" (found {', '.join(other)})" if other else ""))
     if mode is Completion.FILES:
         empty = [p.name for p in files if p.stat().st_size == 0]
         if empty:
@@ -164,8 +219,8 @@ def inspect_day(source: Source, day: date, folder: Path, *, markers: bool) -> La
 
 def landed(landing: Path, source: Source, *, today: date | None = None) -> list[LandedDay]:
     """Every well-named day folder of the source, complete or not, oldest first."""
-    markers = uses_markers(landing, source)
-    return [inspect_day(source, d, f, markers=markers)
+    first = first_marker_day(landing, source)
+    return [inspect_day(source, d, f, markers=marker_rules(first, d))
             for d, f in day_folders(landing, source, today=today).items()]
 
 

@@ -7,7 +7,10 @@ guessed around).
 
 from __future__ import annotations
 
-from datetime import date
+import functools
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -15,13 +18,18 @@ import polars as pl
 from starsmith.contract import Cadence, Source
 from starsmith.errors import DataError, SourceMissing
 from starsmith.loaders.landed import (
+    MANIFEST,
+    MARKER,
     LandedDay,
     data_files,
+    day_folders,
     fingerprint,
+    first_marker_day,
     inspect_day,
+    landed,
     landed_dates,
     manifest_rows,
-    uses_markers,
+    marker_rules,
     verify,
 )
 from starsmith.log import get_logger
@@ -41,21 +49,34 @@ _COMPATIBLE: dict[pl.DataType, set[pl.DataType]] = {  # widenings that lose no d
 }
 
 
-def check_drift(source: Source, found: pl.Schema, where: str) -> None:
+Earlier = Callable[[], tuple[date, Collection[str]] | None]
+"""The columns of a source's previous landing that holds data, and its day (None: there is none),
+asked only when a snapshot or change feed lacks a nullable column."""
+
+
+def check_drift(source: Source, found: pl.Schema, where: str, *, earlier: Earlier | None = None
+                ) -> None:
     """Name schema drift precisely: a missing column, a changed type, a new column.
 
-    A missing required column or an incompatible type stops the read (no retry helps), and so
-    does any missing column of a snapshot or change feed (it would version every key with a
-    NULL); elsewhere a missing nullable column reads as NULLs and a new column is ignored, both
-    logged as warnings.
+    A missing required column or an incompatible type stops the read (no retry helps). A
+    missing nullable column reads as NULLs (a warning), except in a snapshot or change feed
+    whose previous landing had it (``earlier``): dropped from the export, it would version every
+    key with a NULL. Days landed before the column was added to the contract read as NULLs, so a
+    restatement or full refresh can read them. A new column is ignored with a warning.
     """
     problems = []
+    versioned = source.cadence in (Cadence.SNAPSHOT, Cadence.CHANGE_FEED)
+    before: list[tuple[date, Collection[str]] | None] = []  # asked once, when needed
     for col in source.columns:
         if col.name not in found:
-            if not col.nullable or source.cadence in (Cadence.SNAPSHOT, Cadence.CHANGE_FEED):
-                # a snapshot's or change feed's columns version dimensions: read as NULL, a
-                # missing column would close every version with a NULL value
+            if versioned and col.nullable and earlier is not None and not before:
+                before.append(earlier())
+            previous = before[0] if before else None
+            if not col.nullable:
                 problems.append(f"missing column {col.name!r} ({col.dtype})")
+            elif versioned and previous is not None and col.name in previous[1]:
+                problems.append(f"missing column {col.name!r} ({col.dtype}), which its previous "
+                                f"landing ({previous[0]}) had")
             else:
                 log.warning("source %r has no column %r (%s): read as NULL (in %s)",
                             source.name, col.name, col.dtype, where)
@@ -76,17 +97,71 @@ def check_drift(source: Source, found: pl.Schema, where: str) -> None:
                         fix="Fix the export, or change the source's contract in the project")
 
 
+def landed_columns(source: Source, day: LandedDay) -> set[str] | None:
+    """The columns a landing holds, read cheaply from its first file with data (Parquet
+    metadata, the CSV header, the first NDJSON record); None when it holds no data."""
+    for path in day.files:
+        if path.stat().st_size == 0:
+            continue
+        if source.format == "parquet":
+            return set(pl.read_parquet_schema(path))
+        if source.format == "csv":
+            return set(pl.read_csv(path, n_rows=0, infer_schema=False).columns)
+        with path.open("rb") as fh:
+            line = next((x for x in fh if x.strip()), b"")
+        if line:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return None
+            return set(record) if isinstance(record, dict) else None
+    return None
+
+
+def _complete_before(landing: Path, source: Source, day: date) -> Iterator[LandedDay]:
+    """The source's complete landings before ``day``, newest first; the day before is tried
+    first, so a daily source does not list its folders."""
+    first = first_marker_day(landing, source)
+    prior = day - timedelta(days=1)
+    folder = source_folder(landing, source, prior)
+    if folder.is_dir():
+        found = inspect_day(source, prior, folder, markers=marker_rules(first, prior))
+        if found.complete:
+            yield found  # listed further only if it holds no data
+    for d, folder in sorted(day_folders(landing, source).items(), reverse=True):
+        if d < prior:
+            found = inspect_day(source, d, folder, markers=marker_rules(first, d))
+            if found.complete:
+                yield found
+
+
+def _earlier(source: Source, landings: Callable[[], Iterable[LandedDay]]) -> Earlier:
+    """The columns of the latest of ``landings`` that holds data (an empty day says nothing)."""
+    def columns() -> tuple[date, Collection[str]] | None:
+        for found in landings():
+            cols = landed_columns(source, found)
+            if cols is not None:
+                return found.day, cols
+        return None
+    return columns
+
+
+def _landed_upto(landing: Path, source: Source, day: date) -> list[LandedDay]:
+    """Every complete landing on or before ``day``, oldest first, from one listing."""
+    days = [d for d in landed(landing, source) if d.complete and d.day <= day]
+    if not days:
+        raise SourceMissing(
+            f"source {source.name!r} has no extract landed on or before {day}",
+            where=str(landing / source.name),
+            fix="Land an extract, or build a later day")
+    return days
+
+
 def landings_for(landing: Path, source: Source, day: date, *, whole: bool = False) -> list[date]:
     """The landings a run of ``day`` reads: that day's extract; for reference data the latest
     landed on or before it; with ``whole`` (``Window.ALL``) every landing up to it."""
     if whole:
-        days = [d for d in landed_dates(landing, source) if d <= day]
-        if not days:
-            raise SourceMissing(
-                f"source {source.name!r} has no extract landed on or before {day}",
-                where=str(landing / source.name),
-                fix="Land an extract, or build a later day")
-        return days
+        return [d.day for d in _landed_upto(landing, source, day)]
     if not source.cadence.daily:
         earlier = [d for d in landed_dates(landing, source) if d <= day]
         if not earlier:
@@ -100,22 +175,37 @@ def landings_for(landing: Path, source: Source, day: date, *, whole: bool = Fals
 
 def scan_source(landing: Path, source: Source, day: date, *, whole: bool = False
                 ) -> pl.LazyFrame:
-    """The source's rows a run of ``day`` reads (see :func:`landings_for`), cast to its contract."""
-    days = landings_for(landing, source, day, whole=whole)
-    frames = [_scan_one(landing, source, d) for d in days]
+    """The source's rows a run of ``day`` reads (see :func:`landings_for`), cast to its contract.
+
+    Checksums and row counts are checked on the newest landing read only: with ``whole``, the
+    older ones were checked when they were the newest (a re-landed day is noticed by its
+    fingerprint and restated)."""
+    if not whole:
+        (only,) = landings_for(landing, source, day)
+        return _scan_one(landing, source, day_landing(landing, source, only))
+    days = _landed_upto(landing, source, day)
+    frames = [_scan_one(landing, source, found, check=i == len(days) - 1,
+                        earlier=functools.partial(_newest_first, days, i))
+              for i, found in enumerate(days)]
     return frames[0] if len(frames) == 1 else pl.concat(frames)
+
+
+def _newest_first(days: list[LandedDay], end: int) -> Iterator[LandedDay]:
+    return (days[i] for i in range(end - 1, -1, -1))
 
 
 def day_landing(landing: Path, source: Source, day: date) -> LandedDay:
     """The day's landing, refused with the reason unless it is complete."""
     folder = source_folder(landing, source, day)
-    if not folder.is_dir() or (not data_files(folder, source) and not (folder / "_manifest.json").exists()):
+    if not folder.is_dir() or not (data_files(folder, source) or (folder / MANIFEST).exists()
+                                   or (folder / MARKER).exists()):
         raise SourceMissing(
             f"source {source.name!r} has no {source.format} extract for {day}",
             where=str(folder),
             fix="Land the extract, or build only the days that have landed (`starsmith build`)",
         )
-    found = inspect_day(source, day, folder, markers=uses_markers(landing, source))
+    found = inspect_day(source, day, folder,
+                        markers=marker_rules(first_marker_day(landing, source), day))
     if not found.complete:
         raise SourceMissing(f"source {source.name!r}'s extract for {day} is not complete: "
                             f"{found.problem}", where=str(folder),
@@ -126,17 +216,24 @@ def day_landing(landing: Path, source: Source, day: date) -> LandedDay:
 def fingerprints(landing: Path, source: Source, day: date, *, whole: bool = False
                  ) -> dict[date, str]:
     """The fingerprint of each landing a run of ``day`` reads (recorded with its publish)."""
+    if whole:  # one listing, each landing's fingerprint once
+        return {d.day: fingerprint(d) for d in _landed_upto(landing, source, day)}
     return {d: fingerprint(day_landing(landing, source, d))
-            for d in landings_for(landing, source, day, whole=whole)}
+            for d in landings_for(landing, source, day)}
 
 
-def _scan_one(landing: Path, source: Source, day: date) -> pl.LazyFrame:
-    found = day_landing(landing, source, day)
-    verify(found)
+def _scan_one(landing: Path, source: Source, found: LandedDay, *, check: bool = True,
+              earlier: Callable[[], Iterable[LandedDay]] | None = None) -> pl.LazyFrame:
+    """One complete landing, cast to the contract. ``check``: verify its checksums and row
+    counts; ``earlier``: the complete landings before it, newest first, when the caller knows
+    them (else they are looked up, only if a column is missing)."""
+    if check:
+        verify(found)
     folder, schema = found.folder, source.schema
     files = [f for f in found.files if f.stat().st_size > 0]  # an empty change-feed day: 0 bytes
     if not files:
-        _check_rows(source, found, pl.LazyFrame(schema=schema))
+        if check:
+            _check_rows(source, found, pl.LazyFrame(schema=schema))
         return pl.LazyFrame(schema=schema)
     if source.format == "parquet":
         lf = pl.scan_parquet(files)
@@ -147,8 +244,10 @@ def _scan_one(landing: Path, source: Source, day: date) -> pl.LazyFrame:
     else:  # pragma: no cover - Source checks its format when it is declared
         raise DataError(f"unknown source format {source.format!r}", where=source.name)
     found_schema = lf.collect_schema()
-    check_drift(source, found_schema, str(folder))
-    _check_rows(source, found, lf)
+    before = earlier or (lambda: _complete_before(landing, source, found.day))
+    check_drift(source, found_schema, str(folder), earlier=_earlier(source, before))
+    if check:
+        _check_rows(source, found, lf)
     return lf.select(
         (pl.col(c).str.to_datetime(time_unit="us")
          if t == pl.Datetime("us") and found_schema.get(c) == pl.String()
@@ -183,6 +282,8 @@ def _check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame) -> None:
 
 
 def _count(source: Source, path: Path) -> int:
+    if path.stat().st_size == 0:  # an empty change-feed file: no header, no rows
+        return 0
     if source.format == "parquet":
         return int(pl.scan_parquet(path).select(pl.len()).collect().item())
     if source.format == "csv":

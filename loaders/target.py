@@ -127,6 +127,13 @@ class Warehouse(Protocol):
     def landings(self) -> pl.DataFrame:
         """What each model read: (model, source, landed_day, fingerprint, run_id)."""
 
+    def restatements(self) -> pl.DataFrame:
+        """Models marked to be rebuilt from history: (model, from_day, reason)."""
+
+    def mark_restatements(self, rows: pl.DataFrame) -> None:
+        """Mark models (model, from_day, reason) until their next full-refresh publish; a model
+        already marked keeps the earlier day."""
+
     def run_log(self) -> pl.DataFrame: ...
 
 

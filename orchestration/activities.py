@@ -87,21 +87,26 @@ class ProjectActivities:
     def plan_build(self, req: BuildRequest) -> BuildPlan:
         """Select the models and the dates (by default every landed day not yet built)."""
         from starsmith.loaders.connect import open_warehouse
-        from starsmith.orchestration.plan import make_plan, pending_dates
+        from starsmith.orchestration.plan import pending_dates
+        from starsmith.orchestration.restate import with_restatement
 
         def go() -> BuildPlan:
             cat = self.catalogue(req.fingerprint)
             models = cat.select(list(req.select) or None)
+            wh = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
             if req.dates:
                 dates = [date.fromisoformat(d) for d in req.dates]
             else:
-                wh = open_warehouse(req.paths.warehouse, memory_limit=req.paths.memory_limit)
                 dates = pending_dates(cat, models, Path(req.paths.landing), wh).days
                 if req.until:
                     dates = [d for d in dates if d <= date.fromisoformat(req.until)]
-            return make_plan(cat, models, dates, full_refresh=req.full_refresh,
-                             accept_changes=req.accept_changes,
-                             max_parallel=req.max_parallel)
+            # Any restatement is decided here, when the build runs (a schedule's, a backfill's
+            # day, a CLI build), and runs inside this workflow before the days: never beside it.
+            return with_restatement(
+                cat, models, dates, wh, Path(req.paths.landing),
+                forced=date.fromisoformat(req.forced) if req.forced else None,
+                full_refresh=req.full_refresh, accept_changes=req.accept_changes,
+                max_parallel=req.max_parallel)
 
         return _as_temporal(go)
 

@@ -276,7 +276,13 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
     scope = None if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT else (fs.event_date, parts)
     if scope and fs.event_date not in quarantine.columns:
         quarantine = quarantine.with_columns(pl.lit(None, dtype=pl.Date()).alias(fs.event_date))
-    return StepOutput(rows, quarantine, statements, read, counts, days=[day],
+    # A full refresh rebuilt every day landed so far: each is built (a watermark apiece).
+    days = [day]
+    if full_refresh:
+        found = wh.query(f'SELECT DISTINCT "{load}" AS d FROM main."{primary_name}" '
+                         f'WHERE "{load}" <= ?', [day])["d"].to_list()
+        days = sorted({*found, day})
+    return StepOutput(rows, quarantine, statements, read, counts, days=days,
                       also_staged=[ref for _, ref in staged_inferred],
                       pending=dict(staged_inferred), parts=staged_parts,
                       quarantine_scope=scope)

@@ -5,11 +5,13 @@ usable.
 A snapshot closes every live key it lacks, so a truncated export, an export cut to one region or
 a run of NULL keys rewrites history silently and with exit 0. Here, before the builder runs:
 
-- if some of the day's records were held back upstream (a NULL key, a failed rule) or have a
-  NULL key here, the keys the snapshot lacks are not closed that day: those records may be them.
-  They stay as they are, are counted as ``closes_held`` and logged; a corrected day closes them;
-- otherwise, closing more than the source's ``Guard.max_closed`` share of the live keys stops
-  the step with the count and a sample of keys, unless the build says ``--accept-changes``.
+- a key whose record was held back upstream (a failed rule) is present, not removed: it is not
+  closed. If some records had no natural key at all, none of the keys the snapshot lacks is
+  closed that day (any of them may be one of those records): they stay as they are, counted as
+  ``closes_held`` and logged, and a corrected day closes what really went;
+- otherwise, closing more than the source's ``Guard.max_closed`` share of the live keys (and
+  more than ``Guard.at_least`` keys) stops the step with the count and a sample of keys, unless
+  the build says ``--accept-changes``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import date
 import polars as pl
 
 from starsmith.contract import Cadence, Guard, Model, Source
+from starsmith.dimensions.spec import INFERRED_BASE
 from starsmith.errors import DataError
 from starsmith.loaders.target import Warehouse
 from starsmith.log import get_logger
@@ -45,15 +48,41 @@ def snapshot_sources(model: Model, cat: Catalogue) -> list[Source]:
     return found
 
 
-def _held_upstream(model: Model, cat: Catalogue, wh: Warehouse, day: date) -> int:
-    """Rows of the day the model's upstream models quarantined."""
-    held = 0
+def _held_upstream(model: Model, cat: Catalogue, wh: Warehouse, day: date, nk: list[str]
+                   ) -> tuple[int, pl.DataFrame]:
+    """The day's rows the model's upstream models quarantined: how many had no natural key,
+    and the keys of the others (present in the source, only held back)."""
+    unknown, known = 0, []
     for up in cat.upstream(model.name):
         table = f"{up}__quarantine"
-        if wh.exists(table):
-            held += int(wh.query(f'SELECT count(*) AS n FROM main."{table}" WHERE logical_date = ?',
-                                 [day])["n"][0])
-    return held
+        if not wh.exists(table):
+            continue
+        rows = wh.query(f'SELECT * FROM main."{table}" WHERE logical_date = ?', [day])
+        if not set(nk) <= set(rows.columns):
+            unknown += rows.height
+            continue
+        missing = rows.select(pl.any_horizontal([pl.col(c).is_null() for c in nk]))[:, 0]
+        unknown += int(missing.sum())
+        known.append(rows.filter(~missing).select(nk))
+    keys = pl.concat(known, how="vertical_relaxed").unique() if known else pl.DataFrame()
+    return unknown, keys
+
+
+def _as_records(rows: pl.DataFrame, batch: pl.DataFrame, model: Model) -> pl.DataFrame:
+    """Current versions as batch records that change nothing (the builder sees a replay)."""
+    spec = model.dimension
+    assert spec is not None
+    fill = {}
+    for col in batch.columns:
+        if col in rows.columns:
+            fill[col] = pl.col(col)
+        elif col == spec.updated_at:
+            fill[col] = pl.col("valid_from")
+        elif col == spec.deleted_flag:
+            fill[col] = pl.lit(False)
+        else:
+            fill[col] = pl.lit(None)
+    return rows.select(**fill).cast(dict(batch.schema))  # type: ignore[arg-type]
 
 
 def guard_snapshot(model: Model, cat: Catalogue, wh: Warehouse, existing: pl.DataFrame,
@@ -63,29 +92,26 @@ def guard_snapshot(model: Model, cat: Catalogue, wh: Warehouse, existing: pl.Dat
     spec = model.dimension
     assert spec is not None
     nk, sk = list(spec.natural_key), spec.surrogate_key
-    live = existing.filter(pl.col("is_current") & ~pl.col("is_deleted") & (pl.col(sk) >= 0))
+    live = existing.filter(pl.col("is_current") & ~pl.col("is_deleted") & (pl.col(sk) >= 0)
+                           & (pl.col(sk) < INFERRED_BASE) & ~pl.col("is_inferred"))
     if not live.height:
         return batch, 0
     gone = live.join(batch.select(nk).drop_nulls().unique(), on=nk, how="anti")
     if not gone.height:
         return batch, 0
-    unusable = _held_upstream(model, cat, wh, day) + batch.filter(
-        pl.any_horizontal([pl.col(c).is_null() for c in nk])).height
-    if unusable:
-        keep = set(batch.columns) <= {*nk, *spec.attributes}
-        if not keep:
-            raise DataError(
-                f"{unusable} record(s) of the {day} snapshot were unusable (NULL key or held back)"
-                f" and {gone.height} live key(s) are missing from it: they cannot be told apart",
-                where=f"model {model.name}", fix="Fix the export and land the day again")
-        log.warning("%s %s: %d record(s) unusable (NULL key or held back upstream), so the %d "
-                    "key(s) missing from the snapshot are not closed", model.name, day,
-                    unusable, gone.height)
-        kept = gone.select(batch.columns).cast(dict(batch.schema))  # type: ignore[arg-type]
-        return pl.concat([batch, kept]), gone.height
+    unknown, held = _held_upstream(model, cat, wh, day, nk)
+    unknown += batch.filter(pl.any_horizontal([pl.col(c).is_null() for c in nk])).height
+    kept = gone if unknown else gone.join(held, on=nk, how="semi") if held.height else gone.clear()
+    if kept.height:  # present in the source but unusable: not a removal
+        log.warning("%s %s: %d key(s) missing from the snapshot are not closed: %s", model.name,
+                    day, kept.height, f"{unknown} record(s) had no key" if unknown
+                    else "their records were held back upstream")
+        return pl.concat([batch, _as_records(kept, batch, model)]), kept.height
     sources = snapshot_sources(model, cat)
-    limit = min((s.guard.max_closed for s in sources), default=Guard().max_closed)
-    if gone.height > limit * live.height and not accept:
+    guards = [s.guard for s in sources] or [Guard()]
+    limit = min(g.max_closed for g in guards)
+    floor = min(g.at_least for g in guards)
+    if gone.height > max(limit * live.height, floor) and not accept:
         sample = ", ".join(str(r) for r in gone.select(nk).head(5).rows())
         raise DataError(
             f"the {day} snapshot would close {gone.height} of {live.height} live keys of "

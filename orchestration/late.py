@@ -8,9 +8,10 @@ version alone gets it wrong: records at 01:04 (address A), 21:20 (email only) an
 
 So, for a dimension with ``LatePolicy.PLACE`` (the default) whose input is a model partitioned
 by landing day (its staged record history), a nightly step finds the batch's keys that have a
-record dated no later than one already staged, and re-derives those keys' versions from their
-whole staged history in one pass of the builder. Versions that did not move keep their surrogate
-keys and run ids; the others get new ones. Keys with only fresh records take the usual path.
+record dated before its landing day and no later than one already staged, and re-derives those
+keys' versions from their whole staged history in one pass of the builder. Versions that did
+not move keep their surrogate keys and run ids; the others get new ones. Keys with only fresh
+records take the usual path.
 The cost grows with the late keys' history, never with the dimension.
 """
 
@@ -79,7 +80,13 @@ def place_late(model: Model, cat: Catalogue, wh: Warehouse, existing: pl.DataFra
     up, col = found
     nk, ts = list(spec.natural_key), spec.updated_at
     assert ts is not None
-    touched = batch.select(nk).drop_nulls().unique()
+    # Only a record dated before its own landing day can be older than one landed earlier
+    # (exporters date a day's changes that day): the history of those keys alone is read, so
+    # a night without late records reads none.
+    start = BuildContext(day, run_id).batch_time
+    touched = batch.filter(pl.col(ts).cast(TS) < start).select(nk).drop_nulls().unique()
+    if not touched.height:
+        return None
     prior = _prior(model, wh, up, col, touched, day, run_id)
     if not prior.height:
         return None

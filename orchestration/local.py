@@ -52,14 +52,16 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
 def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, catalogue: Catalogue,
              memory_limit: str = "4GB", staging: str = "", listener: Listener | None = None,
              memory_budget: str = "") -> list[DayOutcome]:
-    """Days in order; stops after the first day that did not fully build (SCD needs order)."""
+    """Days in order, after the plan's restatement phases; stops after the first day that did
+    not fully build (SCD needs order)."""
     outcomes = []
-    for day in plan.dates:
-        outcome = run_day(plan, day, landing=landing, warehouse=warehouse,
-                          memory_limit=memory_limit, staging=staging, listener=listener,
-                          catalogue=catalogue, memory_budget=memory_budget)
-        outcomes.append(outcome)
-        if not outcome.ok:
-            log.error("stopping after %s: later days wait until it builds", day)
-            break
+    for stage in (*plan.phases, plan):
+        for day in stage.dates:
+            outcome = run_day(stage, day, landing=landing, warehouse=warehouse,
+                              memory_limit=memory_limit, staging=staging, listener=listener,
+                              catalogue=catalogue, memory_budget=memory_budget)
+            outcomes.append(outcome)
+            if not outcome.ok:
+                log.error("stopping after %s: later days wait until it builds", day)
+                return outcomes
     return outcomes

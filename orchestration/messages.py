@@ -34,6 +34,7 @@ class BuildRequest:
     project: str = ""  # the project's name, for messages
     fingerprint: str = ""  # the client's project fingerprint; a worker with another refuses
     accept_changes: bool = False  # let a day through the sources' guards (--accept-changes)
+    forced: str = ""  # the day of `build --date D`: older than the latest build, it restates
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class BuildPlan:
     max_parallel: int = 4
     run_ids: dict[str, str] = field(default_factory=dict)
     accept_changes: bool = False
+    # A restatement to run first, in order (orchestration/restate.py), and what it is for.
+    phases: tuple[BuildPlan, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,17 @@ rare, and only the affected models pay it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
+
+import polars as pl
 
 from starsmith.contract import Strategy
 from starsmith.loaders.landed import fingerprint, landed
 from starsmith.loaders.target import Warehouse
+from starsmith.orchestration.messages import BuildPlan
+from starsmith.orchestration.plan import landed_days, make_plan
 from starsmith.registry import Catalogue
 
 
@@ -77,32 +81,40 @@ def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Pa
 
 def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: Warehouse,
                      landing: Path, *, forced: date | None = None) -> Restatement | None:
-    """The restatement a build must run first, or None. ``forced``: the earliest day the user
-    asked for (``--date``/``--from``)."""
+    """The restatement a build of ``models`` must run first, or None.
+
+    What is dirty is found over the whole catalogue: a selection that re-runs a staging table
+    leaves its dependants marked (``_starsmith.restatements``) until a build rebuilds them, so a
+    correction is never lost because only part of the graph was built. ``forced``: the day the
+    user asked for with ``--date``.
+    """
     marks = wh.watermarks()
     if not marks.height:
         return None
     built: dict[str, set[date]] = {}
     for model, day in marks.select("model", "logical_date").iter_rows():
         built.setdefault(model, set()).add(day)
-    dirty = _changed_landings(cat, models, wh, landing)
-    for m in models:
+    everything = list(cat.order)
+    dirty = _changed_landings(cat, everything, wh, landing)
+    for model, day, why in wh.restatements().select("model", "from_day", "reason").iter_rows():
+        if model in cat.models and (model not in dirty or day < dirty[model][0]):
+            dirty[model] = (day, why)
+    for m in everything:
         if not cat.models[m].inputs or m not in built:
             continue
         last = max(built[m])
         late = [d for d in ready if d < last and d not in built[m]]
         if late and (m not in dirty or late[0] < dirty[m][0]):
             dirty[m] = (late[0], f"{late[0]} became ready after later days were built")
-        if forced and forced < last and (m not in dirty or forced < dirty[m][0]):
+        if forced and m in models and forced < last and (m not in dirty or forced < dirty[m][0]):
             dirty[m] = (forced, f"asked to build {forced}, older than its latest build ({last})")
     if not dirty:
         return None
     start = min(d for d, _ in dirty.values())
-    affected = [m for m in models if m in dirty or any(u in dirty for u in _upstream(cat, m))]
-    affected = [m for m in affected if m in built]
-    if not affected:
-        return None
-    end = max(max(built[m]) for m in affected)
+    # Every model downstream of a dirty one is affected, built before or not: a model that
+    # reads a restated one must never run before it (a new one is built from history).
+    affected = [m for m in everything if m in dirty or any(u in dirty for u in _upstream(cat, m))]
+    end = max(max(built[m]) for m in affected if m in built)
     replay: list[str] = []
     for m in affected:  # in catalogue order: a model's upstream comes first
         model = cat.models[m]
@@ -111,7 +123,53 @@ def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: W
             replay.append(m)
     rebuild = [m for m in affected if m not in replay]
     why = {m: dirty[m][1] for m in affected if m in dirty}
-    return Restatement(start, end, replay, rebuild, why)
+    # Remember what must be rebuilt, in case this build does not get to it (a selection, a
+    # failure): cleared by the model's own rebuild (a full-refresh publish).
+    wh.mark_restatements(pl.DataFrame(
+        {"model": rebuild, "from_day": [start] * len(rebuild),
+         "reason": [why.get(m) or f"an upstream model is restated from {start}"
+                    for m in rebuild]},
+        schema={"model": pl.String(), "from_day": pl.Date(), "reason": pl.String()}))
+    chosen = set(models)
+    replay, rebuild = [m for m in replay if m in chosen], [m for m in rebuild if m in chosen]
+    if not replay and not rebuild:
+        return None
+    return Restatement(start, end, replay, rebuild,
+                       {m: w for m, w in why.items() if m in chosen})
+
+
+def with_restatement(cat: Catalogue, models: list[str], dates: list[date], wh: Warehouse,
+                     landing: Path, *, forced: date | None = None, full_refresh: bool = False,
+                     accept_changes: bool = False, max_parallel: int = 4) -> BuildPlan:
+    """The build plan, with the restatement it needs first as its phases (run in order, before
+    the plan's own days; the workflow and the in-process runner both do)."""
+    def plan(names: list[str], days: list[date], refresh: bool = False) -> BuildPlan:
+        return make_plan(cat, names, days, full_refresh=refresh, max_parallel=max_parallel,
+                         accept_changes=accept_changes)
+
+    if full_refresh:
+        return plan(models, dates, True)
+    ready = landed_days(cat, list(cat.order), landing)
+    found = find_restatement(cat, models, ready, wh, landing, forced=forced)
+    if found is None:
+        return plan(models, dates)
+    phases = []
+    # The models the restatement leaves alone come up to its last day first: a rebuilt model
+    # reads them as of that day (they are never downstream of a restated one).
+    restated = {*found.replay, *found.rebuild}
+    rest = [m for m in models if m not in restated]
+    early = [d for d in dates if d <= found.end]
+    if rest and early:
+        phases.append(plan(rest, early))
+    if found.replay:
+        days = [d for d in landed_days(cat, found.replay, landing)
+                if found.start <= d <= found.end]
+        if days:
+            phases.append(plan(found.replay, days))
+    if found.rebuild:
+        phases.append(plan(found.rebuild, [found.end], True))
+    main = plan(models, [d for d in dates if d > found.end])
+    return replace(main, phases=tuple(phases), notes=tuple(found.explain()))
 
 
 def _upstream(cat: Catalogue, name: str) -> set[str]:

@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from starsmith.contract import BuildContext, Model
 from starsmith.dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
-from starsmith.dimensions.members import inferred_day
+from starsmith.dimensions.members import inferred_slot
 from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END
 from starsmith.loaders import sql
 from starsmith.loaders.target import Warehouse, conform_read
@@ -78,7 +78,7 @@ def _seed(dim: pl.DataFrame, seeds: pl.DataFrame | None, spec: DimensionSpec, *,
     if seeds is None or not seeds.height:
         return dim
     sk, nk = spec.surrogate_key, list(spec.natural_key)
-    due = seeds.filter(pl.col(sk).map_elements(inferred_day, return_dtype=pl.Date()) < before)
+    due = seeds.filter(pl.col(sk) < inferred_slot(before))  # inferred on a day before it
     due = due.join(dim.select(nk), on=nk, how="anti")
     return pl.concat([dim, due]) if due.height else dim
 
@@ -112,6 +112,10 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         else:
             dim = _seed(dim, seeds, spec, before=d)
             existing, max_key = dim, _own_max(dim, spec.surrogate_key)
+            if spec.snapshot and spec.tracks_deletes:  # the same guards as the nightly build
+                batch, held = guard_snapshot(model, cat, wh, existing, batch, d,
+                                             accept=accept_changes)
+                totals["closes_held"] = totals.get("closes_held", 0) + held
         placed = place_late(model, cat, wh, existing, batch, d, day_run, max_key)
         if placed is not None:  # late keys re-derived from their history; the rest as usual
             nk = list(spec.natural_key)

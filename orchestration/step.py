@@ -146,10 +146,12 @@ def _landings(model: Model, cat: Catalogue, landing: Path, day: date, *, full_re
         if source is None:
             continue
         whole = full_refresh or inp.window is Window.ALL
-        days = [d for d in landed_dates(landing, source) if d <= day] if whole else [day]
-        for d in days:
-            for landed_day, fp in fingerprints(landing, source, d).items():
-                read[(source.name, landed_day)] = fp
+        if whole and not any(d <= day for d in landed_dates(landing, source)):
+            continue  # nothing landed up to the day yet: reading it says so
+        # with ``whole``, every landing up to the day, each fingerprinted once from one listing
+        # (not a lookup per day: a reference source's would list its folders each time)
+        for landed_day, fp in fingerprints(landing, source, day, whole=whole).items():
+            read[(source.name, landed_day)] = fp
     return [(s, d, fp) for (s, d), fp in sorted(read.items())]
 
 

@@ -58,20 +58,25 @@ class BuildWorkflow:
             "plan_build", req, result_type=BuildPlan,
             start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY,
         )
-        for day in plan.dates:
-            self._states[day] = {m.name: "pending" for m in plan.models}
+        # A restatement's phases run first, in order, then the plan's own days.
+        stages = [(f"restate {i + 1}: ", phase) for i, phase in enumerate(plan.phases)]
+        stages.append(("", plan))
+        todo = [(label + day, stage, day) for label, stage in stages for day in stage.dates]
+        for key, stage, _ in todo:
+            self._states[key] = {m.name: "pending" for m in stage.models}
         report = BuildReport()
-        for i, day in enumerate(plan.dates):
-            outcome = await self._run_day(plan, req, day)
+        for i, (key, stage, day) in enumerate(todo):
+            outcome = await self._run_day(stage, req, day, key)
             report.days.append(outcome)
             if not outcome.ok:
-                report.not_started = list(plan.dates[i + 1:])
+                report.not_started = [k for k, _, _ in todo[i + 1:]]
                 break
         return report
 
-    async def _run_day(self, plan: BuildPlan, req: BuildRequest, day: str) -> DayOutcome:
+    async def _run_day(self, plan: BuildPlan, req: BuildRequest, day: str, key: str
+                       ) -> DayOutcome:
         outcome = DayOutcome(day)
-        states = self._states[day]
+        states = self._states[key]
         needs = {m.name: set(m.needs) for m in plan.models}
         order = [m.name for m in plan.models]
         running: dict[str, asyncio.Task[StepResult]] = {}

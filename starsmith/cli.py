@@ -20,7 +20,6 @@ from starsmith.shell import choose_project, config, console, exit_now, guard
 
 if TYPE_CHECKING:
     from starsmith.orchestration.messages import BuildPlan
-    from starsmith.orchestration.restate import Restatement
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build a star-schema warehouse: SCD dimensions and facts, gated and atomic.")
@@ -165,11 +164,6 @@ def build(
 def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start: str | None,
            end: str | None, full_refresh: bool, in_process: bool, address: str | None,
            no_wait: bool, max_parallel: int, accept_changes: bool = False) -> int:
-    from starsmith.orchestration.plan import make_plan as plan_of
-
-    def make_plan(cat: Catalogue, models: list[str], dates: list[date], **how: Any) -> BuildPlan:
-        return plan_of(cat, models, dates, accept_changes=accept_changes, **how)
-
     cat = _catalogue(cfg)
     models = cat.select(select)
     dates = _dates(cfg, cat, models, day, start, end)
@@ -181,58 +175,52 @@ def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start:
             raise ConfigError("nothing has landed to rebuild from", where=str(cfg.landing),
                               fix="Land the sources' extracts (`starsmith plan` says which)")
         dates = [landed[-1]]
-
-    def run(plan: BuildPlan, ranged: bool = False) -> int:
-        if in_process:
-            from starsmith.progress import run_in_process
-
-            return run_in_process(plan, cfg, console, cat)
-        from starsmith.temporal_cli import run_with_temporal
-
-        return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
-                                 backfill=ranged, catalogue=cat)
-
-    explicit = bool(day or start or end)
-    if not full_refresh and (restate := _restatement(cfg, cat, models, dates, explicit)):
-        for line in restate.explain():
-            console.print(escape(line))
-        if restate.replay:
-            days = [d for d in _ready(cfg, cat, restate.replay)
-                    if restate.start <= d <= restate.end]
-            if days and (rc := run(make_plan(cat, restate.replay, days,
-                                             max_parallel=max_parallel))):
-                return rc
-        if restate.rebuild and (rc := run(make_plan(cat, restate.rebuild, [restate.end],
-                                                    full_refresh=True, max_parallel=max_parallel))):
-            return rc
-        dates = ([d for d in dates if d > restate.end] if explicit
-                 else _dates(cfg, cat, models, None, None, None))
-        if not dates:
-            return 0
-    if not dates:
+    if (start or end) and not full_refresh:  # a range resumes: the days it already built stay
+        dates = _not_built(cfg, cat, models, dates)
+    forced = _parse_date(day, "--date")
+    plan = _plan(cfg, cat, models, dates, forced=forced, full_refresh=full_refresh,
+                 accept_changes=accept_changes, max_parallel=max_parallel)
+    for line in plan.notes:
+        console.print(escape(line))
+    if not plan.dates and not plan.phases:
         console.print("nothing to build: every landed day is built")
         return 0
-    plan = make_plan(cat, models, dates, full_refresh=full_refresh, max_parallel=max_parallel)
+    if in_process:
+        from starsmith.progress import run_in_process
+
+        return run_in_process(plan, cfg, console, cat)
+    from starsmith.temporal_cli import run_with_temporal
+
     # A range runs as a backfill: one child workflow per day, and a re-run after a failure
-    # resumes from the first day not built.
-    return run(plan, ranged=bool(start or end) and not full_refresh)
+    # resumes from the first day not built. Anything to restate runs inside the workflow, first.
+    ranged = bool(start or end) and not full_refresh
+    return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
+                             backfill=ranged, catalogue=cat,
+                             forced=forced.isoformat() if forced else "")
 
 
-def _ready(cfg: ProjectConfig, cat: Catalogue, models: list[str]) -> list[date]:
-    from starsmith.orchestration.plan import landed_days
-
-    return landed_days(cat, models, cfg.landing)
-
-
-def _restatement(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[date],
-                 explicit: bool) -> Restatement | None:
-    """What must be re-derived before this build (orchestration/restate.py), if anything."""
+def _not_built(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[date]
+               ) -> list[date]:
+    """The days some selected model has not built (a range run again after a failure)."""
     from starsmith.loaders.connect import open_warehouse
-    from starsmith.orchestration.restate import find_restatement
+
+    marks = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit).watermarks()
+    built = {(m, d) for m, d in marks.select("model", "logical_date").iter_rows()}
+    daily = [m for m in models if cat.models[m].inputs]
+    return [d for d in dates if any((m, d) not in built for m in daily)]
+
+
+def _plan(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[date], *,
+          forced: date | None, full_refresh: bool = False, accept_changes: bool = False,
+          max_parallel: int = 4) -> BuildPlan:
+    """The plan with any restatement it needs first (orchestration/restate.py)."""
+    from starsmith.loaders.connect import open_warehouse
+    from starsmith.orchestration.restate import with_restatement
 
     wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
-    return find_restatement(cat, models, _ready(cfg, cat, models), wh, cfg.landing,
-                            forced=min(dates) if explicit and dates else None)
+    return with_restatement(cat, models, dates, wh, cfg.landing, forced=forced,
+                            full_refresh=full_refresh, accept_changes=accept_changes,
+                            max_parallel=max_parallel)
 
 
 @app.command()
@@ -254,10 +242,8 @@ def plan(select: Select = None,
         dates = _dates(cfg, cat, models, day, start, end)
         wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
         changes = model_changes(cat, models, wh)
-        restate = _restatement(cfg, cat, models, dates, bool(day or start or end))
-        if restate:  # what a build runs first
-            for line in restate.explain():
-                console.print(escape(line))
+        for line in _plan(cfg, cat, models, dates, forced=_parse_date(day, "--date")).notes:
+            console.print(escape(line))  # what a build runs first
         table = Table(title=f"project {cat.project}: {len(models)} model(s) x {len(dates)} "
                       "day(s): " + (_span(dates) or "nothing pending"))
         estimate = None

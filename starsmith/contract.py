@@ -178,11 +178,14 @@ class Guard:
     """How much one day of a source may change history before a build refuses it.
 
     ``max_closed``: the share of a dimension's live keys one snapshot may close (a truncated
-    or empty export closes everything it lacks); ``allow_empty``: a day with no rows is valid
-    (None: only a change feed's). ``starsmith build --accept-changes`` lets one build through.
+    or empty export closes everything it lacks), once it closes more than ``at_least`` keys (a
+    store closing among seven is news, not an accident); ``allow_empty``: a day with no rows is
+    valid (None: only a change feed's). ``starsmith build --accept-changes`` lets one build
+    through.
     """
 
     max_closed: float = 0.1
+    at_least: int = 10
     allow_empty: bool | None = None
 
 

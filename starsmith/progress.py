@@ -31,7 +31,7 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console, cat: C
     """Run the plan in this process; returns the exit code (0 when every day built)."""
     from starsmith.orchestration.local import run_plan
 
-    total = len(plan.dates) * len(plan.models)
+    total = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
     if console.is_terminal:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:

@@ -10,6 +10,7 @@ processes run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -58,7 +59,7 @@ def build_id(cfg: ProjectConfig, plan: BuildPlan, kind: str = "build") -> str:
     build of other models or with other flags never joins a running one by accident."""
     import hashlib
 
-    dates = plan.dates
+    dates = sorted({d for stage in (*plan.phases, plan) for d in stage.dates}) or ["none"]
     span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
     models = hashlib.sha256(",".join(m.name for m in plan.models).encode()).hexdigest()[:8]
     refresh = "-full-refresh" if plan.full_refresh else ""
@@ -145,9 +146,9 @@ def report_rows(report: BuildReport) -> list[tuple[str, str, str, str]]:
 
 def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
                       address: str | None, catalogue: Catalogue, wait: bool = True,
-                      backfill: bool = False) -> int:
+                      backfill: bool = False, forced: str = "") -> int:
     conn = Connection.from_env(address)
-    req = request_for(cfg, plan, catalogue)
+    req = dataclasses.replace(request_for(cfg, plan, catalogue), forced=forced)
     workflow_id = build_id(cfg, plan, "backfill" if backfill else "build")
 
     async def go() -> int:
@@ -159,7 +160,8 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
             if not wait:
                 console.print(f"submitted {workflow_id} (run {handle.result_run_id})")
                 return 0
-            report = await follow(handle, console, len(plan.dates) * len(plan.models))
+            steps = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
+            report = await follow(handle, console, steps)
         console.print(summary_table(report_rows(report)))
         console.print(f"workflow {workflow_id}")
         return 0 if report.ok else 1

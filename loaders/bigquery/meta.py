@@ -34,6 +34,10 @@ LANDINGS = pl.Schema({
     "model": pl.String(), "source": pl.String(), "landed_day": pl.Date(),
     "fingerprint": pl.String(), "run_id": pl.String(), "recorded_at": pl.Datetime("us"),
 })
+RESTATEMENTS = pl.Schema({
+    "model": pl.String(), "from_day": pl.Date(), "reason": pl.String(),
+    "recorded_at": pl.Datetime("us"),
+})
 JOBS = pl.Schema({
     "run_id": pl.String(), "model": pl.String(), "logical_date": pl.Date(),
     "job_id": pl.String(), "kind": pl.String(), "bytes_processed": pl.Int64(),
@@ -49,6 +53,7 @@ def quality_schema() -> pl.Schema:
 
 def meta_tables() -> dict[str, pl.Schema]:
     return {"run_log": RUN_LOG, "watermarks": WATERMARKS, "jobs": JOBS, "landings": LANDINGS,
+            "restatements": RESTATEMENTS,
             "quality_results": quality_schema()}
 
 

@@ -128,16 +128,22 @@ def publish_script(wh: BigQueryWarehouse, job: Publish, body: Sequence[str]
                        f"{_lit(job.run_log['run_id'])} AND `model` = {_lit(job.target)}")
         s.values(s.table(meta_ds, "quality_results"), quality)
     if job.full_refresh:  # rebuilt as of its logical date: later days are undone
-        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'landings')} WHERE `model` = "
-                       f"{_lit(job.target)}")
+        for table in ("landings", "restatements"):
+            s.lines.append(f"DELETE FROM {s.table(meta_ds, table)} WHERE `model` = "
+                           f"{_lit(job.target)}")
         s.lines.append(f"DELETE FROM {s.table(meta_ds, 'watermarks')} WHERE `model` = "
                        f"{_lit(job.target)} AND `logical_date` > "
                        f"{_lit(job.run_log['logical_date'])}")
     if job.landings:
         read = pl.DataFrame([(job.target, src, d, f, job.run_log["run_id"], datetime.now())
                              for src, d, f in job.landings], schema=meta.LANDINGS, orient="row")
+        by_source: dict[str, set[date]] = {}
+        for src, d, _ in job.landings:
+            by_source.setdefault(src, set()).add(d)
+        pairs = " OR ".join(f"(`source` = {_lit(src)} AND {_in('landed_day', sorted(days))})"
+                            for src, days in sorted(by_source.items()))
         s.lines.append(f"DELETE FROM {s.table(meta_ds, 'landings')} WHERE `model` = "
-                       f"{_lit(job.target)} AND {_in('landed_day', sorted({d for _, d, _ in job.landings}))}")
+                       f"{_lit(job.target)} AND ({pairs})")
         s.values(s.table(meta_ds, "landings"), read)
     if job.watermark_dates:
         days = sorted(set(job.watermark_dates))

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -354,6 +354,23 @@ class BigQueryWarehouse(SqlReads):
     def landings(self) -> pl.DataFrame:
         self.ensure_datasets()
         return self.query("SELECT * FROM _starsmith.landings ORDER BY model, source, landed_day")
+
+    def restatements(self) -> pl.DataFrame:
+        self.ensure_datasets()
+        return self.query("SELECT * FROM _starsmith.restatements ORDER BY model")
+
+    def mark_restatements(self, rows: pl.DataFrame) -> None:
+        """Keep the earliest day per model: the marks already there are merged with these."""
+        if not rows.height:
+            return
+        merged = pl.concat([self.restatements().select("model", "from_day", "reason"),
+                            rows.select("model", "from_day", "reason")], how="vertical_relaxed")
+        merged = merged.sort("from_day").unique("model", keep="first").with_columns(
+            recorded_at=pl.lit(datetime.now(), dtype=pl.Datetime("us"))).cast(
+            dict(meta.RESTATEMENTS))  # type: ignore[arg-type]
+        self.query("DELETE FROM _starsmith.restatements WHERE model IN (SELECT model FROM _m)",
+                   _m=merged.select("model"))
+        self._append("restatements", merged)
 
     def run_log(self) -> pl.DataFrame:
         self.ensure_datasets()

@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS {META}.landings (
     model VARCHAR, source VARCHAR, landed_day DATE, fingerprint VARCHAR, run_id VARCHAR,
     recorded_at TIMESTAMP, PRIMARY KEY (model, source, landed_day)
 )"""
+RESTATE_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.restatements (
+    model VARCHAR PRIMARY KEY, from_day DATE, reason VARCHAR, recorded_at TIMESTAMP
+)"""
 UPKEEP_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.table_upkeep (
     model VARCHAR PRIMARY KEY, deleted_rows BIGINT
@@ -185,6 +189,7 @@ class DuckDBWarehouse(SqlReads):
             con.execute(QUALITY_DDL)
             con.execute(UPKEEP_DDL)
             con.execute(LANDINGS_DDL)
+            con.execute(RESTATE_DDL)
             _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
@@ -367,6 +372,7 @@ class DuckDBWarehouse(SqlReads):
         refused since leaves no watermark behind)."""
         if job.full_refresh:  # rebuilt as of its logical date: later days are undone
             con.execute(f"DELETE FROM {META}.landings WHERE model = ?", [job.target])
+            con.execute(f"DELETE FROM {META}.restatements WHERE model = ?", [job.target])
             con.execute(f"DELETE FROM {META}.watermarks WHERE model = ? AND logical_date > ?",
                         [job.target, job.run_log["logical_date"]])
         if job.landings:
@@ -470,6 +476,18 @@ class DuckDBWarehouse(SqlReads):
 
     def landings(self) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {META}.landings ORDER BY model, source, landed_day")
+
+    def restatements(self) -> pl.DataFrame:
+        return self.query(f"SELECT * FROM {META}.restatements ORDER BY model")
+
+    def mark_restatements(self, rows: pl.DataFrame) -> None:
+        if not rows.height:
+            return
+        with self.connect() as con:
+            con.register("_m", rows.to_arrow())
+            con.execute(f"INSERT INTO {META}.restatements SELECT model, from_day, reason, now() "
+                        "FROM _m ON CONFLICT (model) DO UPDATE SET from_day = least(from_day, "
+                        "excluded.from_day)")
 
     def run_log(self) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {META}.run_log ORDER BY started_at")

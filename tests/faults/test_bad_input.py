@@ -204,3 +204,16 @@ def test_two_different_levels_for_one_pair_are_quarantined(demo: Demo, clean: De
                       f"p.product_id = {pair['product_id']} AND s.store_id = "
                       f"{pair['store_id']}")["n"][0] == 0
     _fix_and_converge(demo, "inventory", clean)
+
+
+def test_a_full_refresh_holds_the_same_closes_as_the_nightly(demo: Demo) -> None:
+    products = demo.read("products", 8)
+    demo.reland("products", 8, products.with_columns(  # two NULL keys, and one product gone
+        pl.when(pl.int_range(pl.len()) < 2).then(None).otherwise(pl.col("product_id"))
+        .alias("product_id")).slice(0, products.height - 1))
+    demo.build()
+    nightly = demo.tables()
+    demo.build("--full-refresh")
+    refreshed = demo.tables()
+    for name, frame in nightly.items():
+        assert refreshed[name].equals(frame), name

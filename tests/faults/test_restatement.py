@@ -4,12 +4,14 @@ late landing all end with the tables a clean build of the same landing zone give
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from tests.faults.harness import Demo, assert_same_tables, clean_build, day
+from tests.test_projects import STARSMITH, cli_env, out
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +66,50 @@ def test_building_an_older_date_rederives_the_later_days(built: Demo, tmp_path: 
 
 def test_a_day_that_lands_late_is_built_in_order(tmp_path: Path) -> None:
     demo = Demo(tmp_path / "shop", days=6)
-    saved = demo.backup("stores", 4)
-    shutil.rmtree(demo.folder("stores", 4))
+    saved = demo.backup("inventory", 4)
+    shutil.rmtree(demo.folder("inventory", 4))
     first = demo.build()
-    assert "2024-01-04 waits: source 'stores'" in first.stdout, first.stdout
+    assert "2024-01-04 waits: source 'inventory'" in first.stdout, first.stdout
     assert "2024-01-05 waits" in first.stdout  # a gap holds back every later day
-    # forced past the gap by hand, for the stores' models (the rest waits for day 4)
-    demo.build("--date", str(day(5)), "-s", "stg_stores", "-s", "dim_store")
-    demo.restore("stores", 4, saved)
+    # forced past the gap by hand, for the inventory's staging table (the rest waits for day 4)
+    demo.build("--date", str(day(5)), "-s", "stg_inventory")
+    demo.restore("inventory", 4, saved)
     late = demo.build()
     assert "restating from 2024-01-04" in late.stdout, late.stdout
     assert "became ready after later days were built" in late.stdout
     assert_same_tables(demo, clean_build(demo.landing, tmp_path / "clean"))
+
+
+def test_a_selection_that_rebuilds_only_staging_leaves_its_dependants_marked(
+        built: Demo, tmp_path: Path) -> None:
+    demo = built.copy(tmp_path / "shop")
+    customers = demo.read("customers", 3)
+    demo.reland("customers", 3, customers.with_columns(address=pl.lit("9 Fixed Lane")))
+    demo.build("-s", "stg_customers")  # only the staging table is re-run
+    marked = demo.query("SELECT model FROM _starsmith.restatements ORDER BY 1")["model"].to_list()
+    assert "dim_customer" in marked and "fact_sales" in marked, marked
+    later = demo.build()  # a plain build finishes the restatement: nothing is lost
+    assert "restating" in later.stdout and "dim_customer" in later.stdout, later.stdout
+    assert demo.query("SELECT count(*) AS n FROM _starsmith.restatements")["n"][0] == 0
+    assert_same_tables(demo, clean_build(demo.landing, tmp_path / "clean"))
+
+
+def test_a_restatement_runs_inside_the_temporal_workflow(built: Demo, tmp_path: Path) -> None:
+    demo = built.copy(tmp_path / "shop")
+    stores = demo.read("stores", 2)
+    demo.reland("stores", 2, stores.with_columns(store_name=pl.lit("Renamed")))
+    proc = subprocess.run([str(STARSMITH), "build"], cwd=demo.root, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, out(proc)
+    assert "restating from 2024-01-02" in proc.stdout, proc.stdout
+    assert_same_tables(demo, clean_build(demo.landing, tmp_path / "clean"))
+
+
+def test_a_range_run_again_builds_only_the_days_it_has_not(built: Demo, tmp_path: Path) -> None:
+    demo = built.copy(tmp_path / "shop")
+    before = demo.tables()
+    proc = demo.build("--from", str(day(1)), "--to", str(day(6)))
+    assert "nothing to build" in proc.stdout and "restating" not in proc.stdout, proc.stdout
+    after = demo.tables()
+    for name, frame in before.items():
+        assert after[name].equals(frame), name
