@@ -234,18 +234,49 @@ def incomplete(landing: Path, source: Source) -> dict[date, str]:
     return {d.day: d.problem for d in landed(landing, source) if not d.complete}
 
 
-def fingerprint(day: LandedDay) -> str:
-    """What the day's landing is: the manifest's text when there is one (it holds checksums, so
-    an identical re-export is not a change), else every data file's name, size and mtime."""
+def signature(day: LandedDay) -> str:
+    """A cheap sign that the day's files may have changed: each file's name, size and mtime
+    (and the manifest's). A copy, a restore or an rsync changes it with the content unchanged."""
     digest = hashlib.sha256()
-    manifest = day.folder / MANIFEST
-    if manifest.is_file():
-        digest.update(manifest.read_bytes())
-    else:
-        for path in day.files:
+    for path in sorted({*day.files, day.folder / MANIFEST}):
+        if path.is_file():
             st = path.stat()
             digest.update(f"{path.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
     return digest.hexdigest()[:16]
+
+
+def content(day: LandedDay) -> str:
+    """What the day's landing holds: each data file's name and sha256, from the manifest where
+    it lists them (checked when the day is read), else hashed here. An identical re-export, a
+    copy, or the same files with or without a manifest are the same content."""
+    found = _manifest(day.folder) if (day.folder / MANIFEST).is_file() else None
+    listed = {str(f["name"]): str(f["sha256"]) for f in (found or {}).get("files", [])
+              if f.get("sha256")}
+    entries = []
+    for path in day.files:
+        if path.name in listed:
+            entries.append((path.name, listed[path.name]))
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        entries.append((path.name, digest.hexdigest()))
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()[:16]
+
+
+def fingerprint(day: LandedDay, known: dict[str, str] | None = None) -> str:
+    """``signature/content`` of the day. ``known`` maps signatures recorded before to their
+    content, so an unchanged day is not read again to fingerprint it."""
+    sig = signature(day)
+    return f"{sig}/{(known or {}).get(sig) or content(day)}"
+
+
+def same_landing(recorded: str, day: LandedDay) -> bool:
+    """Is the day what was recorded? The signature decides when it matches; otherwise the
+    content does (a copied or touched file with the same bytes is the same landing)."""
+    sig, _, kept = recorded.partition("/")
+    return sig == signature(day) or kept == content(day)
 
 
 def verify(day: LandedDay) -> None:

@@ -213,12 +213,13 @@ def day_landing(landing: Path, source: Source, day: date) -> LandedDay:
     return found
 
 
-def fingerprints(landing: Path, source: Source, day: date, *, whole: bool = False
-                 ) -> dict[date, str]:
-    """The fingerprint of each landing a run of ``day`` reads (recorded with its publish)."""
+def fingerprints(landing: Path, source: Source, day: date, *, whole: bool = False,
+                 known: dict[str, str] | None = None) -> dict[date, str]:
+    """The fingerprint of each landing a run of ``day`` reads (recorded with its publish);
+    ``known``: signatures recorded before, with their content (see landed.fingerprint)."""
     if whole:  # one listing, each landing's fingerprint once
-        return {d.day: fingerprint(d) for d in _landed_upto(landing, source, day)}
-    return {d: fingerprint(day_landing(landing, source, d))
+        return {d.day: fingerprint(d, known) for d in _landed_upto(landing, source, day)}
+    return {d: fingerprint(day_landing(landing, source, d), known)
             for d in landings_for(landing, source, day)}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from starsmith.contract import Strategy
-from starsmith.loaders.landed import fingerprint, landed
+from starsmith.loaders.landed import LandedDay, landed, same_landing
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan
 from starsmith.orchestration.plan import landed_days, make_plan
@@ -61,17 +61,22 @@ def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Pa
     recorded = wh.landings()
     if not recorded.height:
         return {}
-    current: dict[tuple[str, date], str] = {}
+    current: dict[tuple[str, date], LandedDay] = {}
     for source in cat.sources.values():
         for day in landed(root, source):
             if day.complete:
-                current[(source.name, day.day)] = fingerprint(day)
+                current[(source.name, day.day)] = day
     chosen = set(models)
     found: dict[str, tuple[date, str]] = {}
+    same: dict[tuple[str, date, str], bool] = {}  # models reading one landing: checked once
     for model, source, day, fp in recorded.select(
             "model", "source", "landed_day", "fingerprint").iter_rows():
         now = current.get((source, day))
-        if model not in chosen or now is None or now == fp:
+        if model not in chosen or now is None:
+            continue
+        if (source, day, fp) not in same:
+            same[(source, day, fp)] = same_landing(fp, now)
+        if same[(source, day, fp)]:
             continue
         if model not in found or day < found[model][0]:
             found[model] = (day, f"source {source!r}'s extract for {day} changed after it was "

@@ -103,7 +103,8 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     wh.check_schema(model, full_refresh=req.full_refresh)  # fail before any data moves
-    read = _landings(model, cat, Path(req.landing), day, full_refresh=req.full_refresh)
+    read = _landings(model, cat, Path(req.landing), day, full_refresh=req.full_refresh,
+                     known=_known(wh, model, cat))
     out = _build(model, cat, wh, Path(req.landing), day, req)
     staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows,
                                                             in_memory=True)
@@ -136,8 +137,16 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     return counts
 
 
-def _landings(model: Model, cat: Catalogue, landing: Path, day: date, *, full_refresh: bool
-              ) -> list[tuple[str, date, str]]:
+def _known(wh: Warehouse, model: Model, cat: Catalogue) -> dict[str, str]:
+    """The landing signatures this model recorded, with their content hashes."""
+    if not any(i.name in cat.sources for i in model.inputs):
+        return {}
+    found = wh.query("SELECT fingerprint FROM _starsmith.landings WHERE model = ?", [model.name])
+    return dict(f.partition("/")[::2] for f in found["fingerprint"].to_list() if "/" in f)
+
+
+def _landings(model: Model, cat: Catalogue, landing: Path, day: date, *, full_refresh: bool,
+              known: dict[str, str] | None = None) -> list[tuple[str, date, str]]:
     """The fingerprint of every landing the step reads, taken before it reads them: recorded
     with the publish, so a day re-landed later (a corrected export) is noticed and rebuilt."""
     read: dict[tuple[str, date], str] = {}
@@ -150,7 +159,8 @@ def _landings(model: Model, cat: Catalogue, landing: Path, day: date, *, full_re
             continue  # nothing landed up to the day yet: reading it says so
         # with ``whole``, every landing up to the day, each fingerprinted once from one listing
         # (not a lookup per day: a reference source's would list its folders each time)
-        for landed_day, fp in fingerprints(landing, source, day, whole=whole).items():
+        for landed_day, fp in fingerprints(landing, source, day, whole=whole,
+                                           known=known).items():
             read[(source.name, landed_day)] = fp
     return [(s, d, fp) for (s, d), fp in sorted(read.items())]
 

@@ -3,6 +3,7 @@ late landing all end with the tables a clean build of the same landing zone give
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,3 +114,15 @@ def test_a_range_run_again_builds_only_the_days_it_has_not(built: Demo, tmp_path
     after = demo.tables()
     for name, frame in before.items():
         assert after[name].equals(frame), name
+
+
+def test_a_copied_landing_with_the_same_bytes_is_not_a_change(built: Demo, tmp_path: Path
+                                                              ) -> None:
+    demo = built.copy(tmp_path / "shop")
+    for path in demo.landing.rglob("part-*"):  # a restore or rsync: new mtimes, same bytes
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    folder = demo.folder("stores", 2)  # an exporter without manifests for one day
+    (folder / "_manifest.json").unlink()
+    (folder / "_SUCCESS").touch()
+    proc = demo.build()
+    assert "restating" not in proc.stdout and "nothing to build" in proc.stdout, proc.stdout
