@@ -77,6 +77,9 @@ class StepRequest:
     accept_changes: bool = False  # a change beyond a source's guard is applied, not refused
 
 
+WARNINGS = "quality_warnings"  # a step's details key: how many rules of severity warn failed
+
+
 @dataclass(frozen=True)
 class StepResult:
     model: str

@@ -31,7 +31,7 @@ from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
 from starsmith.orchestration.fact_step import build_fact
 from starsmith.orchestration.inputs import day_inputs, input_days
-from starsmith.orchestration.messages import StepRequest, StepResult
+from starsmith.orchestration.messages import WARNINGS, StepRequest, StepResult
 from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
 from starsmith.orchestration.scd_step import build_scd
 from starsmith.quality.contract import audit_staged
@@ -121,6 +121,10 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
         raise type(err)(err.what, where=where, fix=err.fix) from err
     counts = {"rows_read": out.rows_read, "rows_written": out.rows_written or out.rows.height,
               "rows_quarantined": out.quarantine.height, **out.counts}
+    if quality is not None and quality.height:  # rules of severity warn that failed
+        warned = quality.filter(~pl.col("success") & (pl.col("severity") == "warn")).height
+        if warned:
+            counts[WARNINGS] = warned
     core = {k: v for k, v in counts.items() if k in RUN_LOG_COLUMNS}
     extra = {k: v for k, v in counts.items() if k not in RUN_LOG_COLUMNS}
     log_row |= core | {"details": json.dumps(extra) if extra else None,

@@ -13,10 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from starsmith.config import ProjectConfig
-from starsmith.errors import ConfigError
+from starsmith.errors import ConfigError, DataError
 from starsmith.log import configure
 from starsmith.registry import Catalogue
-from starsmith.shell import choose_project, config, console, exit_now, guard
+from starsmith.shell import choose_project, config, console, exit_now, guard, set_verbose
 
 if TYPE_CHECKING:
     from starsmith.orchestration.messages import BuildPlan
@@ -63,6 +63,7 @@ def main_options(
 ) -> None:
     configure(logging.DEBUG if verbose else logging.INFO)
     choose_project(project)
+    set_verbose(verbose)
 
 
 @app.command()
@@ -183,8 +184,7 @@ def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start:
     for line in plan.notes:
         console.print(escape(line))
     if not plan.dates and not plan.phases:
-        console.print("nothing to build: every landed day is built")
-        return 0
+        return _nothing_to_build(cfg, cat, models)
     if in_process:
         from starsmith.progress import run_in_process
 
@@ -197,6 +197,27 @@ def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start:
     return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
                              backfill=ranged, catalogue=cat,
                              forced=forced.isoformat() if forced else "")
+
+
+def _nothing_to_build(cfg: ProjectConfig, cat: Catalogue, models: list[str]) -> int:
+    """Exit 0 only when every landed day is built; an empty landing zone, or days that all
+    wait, is something to fix: say what and exit non-zero."""
+    from starsmith.orchestration.plan import needed_sources, readiness
+
+    ready = readiness(cat, models, cfg.landing)
+    if ready.ready:
+        console.print("nothing to build: every landed day is built")
+        return 0
+    if ready.held:
+        console.print(f"nothing could be built: {len(ready.held)} day(s) wait (see above)")
+        return 1
+    daily, other = needed_sources(cat, models)
+    names = sorted(cat.sources[s].name for s in daily | other)
+    raise DataError(
+        f"nothing has landed for {', '.join(names) or 'these models'}",
+        where=str(cfg.landing),
+        fix="Land each source's extract in <landing>/<source>/date=YYYY-MM-DD/ (or point the "
+            "project's `landing` at the right folder), then build again")
 
 
 def _not_built(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[date]

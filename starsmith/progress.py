@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from starsmith.config import ProjectConfig
 from starsmith.log import get_logger
 from starsmith.orchestration.messages import BuildPlan
 from starsmith.registry import Catalogue
+from starsmith.summary import outcome_rows, summary_table, totals
 
 log = get_logger(__name__)
-
-
-def summary_table(rows: Iterable[tuple[str, str, str, str]]) -> Table:
-    """(logical date, model, state, detail) rows as one table."""
-    table = Table(title="build result")
-    for col in ("date", "model", "state", "detail"):
-        table.add_column(col)
-    colours = {"built": "green", "failed": "red", "skipped": "yellow"}
-    for day, model, state, detail in rows:
-        table.add_row(day, model, f"[{colours.get(state, 'white')}]{state}[/]", detail)
-    return table
 
 
 def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console, cat: Catalogue) -> int:
     """Run the plan in this process; returns the exit code (0 when every day built)."""
     from starsmith.orchestration.local import run_plan
 
+    clock = time.perf_counter()
     total = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
     if console.is_terminal:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -49,12 +40,7 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console, cat: C
         outcomes = run_plan(plan, landing=str(cfg.landing), warehouse=cfg.warehouse_ref,
                             memory_limit=cfg.memory_limit, staging=str(cfg.staging),
                             memory_budget=cfg.memory_budget, catalogue=cat)
-    rows = []
-    for o in outcomes:
-        rows += [(o.logical_date, r.model, "built",
-                  f"{r.rows_written} written, {r.rows_quarantined} quarantined")
-                 for r in o.built]
-        rows += [(o.logical_date, m, "failed", why) for m, why in o.failed.items()]
-        rows += [(o.logical_date, m, "skipped", f"input {why} failed") for m, why in o.skipped.items()]
-    console.print(summary_table(rows))
+    console.print(summary_table(outcome_rows(outcomes)))
+    done = totals(outcomes, seconds=time.perf_counter() - clock, warehouse=cfg.warehouse_ref)
+    console.print(escape(done.line()))
     return 0 if outcomes and all(o.ok for o in outcomes) else 1

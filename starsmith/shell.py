@@ -35,13 +35,46 @@ def config(**overrides: Any) -> ProjectConfig:
     return ProjectConfig.load(_PROJECT["path"], target=target, **overrides)
 
 
+def set_verbose(on: bool) -> None:
+    """``--verbose``: an unexpected error shows its traceback too."""
+    _PROJECT["verbose"] = Path(".") if on else None
+
+
+def _innermost(err: BaseException) -> BaseException:
+    """The error a chain of wrappers (Temporal's workflow and activity errors) is about."""
+    seen = {id(err)}
+    while True:
+        nxt = getattr(err, "cause", None) or err.__cause__
+        if nxt is None or id(nxt) in seen:
+            return err
+        seen.add(id(nxt))
+        err = nxt
+
+
 def guard(fn: Callable[[], Any]) -> Any:
-    """Turn a StarsmithError into one clear line and exit code 2, without a traceback."""
+    """Turn an error into one clear line and a non-zero exit, without a traceback: a
+    StarsmithError says what, where and what to do (exit 2); anything else says what it is and
+    how to see more (exit 3; ``--verbose`` prints the traceback)."""
     try:
         return fn()
     except StarsmithError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(2) from err
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        inner = _innermost(err)
+        text = str(getattr(inner, "message", "") or inner).strip().splitlines()
+        if isinstance(inner, StarsmithError):
+            console.print(f"[bold red]error:[/] {escape(str(inner))}")
+            raise typer.Exit(2) from err
+        console.print(f"[bold red]error:[/] {escape(type(inner).__name__)}: "
+                      f"{escape(text[0] if text else '')}")
+        if _PROJECT.get("verbose") is not None:
+            console.print_exception()
+        else:
+            console.print("(run again with --verbose for the traceback)")
+        raise typer.Exit(3) from err
 
 
 def exit_now(code: int) -> None:

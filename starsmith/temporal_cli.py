@@ -13,12 +13,14 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
@@ -28,8 +30,8 @@ from starsmith.orchestration.messages import BuildPlan, BuildReport, BuildReques
 from starsmith.orchestration.server import LocalServer, start_local_server
 from starsmith.orchestration.worker import TASK_QUEUE, make_worker
 from starsmith.orchestration.workflows import BackfillWorkflow, BuildWorkflow
-from starsmith.progress import summary_table
 from starsmith.registry import Catalogue
+from starsmith.summary import outcome_rows, summary_table, totals
 
 
 @dataclass(frozen=True)
@@ -132,16 +134,7 @@ async def follow(handle: WorkflowHandle[Any, BuildReport], console: Console,
 
 
 def report_rows(report: BuildReport) -> list[tuple[str, str, str, str]]:
-    rows = []
-    for o in report.days:
-        rows += [(o.logical_date, r.model, "built",
-                  f"{r.rows_written} written, {r.rows_quarantined} quarantined")
-                 for r in o.built]
-        rows += [(o.logical_date, m, "failed", why) for m, why in o.failed.items()]
-        rows += [(o.logical_date, m, "skipped", f"input {why} did not build")
-                 for m, why in o.skipped.items()]
-    rows += [(d, "-", "skipped", "an earlier day did not build") for d in report.not_started]
-    return rows
+    return outcome_rows(report.days, report.not_started)
 
 
 def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
@@ -161,8 +154,12 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
                 console.print(f"submitted {workflow_id} (run {handle.result_run_id})")
                 return 0
             steps = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
+            clock = time.perf_counter()
             report = await follow(handle, console, steps)
         console.print(summary_table(report_rows(report)))
+        console.print(escape(totals(report.days, report.not_started,
+                                    seconds=time.perf_counter() - clock,
+                                    warehouse=cfg.warehouse_ref).line()))
         console.print(f"workflow {workflow_id}")
         return 0 if report.ok else 1
 
