@@ -13,6 +13,7 @@ import contextvars
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -128,10 +129,20 @@ class ProjectActivities:
     @activity.defn(name="build_model")
     def build_model(self, req: StepRequest) -> StepResult:
         """Build one model for one logical date (idempotent: a retry re-runs it from scratch)."""
+        from starsmith.orchestration.metrics import record_step
         from starsmith.orchestration.step import run_step
 
-        with heartbeating():
-            return _as_temporal(lambda: run_step(req, self.catalogue(req.fingerprint)))
+        clock = time.perf_counter()
+        try:
+            with heartbeating():
+                result: StepResult = _as_temporal(
+                    lambda: run_step(req, self.catalogue(req.fingerprint)))
+        except Exception:  # each failed attempt counts, retries included
+            record_step(req.model, "failed", 0, 0, 0, time.perf_counter() - clock)
+            raise
+        record_step(result.model, result.status, result.rows_written, result.rows_quarantined,
+                    result.rows_read, result.duration_s)
+        return result
 
     def all(self) -> list[Callable[..., object]]:
         return [self.plan_build, self.days_not_built, self.build_model]

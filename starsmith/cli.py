@@ -140,6 +140,8 @@ def build(
     full_refresh: Annotated[bool, typer.Option(help="rebuild the tables from all history")] = False,
     accept_changes: Annotated[bool, typer.Option(
         help="apply a day that a source's guard refused (a snapshot closing many keys)")] = False,
+    lease_wait: Annotated[float, typer.Option(
+        help="seconds to wait for another build of this warehouse to finish")] = 0.0,
     in_process: Annotated[bool, typer.Option(help="run without Temporal (debugging)")] = False,
     address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS",
                                                 help="Temporal cluster; default: a local dev server")] = None,
@@ -157,14 +159,29 @@ def build(
     def go() -> int:
         cfg = _config(landing, warehouse, target, memory_budget=memory_budget)
         return _build(cfg, select, day, start, end, full_refresh, in_process, address, no_wait,
-                      max_parallel, accept_changes)
+                      max_parallel, accept_changes, lease_wait)
 
     exit_now(guard(go))
 
 
 def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start: str | None,
            end: str | None, full_refresh: bool, in_process: bool, address: str | None,
-           no_wait: bool, max_parallel: int, accept_changes: bool = False) -> int:
+           no_wait: bool, max_parallel: int, accept_changes: bool = False,
+           lease_wait: float = 0.0) -> int:
+    """One build at a time per warehouse: a second one waits ``lease_wait`` seconds for the
+    lease, then stops naming the build that holds it (loaders/lease.py)."""
+    from starsmith.loaders.lease import warehouse_lease
+
+    with warehouse_lease(cfg.warehouse_ref, wait=lease_wait, lock_dir=cfg.state / "leases",
+                         holder="starsmith build" + (" --in-process" if in_process else "")):
+        return _build_leased(cfg, select, day, start, end, full_refresh, in_process, address,
+                             no_wait, max_parallel, accept_changes)
+
+
+def _build_leased(cfg: ProjectConfig, select: list[str] | None, day: str | None,
+                  start: str | None, end: str | None, full_refresh: bool, in_process: bool,
+                  address: str | None, no_wait: bool, max_parallel: int,
+                  accept_changes: bool) -> int:
     cat = _catalogue(cfg)
     models = cat.select(select)
     dates = _dates(cfg, cat, models, day, start, end)
@@ -343,6 +360,10 @@ def worker(
     address: Annotated[str | None, typer.Option(envvar="TEMPORAL_ADDRESS")] = None,
     task_queue: Annotated[str, typer.Option(help="queue to poll")] = "starsmith",
     max_activities: Annotated[int, typer.Option(help="model steps at once on this worker")] = 4,
+    metrics_port: Annotated[int, typer.Option(
+        help="serve starsmith's per-model metrics (Prometheus text) on 127.0.0.1:PORT")] = 0,
+    temporal_metrics_port: Annotated[int, typer.Option(
+        help="serve the Temporal SDK's metrics on 127.0.0.1:PORT")] = 0,
 ) -> None:
     """Run a worker for the project (--project): several workers on one queue share a build.
 
@@ -362,7 +383,14 @@ def worker(
     cat = guard(lambda: _catalogue(cfg))
 
     async def go() -> None:
-        client = await _connect(conn.address, conn)
+        from starsmith.orchestration.metrics import serve_metrics, temporal_runtime
+
+        runtime = guard(lambda: temporal_runtime(temporal_metrics_port)) \
+            if temporal_metrics_port else None
+        if metrics_port:
+            bound = guard(lambda: serve_metrics(metrics_port))
+            console.print(f"metrics on http://127.0.0.1:{bound}/metrics")
+        client = await _connect(conn.address, conn, runtime=runtime)
         assert cfg.project is not None
         made = make_worker(client, cfg.project, task_queue=task_queue,
                            max_activities=max_activities)
@@ -379,7 +407,8 @@ def server(port: int = 7233, ui_port: int = 8233) -> None:
     from starsmith.orchestration.server import start_local_server
 
     cfg = guard(_config)
-    srv = start_local_server(cfg.state / "temporal", port=port, ui=True, ui_port=ui_port)
+    srv = guard(lambda: start_local_server(cfg.state / "temporal", port=port, ui=True,
+                                           ui_port=ui_port))
     console.print(f"Temporal at {srv.address}; UI at http://127.0.0.1:{srv.ui_port}")
     console.print(f"export TEMPORAL_ADDRESS={srv.address}  # for builds and workers")
     try:

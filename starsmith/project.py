@@ -40,11 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from starsmith.errors import ConfigError
+from starsmith.notify import NotifySettings
 
 CONFIG_FILE = "starsmith.toml"
 PROJECT_ENV = "STARSMITH_PROJECT"
 TARGET_TYPES = ("duckdb", "bigquery")
-_KEYS = {"name", "models", "sources", "landing", "state", "target", "targets", "description"}
+_KEYS = {"name", "models", "sources", "landing", "state", "target", "targets", "description",
+         "notify_webhook", "notify_on", "notify_smtp_host", "notify_smtp_port", "notify_email_to",
+         "notify_email_from"}
 _TARGET_KEYS = {"type", "path", "memory_limit", "project", "dataset", "location", "endpoint",
                 "description"}
 
@@ -85,6 +88,7 @@ class Project:
     default_target: str = ""
     targets: dict[str, Target] = field(default_factory=dict)
     description: str = ""
+    notify: NotifySettings = field(default_factory=NotifySettings)  # who hears of a bad night
 
     @property
     def package(self) -> str:
@@ -223,7 +227,8 @@ def load_project(project: Path | str | None = None, *, cwd: Path | None = None) 
                               f"{sorted(targets) or list(TARGET_TYPES)}")
     return Project(root=root, name=name, config_file=config, models=models, sources=sources,
                    landing=path("landing", "landing"), state=state, default_target=default,
-                   targets=targets, description=str(raw.get("description", "")))
+                   targets=targets, description=str(raw.get("description", "")),
+                   notify=NotifySettings.from_config(raw))
 
 
 def _target(name: str, raw: object, root: Path, state: Path, where: str) -> Target:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from rich.markup import escape
 from rich.table import Table
 
+from starsmith.config import ProjectConfig
 from starsmith.orchestration.messages import WARNINGS, DayOutcome
 
 
@@ -83,3 +85,21 @@ def outcome_rows(days: Sequence[DayOutcome], not_started: Iterable[str] = ()
                  for m, why in o.skipped.items()]
     rows += [(d, "-", "skipped", "an earlier day did not build") for d in not_started]
     return rows
+
+
+def notify_build(cfg: ProjectConfig, project: str, days: Sequence[DayOutcome],
+                 not_started: Sequence[str], started: datetime) -> None:
+    """Tell the project's webhook / e-mail about a build that failed or warned (its settings
+    decide; starsmith/notify.py); a delivery failure is logged, never raised."""
+    from starsmith.notify import BuildSummary, notify
+    from starsmith.orchestration.messages import BuildReport
+
+    settings = cfg.project.notify if cfg.project is not None else None
+    if settings is None:
+        return
+    warned = [(d.logical_date, r.model) for d in days for r in d.built if r.details.get(WARNINGS)]
+    summary = BuildSummary.from_report(
+        BuildReport(list(days), list(not_started)), project=project, warehouse=cfg.warehouse_ref,
+        started=started, finished=datetime.now(), report_path=str(cfg.state / "quality-report"),
+        warned=warned)
+    notify(summary, settings)

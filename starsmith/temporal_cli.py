@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -24,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.runtime import Runtime
 
 from starsmith.config import ProjectConfig
 from starsmith.orchestration.messages import BuildPlan, BuildReport, BuildRequest, Paths
@@ -31,7 +33,7 @@ from starsmith.orchestration.server import LocalServer, start_local_server
 from starsmith.orchestration.worker import TASK_QUEUE, make_worker
 from starsmith.orchestration.workflows import BackfillWorkflow, BuildWorkflow
 from starsmith.registry import Catalogue
-from starsmith.summary import outcome_rows, summary_table, totals
+from starsmith.summary import notify_build, outcome_rows, summary_table, totals
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,14 @@ async def session(cfg: ProjectConfig, conn: Connection, *, local_worker: bool | 
             server.stop()
 
 
-async def _connect(address: str | None, conn: Connection) -> Client:
+async def _connect(address: str | None, conn: Connection, runtime: Runtime | None = None
+                   ) -> Client:
     assert address
     last: Exception | None = None
     for _ in range(50):  # the dev server accepts TCP a moment before it serves RPCs
         try:
             return await Client.connect(address, namespace=conn.namespace, api_key=conn.api_key,
-                                        tls=conn.tls)
+                                        tls=conn.tls, runtime=runtime)
         except RuntimeError as err:
             last = err
             await asyncio.sleep(0.2)
@@ -154,8 +157,10 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
                 console.print(f"submitted {workflow_id} (run {handle.result_run_id})")
                 return 0
             steps = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
-            clock = time.perf_counter()
+            clock, started = time.perf_counter(), datetime.now()
             report = await follow(handle, console, steps)
+            await asyncio.to_thread(notify_build, cfg, catalogue.project, report.days,
+                                    report.not_started, started)
         console.print(summary_table(report_rows(report)))
         console.print(escape(totals(report.days, report.not_started,
                                     seconds=time.perf_counter() - clock,

@@ -53,3 +53,43 @@ def test_an_empty_landing_zone_says_what_is_missing(tmp_path: Path) -> None:
     assert proc.returncode != 0, out(proc)
     assert "nothing has landed for customers, sales" in text, out(proc)
     assert "date=YYYY-MM-DD" in text and "Traceback" not in text
+
+
+def test_a_failed_build_posts_its_summary_to_the_webhook(tmp_path: Path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    got: list[dict[str, object]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        root = tmp_path / "shop"
+        init_project(root)
+        config = root / "starsmith.toml"
+        config.write_text(config.read_text().replace(
+            'target = "dev"\n',
+            f'target = "dev"\nnotify_webhook = "http://127.0.0.1:{server.server_port}/hook"\n', 1))
+        folder = root / "landing" / "customers" / "date=2024-01-01"
+        customers = pl.read_parquet(folder / "part-0.parquet")
+        twice = pl.concat([customers, customers.head(1).with_columns(name=pl.lit("Other"))])
+        twice.write_parquet(folder / "part-0.parquet")
+        write_manifest(folder, {"part-0.parquet": twice.height})
+        proc = starsmith("build", "--in-process", cwd=root)
+        assert proc.returncode == 1, out(proc)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(got) == 1, got
+    assert got[0]["status"] == "failed" and got[0]["project"] == "shop", got[0]
+    assert "customer_id=1" in json.dumps(got[0])
