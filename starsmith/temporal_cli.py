@@ -149,6 +149,7 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
 
     async def go() -> int:
         async with session(cfg, conn) as client:
+            await _end_older_builds(client, cfg, workflow_id, console)
             handle = await client.start_workflow(
                 BackfillWorkflow.run if backfill else BuildWorkflow.run, req, id=workflow_id,
                 task_queue=TASK_QUEUE, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -169,6 +170,26 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
         return 0 if report.ok else 1
 
     return asyncio.run(go())
+
+
+async def _end_older_builds(client: Client, cfg: ProjectConfig, keep: str, console: Console
+                            ) -> None:
+    """A build of this warehouse still running from an earlier, crashed or abandoned command is
+    said and ended, not left to run beside this one. The same build (same id: same days, models
+    and flags) is resumed instead: start_workflow joins it."""
+    query = (f'WorkflowId STARTS_WITH "starsmith-{warehouse_tag(cfg)}-" AND '
+             "ExecutionStatus = 'Running'")
+    async for wf in client.list_workflows(query):
+        if wf.id == keep or wf.id.startswith(f"{keep}-"):  # ours, or a child of ours
+            console.print(escape(f"resuming {wf.id}: it is still running (started "
+                                 f"{wf.start_time:%Y-%m-%d %H:%M:%S})"))
+            continue
+        if wf.parent_id:  # a backfill's day: ended with its parent
+            continue
+        console.print(escape(f"ending {wf.id}: an earlier build of this warehouse still running "
+                             f"(started {wf.start_time:%Y-%m-%d %H:%M:%S}); this build replaces it"))
+        await client.get_workflow_handle(wf.id).terminate(
+            reason=f"superseded by {keep}: one build of a warehouse at a time")
 
 
 def status(cfg: ProjectConfig, console: Console, workflow_id: str | None,

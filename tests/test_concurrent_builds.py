@@ -43,3 +43,16 @@ def test_a_second_build_stops_naming_the_first_or_waits_for_it(tmp_path: Path) -
     assert third.returncode == 0, stdout + stderr
     assert "nothing to build" in stdout
     assert_same_tables(demo, clean_build(demo.landing, tmp_path / "clean"))
+
+
+def test_a_crashed_builds_workflow_is_ended_not_run_beside_the_next(tmp_path: Path) -> None:
+    demo = Demo(tmp_path / "shop", days=3)
+    crashed = subprocess.run([str(STARSMITH), "build"], cwd=demo.root,
+                             env=cli_env(STARSMITH_FAILPOINT="after_stage:dim_customer"),
+                             capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -9, out(crashed)  # killed mid-step with its worker and server
+    proc = subprocess.run([str(STARSMITH), "build", "--full-refresh"], cwd=demo.root,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, out(proc)
+    assert "ending starsmith-" in proc.stdout and "still running" in proc.stdout, out(proc)
+    assert_same_tables(demo, clean_build(demo.landing, tmp_path / "clean"))
