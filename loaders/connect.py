@@ -13,7 +13,8 @@ from starsmith.loaders.target import Warehouse, is_bigquery
 
 def open_warehouse(ref: str | Path, *, memory_limit: str = "4GB", staging: str = "",
                    job_key: str = "") -> Warehouse:
-    """The target a reference names. ``job_key`` makes BigQuery job ids unique per build run."""
+    """The target a reference names. ``job_key`` names the build run: BigQuery job ids are unique
+    per run, and a publish retried after its commit (same run, same key) is not done twice."""
     if is_bigquery(ref):
         from starsmith.loaders.bigquery.warehouse import BigQueryWarehouse
 
@@ -21,4 +22,4 @@ def open_warehouse(ref: str | Path, *, memory_limit: str = "4GB", staging: str =
     from starsmith.loaders.duckdb import DuckDBWarehouse
 
     return DuckDBWarehouse(ref, memory_limit=memory_limit,
-                           staging_dir=Path(staging) if staging else None)
+                           staging_dir=Path(staging) if staging else None, job_key=job_key)

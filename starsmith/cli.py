@@ -490,7 +490,7 @@ def report(out: Annotated[Path, typer.Option(help="folder for the site")] = Path
     cfg = guard(lambda: _config(warehouse=warehouse, target=target))
     name = cfg.warehouse_ref.split("?")[0] if cfg.target == "bigquery" else cfg.warehouse.name
     index = guard(lambda: write_report(open_warehouse(cfg.warehouse_ref), out, runs=runs,
-                                        name=name))
+                                        name=name, catalogue=_catalogue(cfg)))
     console.print(f"report: {index}")
 
 

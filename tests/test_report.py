@@ -1,11 +1,17 @@
-"""The stewards' report in a real headless Chromium: summary, a failing rule, its sample."""
+"""The stewards' report in a real headless Chromium: summary, a failing rule, its sample.
+
+The helpers here (Chromium, the page parser, the offline and link checks) are shared by the
+other ``tests/test_report_*.py`` files.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 from datetime import date
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -15,8 +21,12 @@ from starsmith.quality.report import write_report
 from tests.test_quality import catalogue, run
 
 CHROMIUM = shutil.which("chromium")
+# no network at all: every host name fails to resolve, so a remote reference could not load
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not "
+                                    "installed (.ci/run installs it)")
 
 
 def chromium(tmp: Path, *args: str) -> str:
@@ -27,8 +37,72 @@ def chromium(tmp: Path, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed "
-                    "(.ci/run installs it)")
+class Page(HTMLParser):
+    """A page's elements (tag and attributes), its ids and its visible text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.ids: set[str] = set()
+        self.text: list[str] = []
+        self._hidden = 0
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {k: v or "" for k, v in attrs}
+        self.elements.append((tag, found))
+        if "id" in found:
+            self.ids.add(found["id"])
+        if tag in ("script", "style", "title"):
+            self._hidden += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "title"):
+            self._hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.text.append(data)
+
+    @property
+    def visible(self) -> str:
+        return "".join(self.text)
+
+    def refs(self) -> list[tuple[str, str]]:
+        return [(tag, attrs[a]) for tag, attrs in self.elements for a in ("href", "src")
+                if a in attrs]
+
+
+def assert_offline(site: Path) -> None:
+    """Nothing in the site refers to another origin: every page and asset is self-contained."""
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".css" for p in files)
+    for f in files:
+        text = f.read_text()
+        for remote in ("http://", "https://", "//cdn", "url(", "@import"):
+            assert remote not in text, (f.name, remote)
+
+
+def assert_links_resolve(site: Path) -> int:
+    """Every href and src of every page is an in-page anchor that exists, or a file inside the
+    site (and its anchor, if it names one, exists there). Returns how many were checked."""
+    pages = {p.resolve(): Page(p.read_text()) for p in site.glob("*.html")}
+    checked = 0
+    for path, page in pages.items():
+        for tag, ref in page.refs():
+            parts = urlsplit(ref)
+            assert not parts.scheme and not parts.netloc, (path.name, tag, ref)
+            target = (path.parent / unquote(parts.path)).resolve() if parts.path else path
+            assert target.is_relative_to(site.resolve()) and target.is_file(), (path.name, ref)
+            if parts.fragment:
+                assert target in pages, (path.name, ref)
+                assert parts.fragment in pages[target].ids, (path.name, ref)
+            checked += 1
+    return checked
+
+
+@needs_chromium
 def test_the_report_shows_the_summary_and_a_failing_rule_with_its_sample(
         landing: Path, tmp_path: Path) -> None:
     wh = tmp_path / "wh.duckdb"
@@ -39,9 +113,8 @@ def test_the_report_shows_the_summary_and_a_failing_rule_with_its_sample(
         assert run(catalogue(*rules), landing, wh, day).ok  # type: ignore[attr-defined]
     site = tmp_path / "site"
     index = write_report(DuckDBWarehouse(wh), site)
-    for page in site.glob("*.html"):  # offline: nothing is fetched from anywhere
-        text = page.read_text()
-        assert "http://" not in text and "https://" not in text and "<link" not in text
+    assert_offline(site)  # nothing is fetched from anywhere
+    assert assert_links_resolve(site) > 10
     summary = chromium(tmp_path, "--dump-dom", index.as_uri())
     assert "<td>staging</td>" in summary and ">stores_stg</a>" in summary
     assert "<td class=\"warn\">warn</td>" in summary

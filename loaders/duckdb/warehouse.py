@@ -16,6 +16,8 @@ run-log row and the watermark, so readers see the old state or the new one, neve
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import threading
 import time
@@ -31,7 +33,7 @@ import pyarrow as pa
 from polars._typing import PolarsDataType  # Polars' own alias for a dtype, instance or class
 from sqlglot import exp
 
-from starsmith.errors import RetryableError, WarehouseBusy
+from starsmith.errors import ConfigError, RetryableError, WarehouseBusy
 from starsmith.loaders import sql
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.log import get_logger
@@ -39,6 +41,7 @@ from starsmith.log import get_logger
 log = get_logger(__name__)
 
 PUBLISHED, META = "main", "_starsmith"
+JOB_KEY = "job_key"  # the run-log details key naming the build run that published a step
 RUN_LOG_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.run_log (
     run_id VARCHAR, model VARCHAR, logical_date DATE, strategy VARCHAR, status VARCHAR,
@@ -112,8 +115,36 @@ def _same_from_arrow(dtype: PolarsDataType) -> bool:
 
 
 def _paths(ref: str) -> list[str]:
-    """The files a ``read_parquet(...)`` reference names."""
-    return re.findall(r"'([^']+)'", ref)
+    """The files a ``read_parquet(...)`` reference names (its literals, quotes doubled)."""
+    return [p.replace("''", "'") for p in re.findall(r"'((?:[^']|'')+)'", ref)]
+
+
+def _literal(value: str) -> str:
+    """A string as a SQL literal: a folder named ``o'brien`` stays a name, never SQL."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def _memory_size(value: str) -> str:
+    """A memory limit as DuckDB reads it (``4GB``, ``512MiB``); anything else is refused before
+    it reaches a connection's settings or a ``SET`` statement."""
+    if not isinstance(value, str) or not MEMORY_SIZE.fullmatch(value.strip()):
+        raise ConfigError(f"cannot read the memory limit {value!r}",
+                          where="the warehouse's memory_limit",
+                          fix="Write it as a number and a unit, e.g. 4GB or 512MiB "
+                              "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return value.strip()
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """End a failed transaction. One that a failed COMMIT ended already is left as it is: the
+    second error ("no transaction is active") would hide the first."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error as err:
+        log.debug("rollback: %s", err)
 
 
 class DuckDBWarehouse(SqlReads):
@@ -125,10 +156,11 @@ class DuckDBWarehouse(SqlReads):
     def __init__(self, path: Path | str, *, memory_limit: str = "4GB",
                  temp_dir: Path | None = None, threads: int | None = None,
                  staging_dir: Path | None = None, compact_at: float = COMPACT_AT,
-                 compact_min_rows: int = COMPACT_MIN_ROWS) -> None:
+                 compact_min_rows: int = COMPACT_MIN_ROWS, job_key: str = "") -> None:
         self.path = Path(path)
         self.compact_at, self.compact_min_rows = compact_at, compact_min_rows
-        self.memory_limit = memory_limit
+        self.memory_limit = _memory_size(memory_limit)
+        self.job_key = job_key  # this build run's: a retried publish finds its own commit
         self.temp_dir = temp_dir or self.path.parent / "duckdb_tmp"
         self.threads = threads
         self._shared: duckdb.DuckDBPyConnection | None = None
@@ -223,11 +255,11 @@ class DuckDBWarehouse(SqlReads):
             return rows
         with _EVICT_LOCK:
             try:  # refused (OutOfMemory) while other work in the process pins more than that
-                self._shared.execute(f"SET memory_limit = '{EVICT_TO}'")
+                self._shared.execute(f"SET memory_limit = {_literal(EVICT_TO)}")
             except duckdb.OutOfMemoryException:
                 log.debug("kept DuckDB's cache: memory pinned by other work")
             finally:
-                self._shared.execute(f"SET memory_limit = '{self.memory_limit}'")
+                self._shared.execute(f"SET memory_limit = {_literal(self.memory_limit)}")
         return rows
 
     # -- writing -----------------------------------------------------------------------------
@@ -264,7 +296,7 @@ class DuckDBWarehouse(SqlReads):
         frame.write_parquet(tmp, compression="uncompressed", statistics=False,
                             row_group_size=DUCKDB_ROW_GROUP, data_page_size=STAGED_PAGE)
         tmp.replace(path)
-        return f"read_parquet('{path}')"
+        return f"read_parquet({_literal(str(path))})"
 
     def keep_staged(self, ref: str) -> str:
         """Where a steward reads staged rows a gate refused: the staged Parquet file(s); rows
@@ -285,7 +317,7 @@ class DuckDBWarehouse(SqlReads):
     @staticmethod
     def union(refs: Sequence[str]) -> str:
         """One reference to several staged files (the batches of one step)."""
-        return "read_parquet([" + ", ".join(f"'{p}'" for r in refs for p in _paths(r)) + "])"
+        return "read_parquet([" + ", ".join(_literal(p) for r in refs for p in _paths(r)) + "])"
 
     def read_staged(self, ref: str) -> pl.DataFrame:
         """Every staged row, in the order it was staged."""
@@ -327,43 +359,121 @@ class DuckDBWarehouse(SqlReads):
             log.info("%s: added column(s) %s to its table", model.name, ", ".join(diff.added))
 
     def publish(self, job: Publish) -> None:
-        """Run the strategy, quarantine, run log and watermark in one transaction."""
+        """Run the strategy, quarantine, run log and watermark in one transaction.
+
+        Nothing after the COMMIT fails the step: compacting the table and removing the staged
+        copies are best effort (a warning). A retry of a step whose publish had committed (its
+        worker died, or lost the step, after the COMMIT) finds its own run-log row by this
+        warehouse's job key and publishes nothing twice; a later build of the same day (same
+        run id, another job key) publishes again, as every re-run does."""
         stmts = sql.render(job.statements, self.dialect)
         with self.connect() as con:
-            try:
-                con.execute("BEGIN TRANSACTION")
-                deleted = 0
-                for tree, statement in zip(job.statements, stmts, strict=True):
-                    clock = time.perf_counter()
-                    result = con.execute(statement).fetchall()
-                    if isinstance(tree, exp.Delete) and result:
-                        deleted += int(result[0][0])
-                    log.debug("%.3f s: %s", time.perf_counter() - clock, statement[:200])
-                self._count_deleted(con, job.target, deleted, reset=job.full_refresh)
-                if job.quarantine is not None:
-                    self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"],
-                                     None if job.full_refresh else job.quarantine_scope,
-                                     everything=job.full_refresh)
-                self._log(con, job.run_log)
-                if job.quality is not None:
-                    self._record_quality(con, job.quality)
-                self._bookkeep(con, job)
-                for day in job.watermark_dates:
-                    con.execute(
-                        f"INSERT OR REPLACE INTO {META}.watermarks VALUES (?, ?, ?, ?, now())",
-                        [job.target, day, job.run_log["run_id"], job.run_log["fingerprint"]])
-                con.execute("COMMIT")
-            except duckdb.TransactionException as err:
-                con.execute("ROLLBACK")
+            if self._committed(con, job):
+                log.info("%s %s: already committed by this build run (job %s); a retried step "
+                         "is not published twice", job.target, job.run_log.get("logical_date"),
+                         self.job_key)
+            else:
+                self._commit(con, job, stmts)
+                if not job.full_refresh:
+                    self._compact_after_commit(con, job.target)
+        self._release_after_commit(job)
+
+    def _commit(self, con: duckdb.DuckDBPyConnection, job: Publish, stmts: Sequence[str]
+                ) -> None:
+        """The publish's one transaction; a failed COMMIT is retryable (a conflict with another
+        writer, or an I/O error the step's error typing looks into)."""
+        try:
+            con.execute("BEGIN TRANSACTION")
+            deleted = 0
+            for tree, statement in zip(job.statements, stmts, strict=True):
+                clock = time.perf_counter()
+                result = con.execute(statement).fetchall()
+                if isinstance(tree, exp.Delete) and result:
+                    deleted += int(result[0][0])
+                log.debug("%.3f s: %s", time.perf_counter() - clock, statement[:200])
+            self._count_deleted(con, job.target, deleted, reset=job.full_refresh)
+            if job.quarantine is not None:
+                self._quarantine(con, job.target, job.quarantine, job.run_log["logical_date"],
+                                 None if job.full_refresh else job.quarantine_scope,
+                                 everything=job.full_refresh)
+            self._log(con, self._keyed(job.run_log))
+            if job.quality is not None:
+                self._record_quality(con, job.quality)
+            self._bookkeep(con, job)
+            for day in job.watermark_dates:
+                con.execute(
+                    f"INSERT OR REPLACE INTO {META}.watermarks VALUES (?, ?, ?, ?, now())",
+                    [job.target, day, job.run_log["run_id"], job.run_log["fingerprint"]])
+            con.execute("COMMIT")
+        except duckdb.TransactionException as err:
+            _rollback(con)  # a failed COMMIT has ended the transaction already
+            if "conflict" in str(err).lower():
                 raise RetryableError(f"publish conflicted with another writer: {err}",
                                      where=job.target) from err
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            if not job.full_refresh:
-                self._compact(con, job.target)
-        for ref in (job.staged, *job.also_staged):  # published: the staged copies are done
-            self._release(ref)
+            raise RetryableError(f"the publish of {job.target} could not commit: {err}",
+                                 where=str(self.path)) from err
+        except BaseException:
+            _rollback(con)
+            raise
+
+    def _keyed(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The run-log row with this warehouse's job key in its details (no column of its own:
+        the run log's columns are shared with every target)."""
+        if not self.job_key:
+            return row
+        found: Any = row.get("details")
+        if isinstance(found, str):
+            with contextlib.suppress(ValueError):  # not JSON: kept as it is, below
+                found = json.loads(found) if found.strip() else None
+        details = dict(found) if isinstance(found, dict) else (
+            {} if found is None else {"details": found})
+        return row | {"details": json.dumps(details | {JOB_KEY: self.job_key}, default=str)}
+
+    def _committed(self, con: duckdb.DuckDBPyConnection, job: Publish) -> bool:
+        """Did this build run (the job key) commit this publish already? Its run-log row says so
+        (success, same run id, model, logical date, fingerprint and job key), and so do its
+        watermarks (same run id and fingerprint). Without a job key, never."""
+        if not self.job_key:
+            return False
+        row = job.run_log
+        run_id, fingerprint = row.get("run_id"), row.get("fingerprint")
+        logged = con.execute(
+            f"SELECT count(*) FROM {META}.run_log WHERE status = 'success' AND run_id = ? "
+            "AND model = ? AND logical_date = ? AND fingerprint IS NOT DISTINCT FROM ? "
+            f"AND details->>'$.{JOB_KEY}' = ?",
+            [run_id, row.get("model", job.target), row.get("logical_date"), fingerprint,
+             self.job_key]).fetchall()
+        if not logged[0][0]:
+            return False
+        days = sorted(set(job.watermark_dates))
+        if not days:  # a model with no inputs keeps no watermark: its run-log row is the record
+            return True
+        marks = ", ".join("?" for _ in days)
+        found = con.execute(
+            f"SELECT count(*) FROM {META}.watermarks WHERE model = ? AND run_id = ? "
+            f"AND fingerprint IS NOT DISTINCT FROM ? AND logical_date IN ({marks})",
+            [job.target, run_id, fingerprint, *days]).fetchall()
+        return bool(found[0][0] == len(days))
+
+    def _compact_after_commit(self, con: duckdb.DuckDBPyConnection, target: str) -> None:
+        """Compact once the publish has committed, best effort: a failure (a full disk, say)
+        leaves the table as published, its deleted rows still counted, so the next publish
+        tries again; it never fails (nor has Temporal retry) a step whose rows are in."""
+        try:
+            self._compact(con, target)
+        except Exception as err:
+            log.warning("%s: published; compacting its table failed, the next publish tries "
+                        "again: %s", target, err)
+
+    def _release_after_commit(self, job: Publish) -> None:
+        """Drop the staged copies of a published step, best effort (a leftover file is named
+        by the run and replaced by the next one)."""
+        for ref in (job.staged, *job.also_staged):
+            try:
+                self._release(ref)
+            except Exception as err:
+                log.warning("%s: published; could not drop the staged copy %s: %s", job.target,
+                            ref, err)
 
     @staticmethod
     def _bookkeep(con: duckdb.DuckDBPyConnection, job: Publish) -> None:
@@ -416,7 +526,7 @@ class DuckDBWarehouse(SqlReads):
             self._count_deleted(con, target, 0, reset=True)
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
         log.info("compacted %s: %d deleted of %d stored rows dropped in %.1f s", target, dead,
                  stored, time.perf_counter() - clock)
