@@ -34,5 +34,21 @@ def configure(level: int = logging.INFO, *, rich_console: bool | None = None) ->
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if level > logging.DEBUG:  # a failure is its typed one-line message; --verbose adds the rest
+        handler.addFilter(_no_traceback)
     logger.addHandler(handler)
     logger.propagate = False
+    # The Temporal SDK logs each failed activity with its traceback: through the same handler,
+    # warnings and worse only, so a failed step reads as one line unless --verbose.
+    sdk = logging.getLogger("temporalio")
+    for old in list(sdk.handlers):
+        sdk.removeHandler(old)
+    sdk.addHandler(handler)
+    sdk.setLevel(level if level <= logging.DEBUG else logging.WARNING)
+    sdk.propagate = False
+
+
+def _no_traceback(record: logging.LogRecord) -> bool:
+    """Drop a record's traceback (the message says what failed and where)."""
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True

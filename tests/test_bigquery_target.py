@@ -173,7 +173,8 @@ def test_the_stewards_report_reads_bigquery(built: Built, emulator: Emulator,
     index = (tmp_path / "site" / "index.html").read_text()
     assert f"bigquery://{PROJECT}/{DATASET}" in index and "fact_sales" in index
     quarantined = built.bq.query('SELECT count(*) AS n FROM main."fact_sales__quarantine"')
-    assert f"<td>{quarantined['n'][0]}</td></tr>" in index.split("fact_sales</a>", 1)[1]
+    row = index.split("fact_sales</a>", 1)[1].split("</tr>", 1)[0]
+    assert f"#quarantine'>{quarantined['n'][0]}</a></td>" in row, row
 
 
 @pytest.mark.temporal

@@ -93,3 +93,18 @@ def test_a_failed_build_posts_its_summary_to_the_webhook(tmp_path: Path) -> None
     assert len(got) == 1, got
     assert got[0]["status"] == "failed" and got[0]["project"] == "shop", got[0]
     assert "customer_id=1" in json.dumps(got[0])
+
+
+def test_a_corrupt_file_through_temporal_fails_once_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "shop"
+    init_project(root)
+    folder = root / "landing" / "sales" / "date=2024-01-02"
+    (folder / "part-0.parquet").write_bytes(b"not parquet at all")
+    (folder / "_manifest.json").unlink()
+    (folder / "_SUCCESS").touch()  # a complete day whose file is broken
+    proc = starsmith("build", cwd=root)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out(proc)
+    assert "Traceback" not in text, out(proc)
+    assert "part-0.parquet cannot be read" in proc.stdout, out(proc)
+    assert "'attempt': 2" not in text  # bad data is not retried
