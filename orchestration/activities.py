@@ -24,7 +24,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from starsmith.errors import ProjectMismatch, StarsmithError
-from starsmith.orchestration.messages import BuildPlan, BuildRequest, StepRequest, StepResult
+from starsmith.orchestration.messages import (
+    WARNINGS,
+    BuildPlan,
+    BuildRequest,
+    Finished,
+    StepRequest,
+    StepResult,
+)
 from starsmith.project import Project
 from starsmith.registry import Catalogue
 
@@ -144,5 +151,21 @@ class ProjectActivities:
                     result.rows_read, result.duration_s)
         return result
 
+    @activity.defn(name="notify_build")
+    def notify_build(self, done: Finished) -> list[str]:
+        """Tell the project's webhook / e-mail how a scheduled build ended (its settings decide
+        whether); what could not be delivered is returned, never raised."""
+        from datetime import datetime
+
+        from starsmith.notify import BuildSummary, notify
+
+        warned = [(d.logical_date, r.model) for d in done.report.days for r in d.built
+                  if r.details.get(WARNINGS)]
+        summary = BuildSummary.from_report(
+            done.report, project=self.project.name, warehouse=done.warehouse,
+            started=datetime.fromisoformat(done.started),
+            finished=datetime.fromisoformat(done.finished), warned=warned)
+        return notify(summary, self.project.notify)
+
     def all(self) -> list[Callable[..., object]]:
-        return [self.plan_build, self.days_not_built, self.build_model]
+        return [self.plan_build, self.days_not_built, self.build_model, self.notify_build]

@@ -107,6 +107,16 @@ class DayOutcome:
         return not self.failed and not self.skipped
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A scheduled build's end, for its notification (no CLI waits for a schedule's run)."""
+
+    report: BuildReport
+    warehouse: str
+    started: str  # ISO timestamps: workflow time, deterministic
+    finished: str
+
+
 @dataclass
 class BuildReport:
     days: list[DayOutcome] = field(default_factory=list)

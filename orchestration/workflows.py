@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         BuildReport,
         BuildRequest,
         DayOutcome,
+        Finished,
         StepRequest,
         StepResult,
     )
@@ -50,10 +51,21 @@ class BuildWorkflow:
 
     @workflow.run
     async def run(self, req: BuildRequest) -> BuildReport:
-        if not req.dates and not req.until:
-            scheduled = workflow.info().typed_search_attributes.get(SCHEDULED_AT)
-            if scheduled is not None:  # a Schedule's run: its logical date is the scheduled time
-                req = dataclasses.replace(req, until=scheduled.date().isoformat())
+        scheduled = workflow.info().typed_search_attributes.get(SCHEDULED_AT)
+        if scheduled is not None and not req.dates and not req.until:
+            # a Schedule's run: its logical date is the scheduled time
+            req = dataclasses.replace(req, until=scheduled.date().isoformat())
+        started = workflow.now()
+        report = await self._build(req)
+        if scheduled is not None:  # nobody waits on a schedule's run: its end is notified
+            await workflow.execute_activity(
+                "notify_build", Finished(report, req.paths.warehouse, started.isoformat(),
+                                         workflow.now().isoformat()),
+                result_type=list[str], start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_attempts=1))
+        return report
+
+    async def _build(self, req: BuildRequest) -> BuildReport:
         plan: BuildPlan = await workflow.execute_activity(
             "plan_build", req, result_type=BuildPlan,
             start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY,

@@ -132,11 +132,33 @@ def test_backfill_runs_days_in_order_and_resumes_after_a_failure(
 
 def test_schedule_create_trigger_list_delete(temporal_server: LocalServer, landing: Path,
                                              tmp_path: Path) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from starsmith.project import load_project
     from starsmith.scaffold import ensure_demo
 
+    posted: list[dict[str, object]] = []
+
+    class Receiver(BaseHTTPRequestHandler):  # the team's webhook, on 127.0.0.1
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
     project = tmp_path / "project"
     ensure_demo(project)  # the demo as a user's project: its config and model files
     shutil.move(landing, project / "landing")
+    config = project / "starsmith.toml"
+    config.write_text(config.read_text().replace(
+        'target = "dev"\n', f'target = "dev"\nnotify_webhook = "http://127.0.0.1:'
+        f'{hook.server_port}/hook"\nnotify_on = "always"\n', 1))
     env = {**os.environ, "TEMPORAL_ADDRESS": temporal_server.address}
 
     def cli(*args: str) -> str:
@@ -153,7 +175,7 @@ def test_schedule_create_trigger_list_delete(temporal_server: LocalServer, landi
         from starsmith.orchestration.worker import TASK_QUEUE, make_worker
 
         client = await Client.connect(temporal_server.address)
-        async with make_worker(client, demo_project(), task_queue=TASK_QUEUE):
+        async with make_worker(client, load_project(project), task_queue=TASK_QUEUE):
             cli("trigger")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -166,9 +188,16 @@ def test_schedule_create_trigger_list_delete(temporal_server: LocalServer, landi
                 await asyncio.sleep(0.3)
         return []
 
-    assert asyncio.run(trigger_and_wait())
+    try:
+        assert asyncio.run(trigger_and_wait())
+    finally:
+        hook.shutdown()
+        hook.server_close()
     wh = DuckDBWarehouse(project / ".state" / "warehouse.duckdb")
     assert wh.watermarks()["logical_date"].n_unique() == 4  # every landed day up to today
+    # nobody waits on a schedule's run: the worker told the webhook how it ended
+    assert len(posted) == 1 and posted[0]["project"] == "retail", posted
+    assert posted[0]["status"] in ("success", "warning") and "built" in json.dumps(posted[0])
     cli("delete")
     assert "nightly" not in cli("list")
 
