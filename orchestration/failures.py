@@ -41,6 +41,10 @@ def typed(err: Exception, model: Model) -> Exception:
         if found is not None:
             return found
     first = _first_line(err)
+    if isinstance(err, duckdb.CatalogException) and "python_arrow_scan" in first:
+        # DuckDB's own setup raced (loaders/duckdb/warehouse.py, _CONNECT_LOCK): not the model
+        return RetryableError(f"DuckDB was not ready in {model.name}: {first}",
+                              where=f"model {model.name}")
     if isinstance(err, pl.exceptions.ColumnNotFoundError | pl.exceptions.SchemaError
                   | pl.exceptions.SchemaFieldNotFoundError | duckdb.BinderException
                   | duckdb.CatalogException | duckdb.ParserException):
