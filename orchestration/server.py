@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -386,6 +387,36 @@ class LocalServer:
             self._lock_fd = None
 
 
+PORT_ATTEMPTS = 3
+
+
+def _server_args(db: Path, port: int | None, ui: bool, ui_port: int | None
+                 ) -> tuple[list[str], int, int | None]:
+    """The dev server's command line, with free ports where none were given."""
+    chosen = port or free_port()
+    args = [str(temporal_binary()), "server", "start-dev", "--ip", "127.0.0.1",
+            "--port", str(chosen), "--db-filename", str(db),
+            "--metrics-port", str(free_port()), "--http-port", str(free_port()),
+            "--log-level", "error"]
+    chosen_ui: int | None = None
+    if ui:
+        chosen_ui = ui_port or free_port()
+        args += ["--ui-port", str(chosen_ui), "--ui-ip", "127.0.0.1", "--ui-disable-news-fetch"]
+    else:
+        args.append("--headless")
+    return args, chosen, chosen_ui
+
+
+def _tail(path: Path, size: int = 20_000) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def start_local_server(state: Path, *, port: int | None = None, ui: bool = False,
                        ui_port: int | None = None, timeout_s: float = 30.0,
                        stop_grace_s: float = STOP_GRACE_S) -> LocalServer:
@@ -400,37 +431,39 @@ def start_local_server(state: Path, *, port: int | None = None, ui: bool = False
     process: subprocess.Popen[bytes] | None = None
     try:
         _clear_leftovers(state, db, stop_grace_s)
-        port = port or free_port()
-        args = [str(temporal_binary()), "server", "start-dev", "--ip", "127.0.0.1",
-                "--port", str(port), "--db-filename", str(db),
-                "--metrics-port", str(free_port()), "--http-port", str(free_port()),
-                "--log-level", "error"]
-        if ui:
-            ui_port = ui_port or free_port()
-            args += ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1", "--ui-disable-news-fetch"]
-        else:
-            args.append("--headless")
-            ui_port = None
         log_path = state / "temporal-server.log"
-        process = _from_lasting_thread(lambda: _launch(args, log_path))
-        _write_record(state, ServerRecord(
-            pid=process.pid, port=port, ui_port=ui_port,
-            started_at=datetime.now(UTC).isoformat(timespec="seconds"), parent_pid=os.getpid(),
-            parent_cmd=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv
-            else "", host=socket.gethostname(), db=str(db)))
-        server = LocalServer(process, port, ui_port, state, lock_fd)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
+        for attempt in range(PORT_ATTEMPTS):
+            # Ports are picked free, then bound by the server a moment later: another process
+            # may take one in between ("address already in use"). Then pick again.
+            args, chosen, chosen_ui = _server_args(db, port, ui, ui_port)
+            process = _from_lasting_thread(functools.partial(_launch, args, log_path))
+            _write_record(state, ServerRecord(
+                pid=process.pid, port=chosen, ui_port=chosen_ui,
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                parent_pid=os.getpid(),
+                parent_cmd=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv
+                else "", host=socket.gethostname(), db=str(db)))
+            server = LocalServer(process, chosen, chosen_ui, state, lock_fd)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    break
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", chosen)) == 0:
+                        return server
+                time.sleep(0.1)
+            else:
+                raise RetryableError("the local Temporal server did not start in time",
+                                     where=str(log_path))
+            _remove_record(state, process.pid)
+            taken = "address already in use" in _tail(log_path)
+            if not taken or attempt == PORT_ATTEMPTS - 1:
                 raise RetryableError(
                     f"the local Temporal server exited with code {process.returncode}",
                     where=str(log_path))
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return server
-            time.sleep(0.1)
-        raise RetryableError("the local Temporal server did not start in time",
-                             where=str(log_path))
+            log.info("a port of the local Temporal server was taken meanwhile: trying others")
+            process = None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
     except BaseException:
         if process is not None:
             stop_process(process)
