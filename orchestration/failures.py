@@ -19,25 +19,26 @@ from starsmith.orchestration.messages import StepRequest
 from starsmith.registry import Catalogue
 
 
-def typed(err: Exception, model: Model) -> Exception:
+def typed(err: Exception, model: Model, req: StepRequest | None = None,
+          cat: Catalogue | None = None) -> Exception:
     """An engine error the step did not expect, as a StarsmithError that tells Temporal whether
     a retry can help: a model that does not fit its tables, a corrupt input file, a refused
     permission or a full disk is not retried; another I/O error is.
 
-    The file to name is taken from the error (its path or message), else from the step's own
-    context: the paths and request in the frames the error passed through, and the landed files
-    the step reads, checked one by one for the one that cannot be read."""
+    The file to name is taken from the error (its path or message), else from the paths in the
+    frames it passed through, else from the landed files the step reads (``req`` and ``cat``,
+    handed over by the step), checked one by one for the one that cannot be read."""
     import duckdb
 
     if isinstance(err, StarsmithError):
         if err.retryable:  # a wrapper over a refused permission or a full disk: not transient
             for cause in _chain(err, itself=False):
-                found = _refused(cause, err, model)
+                found = _refused(cause, err, model, req, cat)
                 if found is not None:
                     return found
         return err
     for cause in _chain(err):
-        found = _refused(cause, err, model)
+        found = _refused(cause, err, model, req, cat)
         if found is not None:
             return found
     first = _first_line(err)
@@ -55,7 +56,7 @@ def typed(err: Exception, model: Model) -> Exception:
     if isinstance(err, pl.exceptions.PolarsError) and "(os error" in str(err):
         return RetryableError(f"I/O error in {model.name}: {first}", where=f"model {model.name}")
     if _unreadable(err):
-        return _bad_input(err, model, first)
+        return _bad_input(err, model, first, req, cat)
     if isinstance(err, duckdb.IOException | OSError):
         return RetryableError(f"I/O error in {model.name}: {first}", where=f"model {model.name}")
     return err
@@ -117,7 +118,8 @@ def _refusal(exc: BaseException) -> str | None:
     return None
 
 
-def _refused(cause: BaseException, err: BaseException, model: Model) -> StarsmithError | None:
+def _refused(cause: BaseException, err: BaseException, model: Model,
+             req: StepRequest | None, cat: Catalogue | None) -> StarsmithError | None:
     """A refused permission or a full disk in ``cause`` (part of ``err``), typed and named."""
     from starsmith.errors import ConfigError
 
@@ -126,7 +128,7 @@ def _refused(cause: BaseException, err: BaseException, model: Model) -> Starsmit
         return None
     found = _path_of(cause) or _path_of(err)
     if found is None:  # a write that said no file: the paths in hand, else the warehouse
-        ctx = _Context.of(err)
+        ctx = _Context.of(err, req, cat)
         found = next((str(p) for p in ctx.paths), None)
         if found is None and ctx.req is not None:
             found = f"the warehouse {ctx.req.warehouse}"
@@ -177,8 +179,9 @@ def _unreadable(err: BaseException) -> bool:
 
 
 class _Context:
-    """What the frames an error passed through knew: the step's request and catalogue, and the
-    paths in hand when it was raised (the innermost frames' first)."""
+    """The step's request and catalogue (handed over by the step), and the paths in hand in the
+    frames the error passed through (the innermost first): Polars and DuckDB errors rarely name
+    the file they were reading."""
 
     def __init__(self) -> None:
         self.req: StepRequest | None = None
@@ -186,10 +189,12 @@ class _Context:
         self.paths: list[Path] = []
 
     @classmethod
-    def of(cls, err: BaseException) -> _Context:
+    def of(cls, err: BaseException, req: StepRequest | None = None,
+           cat: Catalogue | None = None) -> _Context:
         from starsmith.loaders.landed import LandedDay
 
         ctx = cls()
+        ctx.req, ctx.cat = req, cat  # the step's own, handed over
         frames = []
         tb = err.__traceback__
         while tb is not None:
@@ -199,11 +204,7 @@ class _Context:
             if not str(frame.f_globals.get("__name__", "")).startswith("starsmith."):
                 continue
             for value in frame.f_locals.values():
-                if isinstance(value, StepRequest):
-                    ctx.req = ctx.req or value
-                elif isinstance(value, Catalogue):
-                    ctx.cat = ctx.cat or value
-                elif isinstance(value, Path):
+                if isinstance(value, Path):
                     ctx.paths.append(value)
                 elif isinstance(value, LandedDay):
                     ctx.paths.extend(value.files)
@@ -235,10 +236,11 @@ class _Context:
         return files
 
 
-def _bad_input(err: BaseException, model: Model, first: str) -> DataError:
+def _bad_input(err: BaseException, model: Model, first: str, req: StepRequest | None,
+               cat: Catalogue | None) -> DataError:
     """A corrupt or unreadable input as a DataError naming the file (and, for a CSV, the line
     and column), found in the message, else by reading the step's files again one by one."""
-    ctx = _Context.of(err)
+    ctx = _Context.of(err, req, cat)
     named = _paths_in(str(err))
     path: Path | None = Path(named[0]) if named else None
     detail = ""

@@ -85,13 +85,15 @@ def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Pa
 
 
 def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: Warehouse,
-                     landing: Path, *, forced: date | None = None) -> Restatement | None:
+                     landing: Path, *, forced: date | None = None, mark: bool = True
+                     ) -> Restatement | None:
     """The restatement a build of ``models`` must run first, or None.
 
     What is dirty is found over the whole catalogue: a selection that re-runs a staging table
     leaves its dependants marked (``_starsmith.restatements``) until a build rebuilds them, so a
     correction is never lost because only part of the graph was built. ``forced``: the day the
-    user asked for with ``--date``.
+    user asked for with ``--date``; ``mark``: record the marks (a build does; ``plan`` only
+    looks).
     """
     marks = wh.watermarks()
     if not marks.height:
@@ -130,11 +132,12 @@ def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: W
     why = {m: dirty[m][1] for m in affected if m in dirty}
     # Remember what must be rebuilt, in case this build does not get to it (a selection, a
     # failure): cleared by the model's own rebuild (a full-refresh publish).
-    wh.mark_restatements(pl.DataFrame(
-        {"model": rebuild, "from_day": [start] * len(rebuild),
-         "reason": [why.get(m) or f"an upstream model is restated from {start}"
-                    for m in rebuild]},
-        schema={"model": pl.String(), "from_day": pl.Date(), "reason": pl.String()}))
+    if mark:
+        wh.mark_restatements(pl.DataFrame(
+            {"model": rebuild, "from_day": [start] * len(rebuild),
+             "reason": [why.get(m) or f"an upstream model is restated from {start}"
+                        for m in rebuild]},
+            schema={"model": pl.String(), "from_day": pl.Date(), "reason": pl.String()}))
     chosen = set(models)
     replay, rebuild = [m for m in replay if m in chosen], [m for m in rebuild if m in chosen]
     if not replay and not rebuild:
@@ -145,7 +148,8 @@ def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: W
 
 def with_restatement(cat: Catalogue, models: list[str], dates: list[date], wh: Warehouse,
                      landing: Path, *, forced: date | None = None, full_refresh: bool = False,
-                     accept_changes: bool = False, max_parallel: int = 4) -> BuildPlan:
+                     accept_changes: bool = False, max_parallel: int = 4,
+                     mark: bool = True) -> BuildPlan:
     """The build plan, with the restatement it needs first as its phases (run in order, before
     the plan's own days; the workflow and the in-process runner both do)."""
     def plan(names: list[str], days: list[date], refresh: bool = False) -> BuildPlan:
@@ -155,7 +159,7 @@ def with_restatement(cat: Catalogue, models: list[str], dates: list[date], wh: W
     if full_refresh:
         return plan(models, dates, True)
     ready = landed_days(cat, list(cat.order), landing)
-    found = find_restatement(cat, models, ready, wh, landing, forced=forced)
+    found = find_restatement(cat, models, ready, wh, landing, forced=forced, mark=mark)
     if found is None:
         return plan(models, dates)
     phases = []

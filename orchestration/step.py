@@ -88,7 +88,7 @@ def run_step(req: StepRequest, cat: Catalogue) -> StepResult:
             counts = _run(model, cat, wh, req, day, log_row, clock)
     except Exception as err:  # recorded in the run log, then surfaced typed
         _log_failure(wh, log_row, clock, err)
-        typed = _typed(err, model)
+        typed = _typed(err, model, req, cat)
         if typed is err:
             raise
         raise typed from err

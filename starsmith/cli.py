@@ -250,7 +250,7 @@ def _not_built(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: lis
 
 def _plan(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[date], *,
           forced: date | None, full_refresh: bool = False, accept_changes: bool = False,
-          max_parallel: int = 4) -> BuildPlan:
+          max_parallel: int = 4, mark: bool = True) -> BuildPlan:
     """The plan with any restatement it needs first (orchestration/restate.py)."""
     from starsmith.loaders.connect import open_warehouse
     from starsmith.orchestration.restate import with_restatement
@@ -258,7 +258,7 @@ def _plan(cfg: ProjectConfig, cat: Catalogue, models: list[str], dates: list[dat
     wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
     return with_restatement(cat, models, dates, wh, cfg.landing, forced=forced,
                             full_refresh=full_refresh, accept_changes=accept_changes,
-                            max_parallel=max_parallel)
+                            max_parallel=max_parallel, mark=mark)
 
 
 @app.command()
@@ -280,7 +280,8 @@ def plan(select: Select = None,
         dates = _dates(cfg, cat, models, day, start, end)
         wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
         changes = model_changes(cat, models, wh)
-        for line in _plan(cfg, cat, models, dates, forced=_parse_date(day, "--date")).notes:
+        for line in _plan(cfg, cat, models, dates, forced=_parse_date(day, "--date"),
+                          mark=False).notes:
             console.print(escape(line))  # what a build runs first
         table = Table(title=f"project {cat.project}: {len(models)} model(s) x {len(dates)} "
                       "day(s): " + (_span(dates) or "nothing pending"))

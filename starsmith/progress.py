@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from rich.console import Console
@@ -13,7 +12,7 @@ from starsmith.config import ProjectConfig
 from starsmith.log import get_logger
 from starsmith.orchestration.messages import BuildPlan
 from starsmith.registry import Catalogue
-from starsmith.summary import notify_build, outcome_rows, summary_table, totals
+from starsmith.summary import finish, outcome_rows, summary_table
 
 log = get_logger(__name__)
 
@@ -22,7 +21,7 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console, cat: C
     """Run the plan in this process; returns the exit code (0 when every day built)."""
     from starsmith.orchestration.local import run_plan
 
-    clock, started = time.perf_counter(), datetime.now()
+    started = datetime.now()
     total = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
     if console.is_terminal:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -42,7 +41,5 @@ def run_in_process(plan: BuildPlan, cfg: ProjectConfig, console: Console, cat: C
                             memory_limit=cfg.memory_limit, staging=str(cfg.staging),
                             memory_budget=cfg.memory_budget, catalogue=cat)
     console.print(summary_table(outcome_rows(outcomes)))
-    done = totals(outcomes, seconds=time.perf_counter() - clock, warehouse=cfg.warehouse_ref)
-    console.print(escape(done.line()))
-    notify_build(cfg, cat.project, outcomes, [], started)
+    console.print(escape(finish(cfg, cat.project, outcomes, [], started)))
     return 0 if outcomes and all(o.ok for o in outcomes) else 1

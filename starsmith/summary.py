@@ -5,53 +5,36 @@ warehouse), and for each failure one line saying where it failed and what to do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from rich.markup import escape
 from rich.table import Table
 
 from starsmith.config import ProjectConfig
+from starsmith.notify import BuildSummary
 from starsmith.orchestration.messages import WARNINGS, DayOutcome
 
 
-@dataclass(frozen=True)
-class Totals:
-    """What a build did, counted."""
+def summarise(cfg: ProjectConfig, project: str, days: Sequence[DayOutcome],
+              not_started: Sequence[str], started: datetime) -> BuildSummary:
+    """The build's summary (starsmith/notify.py): what the console's last line says and what a
+    notification carries, counted once. A step warns when a rule of severity warn failed or it
+    quarantined rows."""
+    from starsmith.orchestration.messages import BuildReport
 
-    built: int = 0
-    warned: int = 0
-    failed: int = 0
-    skipped: int = 0
-    rows_written: int = 0
-    rows_quarantined: int = 0
-    seconds: float = 0.0
-    warehouse: str = ""
-    failures: tuple[tuple[str, str, str], ...] = field(default=())  # (day, model, message)
-
-    @property
-    def status(self) -> str:
-        return "failed" if self.failed or self.skipped else "warning" if self.warned else "success"
-
-    def line(self) -> str:
-        return (f"{self.status}: {self.built} step(s) built ({self.warned} with warnings), "
-                f"{self.failed} failed, {self.skipped} skipped; {self.rows_written:,} rows "
-                f"written, {self.rows_quarantined:,} quarantined; {self.seconds:.1f} s; "
-                f"warehouse {self.warehouse}")
+    warned = [(d.logical_date, r.model) for d in days for r in d.built if r.details.get(WARNINGS)]
+    return BuildSummary.from_report(
+        BuildReport(list(days), list(not_started)), project=project, warehouse=cfg.warehouse_ref,
+        started=started, finished=datetime.now(), report_path=str(cfg.state / "quality-report"),
+        warned=warned)
 
 
-def totals(days: Sequence[DayOutcome], not_started: Iterable[str] = (), *, seconds: float,
-           warehouse: str) -> Totals:
-    built = [r for d in days for r in d.built]
-    failures = tuple((d.logical_date, m, _first_line(why)) for d in days
-                     for m, why in d.failed.items())
-    skipped = sum(len(d.skipped) for d in days) + len(list(not_started))
-    return Totals(
-        built=len(built), warned=sum(1 for r in built if r.details.get(WARNINGS)),
-        failed=len(failures), skipped=skipped,
-        rows_written=sum(r.rows_written for r in built),
-        rows_quarantined=sum(r.rows_quarantined for r in built),
-        seconds=seconds, warehouse=warehouse, failures=failures)
+def line(summary: BuildSummary) -> str:
+    """The console's last line: status, steps, rows, time, warehouse."""
+    return (f"{summary.status}: {summary.built} step(s) built ({summary.warned} with warnings), "
+            f"{summary.failed} failed, {summary.skipped} skipped; {summary.rows_written:,} rows "
+            f"written, {summary.rows_quarantined:,} quarantined; {summary.duration_s:.1f} s; "
+            f"warehouse {summary.warehouse}")
 
 
 def _first_line(text: str) -> str:
@@ -87,19 +70,13 @@ def outcome_rows(days: Sequence[DayOutcome], not_started: Iterable[str] = ()
     return rows
 
 
-def notify_build(cfg: ProjectConfig, project: str, days: Sequence[DayOutcome],
-                 not_started: Sequence[str], started: datetime) -> None:
-    """Tell the project's webhook / e-mail about a build that failed or warned (its settings
-    decide; starsmith/notify.py); a delivery failure is logged, never raised."""
-    from starsmith.notify import BuildSummary, notify
-    from starsmith.orchestration.messages import BuildReport
+def finish(cfg: ProjectConfig, project: str, days: Sequence[DayOutcome],
+           not_started: Sequence[str], started: datetime) -> str:
+    """Summarise a build, tell the project's webhook / e-mail if it failed or warned (its
+    settings decide; a delivery failure is logged, never raised), and return the last line."""
+    from starsmith.notify import notify
 
-    settings = cfg.project.notify if cfg.project is not None else None
-    if settings is None:
-        return
-    warned = [(d.logical_date, r.model) for d in days for r in d.built if r.details.get(WARNINGS)]
-    summary = BuildSummary.from_report(
-        BuildReport(list(days), list(not_started)), project=project, warehouse=cfg.warehouse_ref,
-        started=started, finished=datetime.now(), report_path=str(cfg.state / "quality-report"),
-        warned=warned)
-    notify(summary, settings)
+    summary = summarise(cfg, project, days, not_started, started)
+    if cfg.project is not None:
+        notify(summary, cfg.project.notify)
+    return line(summary)

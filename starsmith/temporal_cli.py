@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from starsmith.orchestration.server import LocalServer, start_local_server
 from starsmith.orchestration.worker import TASK_QUEUE, make_worker
 from starsmith.orchestration.workflows import BackfillWorkflow, BuildWorkflow
 from starsmith.registry import Catalogue
-from starsmith.summary import notify_build, outcome_rows, summary_table, totals
+from starsmith.summary import finish, outcome_rows, summary_table
 
 
 @dataclass(frozen=True)
@@ -158,14 +157,12 @@ def run_with_temporal(plan: BuildPlan, cfg: ProjectConfig, console: Console, *,
                 console.print(f"submitted {workflow_id} (run {handle.result_run_id})")
                 return 0
             steps = sum(len(s.dates) * len(s.models) for s in (*plan.phases, plan))
-            clock, started = time.perf_counter(), datetime.now()
+            started = datetime.now()
             report = await follow(handle, console, steps)
-            await asyncio.to_thread(notify_build, cfg, catalogue.project, report.days,
-                                    report.not_started, started)
+            last = await asyncio.to_thread(finish, cfg, catalogue.project, report.days,
+                                           report.not_started, started)
         console.print(summary_table(report_rows(report)))
-        console.print(escape(totals(report.days, report.not_started,
-                                    seconds=time.perf_counter() - clock,
-                                    warehouse=cfg.warehouse_ref).line()))
+        console.print(escape(last))
         console.print(f"workflow {workflow_id}")
         return 0 if report.ok else 1
 

@@ -126,3 +126,14 @@ def test_a_copied_landing_with_the_same_bytes_is_not_a_change(built: Demo, tmp_p
     (folder / "_SUCCESS").touch()
     proc = demo.build()
     assert "restating" not in proc.stdout and "nothing to build" in proc.stdout, proc.stdout
+
+
+def test_plan_says_what_a_build_would_restate_and_changes_nothing(built: Demo,
+                                                                   tmp_path: Path) -> None:
+    demo = built.copy(tmp_path / "shop")
+    demo.reland("customers", 3, demo.read("customers", 3).with_columns(address=pl.lit("1 Plan St")))
+    plan = subprocess.run([str(STARSMITH), "plan"], cwd=demo.root, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, out(plan)
+    assert "restating from 2024-01-03" in plan.stdout, out(plan)
+    assert demo.query("SELECT count(*) AS n FROM _starsmith.restatements")["n"][0] == 0
