@@ -86,15 +86,21 @@ def _as_records(rows: pl.DataFrame, batch: pl.DataFrame, model: Model) -> pl.Dat
 
 
 def guard_snapshot(model: Model, cat: Catalogue, wh: Warehouse, existing: pl.DataFrame,
-                   batch: pl.DataFrame, day: date, *, accept: bool) -> tuple[pl.DataFrame, int]:
+                   batch: pl.DataFrame, day: date, *, accept: bool, live_total: int | None = None
+                   ) -> tuple[pl.DataFrame, int]:
     """The batch to build (with the lacking keys kept when absence proves nothing), and how many
-    closes were held back. Raises DataError on a day beyond the source's guard."""
+    closes were held back. Raises DataError on a day beyond the source's guard.
+
+    ``existing`` holds at least the current versions of the keys the snapshot lacks;
+    ``live_total`` counts the dimension's own live keys when ``existing`` holds only some
+    (a snapshot narrowed to its changes, ``snapshot_diff.py``)."""
     spec = model.dimension
     assert spec is not None
     nk, sk = list(spec.natural_key), spec.surrogate_key
     live = existing.filter(pl.col("is_current") & ~pl.col("is_deleted") & (pl.col(sk) >= 0)
                            & (pl.col(sk) < INFERRED_BASE) & ~pl.col("is_inferred"))
-    if not live.height:
+    total = live.height if live_total is None else live_total
+    if not total:
         return batch, 0
     gone = live.join(batch.select(nk).drop_nulls().unique(), on=nk, how="anti")
     if not gone.height:
@@ -111,11 +117,11 @@ def guard_snapshot(model: Model, cat: Catalogue, wh: Warehouse, existing: pl.Dat
     guards = [s.guard for s in sources] or [Guard()]
     limit = min(g.max_closed for g in guards)
     floor = min(g.at_least for g in guards)
-    if gone.height > max(limit * live.height, floor) and not accept:
+    if gone.height > max(limit * total, floor) and not accept:
         sample = ", ".join(str(r) for r in gone.select(nk).head(5).rows())
         raise DataError(
-            f"the {day} snapshot would close {gone.height} of {live.height} live keys of "
-            f"{model.name} ({gone.height / live.height:.0%}), more than the {limit:.0%} its "
+            f"the {day} snapshot would close {gone.height} of {total} live keys of "
+            f"{model.name} ({gone.height / total:.0%}), more than the {limit:.0%} its "
             f"source allows (e.g. {sample})", where=f"model {model.name}, day {day}",
             fix="If the export is incomplete, land it again (the day is then rebuilt); if the "
                 "keys really went, build with --accept-changes, or raise the source's "

@@ -27,19 +27,19 @@ from starsmith.orchestration.inputs import day_inputs, input_days
 from starsmith.orchestration.late import place_late
 from starsmith.orchestration.output import StepOutput, run_transform
 from starsmith.orchestration.plan import run_id_for
+from starsmith.orchestration.snapshot_diff import snapshot_diff
 from starsmith.registry import Catalogue
 
 COUNTS = {"inserted": "rows_inserted", "updated": "rows_updated", "closed": "rows_closed"}
 
 
 def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFrame,
-              schema: pl.Schema) -> tuple[pl.DataFrame, int]:
+              schema: pl.Schema, keys: pl.DataFrame | None = None) -> tuple[pl.DataFrame, int]:
+    """The stored versions of the batch's keys (or of ``keys``), and the largest own key."""
     if not wh.exists(model.name):
         return pl.DataFrame(schema=schema), 0
-    if spec.snapshot:
-        rows = wh.read(model.name)
-    else:
-        rows = wh.read_keys(model.name, batch.select(spec.natural_key).unique())
+    wanted = batch.select(spec.natural_key).unique() if keys is None else keys
+    rows = wh.read_keys(model.name, wanted)
     own = wh.query(f'SELECT coalesce(max("{spec.surrogate_key}"), 0) AS m FROM main."{model.name}"'
                    f' WHERE "{spec.surrogate_key}" < ?', [INFERRED_BASE])
     return conform_read(rows.select(schema.names()), schema), int(own["m"][0])
@@ -104,10 +104,17 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
         day_run = run_id_for(d) if full_refresh else run_id
         batch = run_transform(model, inputs, BuildContext(d, day_run))
         if dim is None:
-            existing, max_key = _existing(wh, model, spec, batch, schema)
+            live = None
+            if spec.snapshot and wh.exists(model.name):  # only what can change goes on
+                diff = snapshot_diff(wh, model.name, spec, batch)
+                batch, live = diff.records, diff.live
+                existing, max_key = _existing(wh, model, spec, batch, schema, diff.keys)
+                totals["unchanged"] = totals.get("unchanged", 0) + diff.unchanged
+            else:
+                existing, max_key = _existing(wh, model, spec, batch, schema)
             if spec.snapshot and spec.tracks_deletes:
                 batch, held = guard_snapshot(model, cat, wh, existing, batch, d,
-                                             accept=accept_changes)
+                                             accept=accept_changes, live_total=live)
                 totals["closes_held"] = totals.get("closes_held", 0) + held
         else:
             dim = _seed(dim, seeds, spec, before=d)
