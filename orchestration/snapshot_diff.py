@@ -58,7 +58,11 @@ def compared_columns(spec: DimensionSpec) -> list[str]:
 
 def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
                   ) -> SnapshotDiff:
-    """Narrow ``batch`` (a whole snapshot) to the records that can change ``table``."""
+    """Narrow ``batch`` (a whole snapshot) to the records that can change ``table``.
+
+    One full join of the snapshot's keys and compared columns with the live current versions:
+    a snapshot row with no live match, or matched by an inferred placeholder, or with any value
+    different, is kept; a current version with no snapshot row is a key the snapshot lacks."""
     nk, sk = list(spec.natural_key), spec.surrogate_key
     compared = compared_columns(spec)
     extra = [c for c in (spec.updated_at if spec.detection is ChangeDetection.TIMESTAMP else None,
@@ -66,33 +70,29 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
     side = batch.select(*nk, *compared, *extra).with_row_index("_row").with_columns(
         pl.col("_row").cast(pl.Int64))
     alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"
-    differs = [f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared]
+    differs = ["c._inferred", *(f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared)]
     if spec.updated_at and spec.updated_at in extra:
         differs.append(f"b.{_q(spec.updated_at)} IS NULL")
     if spec.deleted_flag:
         differs.append(f"coalesce(CAST(b.{_q(spec.deleted_flag)} AS BOOLEAN), FALSE)")
-    keys = ", ".join(f"c.{_q(c)}" for c in nk)
-    current = (f"SELECT {keys}, {', '.join(f'c.{_q(a)}' for a in compared) or 'NULL AS _none'}"
-               f" FROM main.{_q(table)} c WHERE c.is_current AND {alive}"
-               f" AND NOT c.is_inferred AND c.{_q(sk)} >= 0")
-    # Records whose key has no live current version, or whose values differ: the builder's.
-    changed = wh.query(
-        f"SELECT b._row FROM _b b LEFT JOIN ({current}) c ON {_on(nk, 'b', 'c')}"
-        f" WHERE c.{_q(nk[0])} IS NULL" + "".join(f" OR {d}" for d in differs)
-        + f" UNION ALL SELECT b._row FROM _b b JOIN (SELECT {', '.join(_q(c) for c in nk)}"
-        f" FROM _b GROUP BY {', '.join(_q(c) for c in nk)} HAVING count(*) > 1) d"
-        f" ON {_on(nk, 'b', 'd')}", _b=side)
-    rows = changed["_row"].unique()
-    records = batch.with_row_index("_row").filter(
-        pl.col("_row").cast(pl.Int64).is_in(rows.implode())).drop("_row")
+    cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])
+    current = (f"SELECT {cols}, c.is_inferred AS _inferred FROM main.{_q(table)} c"
+               f" WHERE c.is_current AND {alive} AND c.{_q(sk)} >= 0")
+    first = _q(nk[0])
+    keys = ", ".join(f"CASE WHEN b._row IS NULL THEN c.{_q(c)} END AS {_q(c)}" for c in nk)
+    found = wh.query(
+        f"SELECT b._row, {keys} FROM _b b FULL JOIN ({current}) c ON {_on(nk, 'b', 'c')}"
+        f" WHERE b._row IS NULL OR c.{first} IS NULL OR " + " OR ".join(differs), _b=side)
+    # Every record of a key sent twice goes on: the builder judges duplicates as a whole.
+    twice = pl.struct(nk).is_duplicated() if len(nk) > 1 else pl.col(nk[0]).is_duplicated()
+    rows = found["_row"].drop_nulls()
+    keep = (side.select(twice).to_series()
+            | pl.zeros(batch.height, pl.Boolean, eager=True).scatter(rows, True))
+    records = batch.filter(keep)
     needed = [records.select(nk).drop_nulls()]
     live = 0
     if spec.tracks_deletes:  # a snapshot's absent keys are deleted: their versions close
-        gone = wh.query(
-            f"SELECT {keys} FROM main.{_q(table)} c WHERE c.is_current AND NOT c.is_deleted"
-            f" AND c.{_q(sk)} >= 0 AND NOT EXISTS (SELECT 1 FROM _b b WHERE {_on(nk, 'b', 'c')})",
-            _b=side.select(nk))
-        needed.append(gone)
+        needed.append(found.filter(pl.col("_row").is_null()).select(nk))
         live = int(wh.query(
             f"SELECT count(*) AS n FROM main.{_q(table)} c WHERE c.is_current AND NOT"
             f" c.is_deleted AND NOT c.is_inferred AND c.{_q(sk)} >= 0 AND c.{_q(sk)} < ?",
