@@ -19,7 +19,7 @@ from sqlglot import exp
 from starsmith.contract import BuildContext, Model
 from starsmith.dimensions import DimensionSpec, SCDFrames, dimension_schema, reserved_members, scd_changes
 from starsmith.dimensions.members import inferred_slot
-from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END
+from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END, ChangeDetection, SCDType
 from starsmith.loaders import sql
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.orchestration.guards import guard_snapshot
@@ -34,15 +34,59 @@ COUNTS = {"inserted": "rows_inserted", "updated": "rows_updated", "closed": "row
 
 
 def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFrame,
-              schema: pl.Schema, keys: pl.DataFrame | None = None) -> tuple[pl.DataFrame, int]:
-    """The stored versions of the batch's keys (or of ``keys``), and the largest own key."""
+              schema: pl.Schema, keys: pl.DataFrame | None = None, *, day: date | None = None
+              ) -> tuple[pl.DataFrame, int]:
+    """The stored versions of the batch's keys (or of ``keys``), and the largest own key.
+
+    With ``day`` (a change feed's nightly batch), a key whose records only add to its history
+    brings its current version alone (see :func:`_current_suffices`); the others all of theirs."""
     if not wh.exists(model.name):
         return pl.DataFrame(schema=schema), 0
     wanted = batch.select(spec.natural_key).unique() if keys is None else keys
-    rows = wh.read_keys(model.name, wanted)
+    if day is not None and wanted.height:
+        rows = _versions_needed(wh, model.name, spec, batch, wanted, day)
+    else:
+        rows = wh.read_keys(model.name, wanted)
     own = wh.query(f'SELECT coalesce(max("{spec.surrogate_key}"), 0) AS m FROM main."{model.name}"'
                    f' WHERE "{spec.surrogate_key}" < ?', [INFERRED_BASE])
     return conform_read(rows.select(schema.names()), schema), int(own["m"][0])
+
+
+def _current_suffices(spec: DimensionSpec, batch: pl.DataFrame, current: pl.DataFrame,
+                      day: date) -> pl.DataFrame:
+    """The batch's keys whose current version is all the builder needs: every record of the key
+    is dated after that version began and on or after its landing day (so nothing is late or
+    replayed, and no staged history is re-derived), and no type-1 value changes (a type-1
+    change rewrites every version). Such a batch only closes the current version and adds
+    versions after it; the older ones stay as they are, so reading them buys nothing."""
+    nk = list(spec.natural_key)
+    start = BuildContext(day, "").batch_time
+    ts = (pl.col(spec.updated_at).cast(pl.Datetime("us"))
+          if spec.detection is ChangeDetection.TIMESTAMP and spec.updated_at
+          else pl.lit(start, dtype=pl.Datetime("us")))
+    t1 = spec.of_type(SCDType.OVERWRITE)
+    now = current.select(*nk, _from="valid_from", **{f"{c}_now": c for c in t1})
+    records = batch.drop_nulls(nk).select(*nk, *t1, _ts=ts).join(now, on=nk, how="left")
+    bad = (pl.col("_from").is_null() | pl.col("_ts").is_null() | (pl.col("_ts") < start)
+           | (pl.col("_ts") <= pl.col("_from"))
+           | pl.any_horizontal([~pl.col(c).eq_missing(pl.col(f"{c}_now")) for c in t1]
+                               or [pl.lit(False)]))
+    needs_all = records.filter(bad).select(nk).unique()
+    return now.select(nk).join(needs_all, on=nk, how="anti")
+
+
+def _versions_needed(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame,
+                     keys: pl.DataFrame, day: date) -> pl.DataFrame:
+    """The touched keys' current versions, and every version of the keys that need them."""
+    nk = list(spec.natural_key)
+    current = wh.query(f'SELECT d.* FROM main."{table}" d WHERE d.is_current AND '
+                       + sql.keys_in("d", "_keys", nk), _keys=keys)
+    enough = _current_suffices(spec, batch, current, day)
+    rest = keys.join(enough, on=nk, how="anti")
+    if not rest.height:
+        return current
+    whole = wh.read_keys(table, rest)
+    return pl.concat([current.join(enough, on=nk, how="semi"), whole], how="vertical_relaxed")
 
 
 def _own_max(frame: pl.DataFrame, sk: str) -> int:
@@ -111,7 +155,8 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: d
                 existing, max_key = _existing(wh, model, spec, batch, schema, diff.keys)
                 totals["unchanged"] = totals.get("unchanged", 0) + diff.unchanged
             else:
-                existing, max_key = _existing(wh, model, spec, batch, schema)
+                existing, max_key = _existing(wh, model, spec, batch, schema,
+                                              day=None if spec.snapshot else d)
             if spec.snapshot and spec.tracks_deletes:
                 batch, held = guard_snapshot(model, cat, wh, existing, batch, d,
                                              accept=accept_changes, live_total=live)
