@@ -12,6 +12,9 @@ day, refused when read for a source that does not allow empty days.
 
 Only folders named ``date=YYYY-MM-DD`` are days; any other name is reported once and skipped,
 and a day dated beyond the source's tolerance after today is refused, not built.
+
+The landing zone is a local folder or an object store prefix (``s3://``, ``gs://``): the same
+rules hold in both, read through the part of :class:`Path` that ``loaders/store.py`` provides.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from starsmith.contract import Completion, Source
 from starsmith.errors import DataError
+from starsmith.loaders.store import Landing, landing_root, sha256
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
@@ -45,25 +49,26 @@ def _report_once(key: str, message: str, *args: object) -> None:
         log.warning(message, *args)
 
 
-def data_files(folder: Path, source: Source) -> list[Path]:
+def data_files(folder: Landing, source: Source) -> list[Landing]:
     """The day's data files: its format's suffix, not hidden (``.x``, ``_x``), not in progress."""
-    return sorted(p for p in folder.glob(f"*.{source.format}")
-                  if p.is_file() and not p.name.startswith((".", "_"))
-                  and not p.name.endswith(IN_PROGRESS))
+    found: list[Landing] = [p for p in folder.glob(f"*.{source.format}")
+                            if p.is_file() and not p.name.startswith((".", "_"))
+                            and not p.name.endswith(IN_PROGRESS)]
+    return sorted(found, key=str)  # one folder: the names' order
 
 
-def _in_progress(folder: Path) -> list[str]:
+def _in_progress(folder: Landing) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(IN_PROGRESS))
 
 
-def day_folders(landing: Path, source: Source, *, today: date | None = None
-                ) -> dict[date, Path]:
+def day_folders(landing: Landing, source: Source, *, today: date | None = None
+                ) -> dict[date, Landing]:
     """Every well-named day folder of the source within the future tolerance, by day."""
     root = landing / source.name
     if not root.is_dir():
         return {}
     limit = (today or date.today()) + timedelta(days=source.future_days)
-    days: dict[date, Path] = {}
+    days: dict[date, Landing] = {}
     for folder in root.iterdir():
         if not folder.is_dir() or folder.name.startswith((".", "_")):
             continue
@@ -87,7 +92,7 @@ def day_folders(landing: Path, source: Source, *, today: date | None = None
     return dict(sorted(days.items()))
 
 
-def _manifest(folder: Path) -> dict[str, Any] | None:
+def _manifest(folder: Landing) -> dict[str, Any] | None:
     path = folder / MANIFEST
     if not path.is_file():
         return None
@@ -113,7 +118,7 @@ def _bucket() -> int:
     return int(time.monotonic() // CACHE_SECONDS)
 
 
-def first_marker_day(landing: Path, source: Source) -> date | None:
+def first_marker_day(landing: Landing, source: Source) -> date | None:
     """The source's first day with a ``_SUCCESS`` or manifest: under ``Completion.AUTO`` the
     days from it on need one, the days before it (landed before the exporter wrote markers)
     are judged by their files.
@@ -121,24 +126,26 @@ def first_marker_day(landing: Path, source: Source) -> date | None:
     Asked once per day read, so it is cached: by the source's folder and its mtime (a new day
     folder) and by a time bucket, so a long-lived worker notices a marker written into an
     existing day folder within :data:`CACHE_SECONDS`, while one build reading thousands of
-    days lists the folders about once."""
+    days lists the folders about once. An object store prefix has no mtime: the time bucket
+    alone keys it (a new day folder is noticed within :data:`CACHE_SECONDS` too)."""
     root = landing / source.name
     if not root.is_dir():
         return None
-    return _first_marker_day(str(root), root.stat().st_mtime_ns, _bucket())
+    return _first_marker_day(str(root), root.stat().st_mtime_ns if isinstance(root, Path)
+                             else 0, _bucket())
 
 
 @functools.lru_cache(maxsize=256)
 def _first_marker_day(root: str, _mtime: int, _bucket: int) -> date | None:
-    days: list[tuple[date, Path]] = []
-    for folder in Path(root).iterdir():
+    days: list[tuple[date, Landing]] = []
+    for folder in landing_root(root).iterdir():
         match = DAY_FOLDER.fullmatch(folder.name)
         if match:
             try:
                 days.append((date.fromisoformat(match.group(1)), folder))
             except ValueError:
                 continue
-    for day, folder in sorted(days):
+    for day, folder in sorted(days, key=lambda d: d[0]):
         if (folder / MARKER).exists() or (folder / MANIFEST).exists():
             return day
     return None
@@ -154,8 +161,8 @@ class LandedDay:
     """One day folder of a source: its data files, whether it is complete, and why not."""
 
     day: date
-    folder: Path
-    files: tuple[Path, ...]
+    folder: Landing
+    files: tuple[Landing, ...]
     problem: str = ""  # empty when the day is complete
 
     @property
@@ -163,7 +170,7 @@ class LandedDay:
         return not self.problem
 
 
-def inspect_day(source: Source, day: date, folder: Path, *, markers: bool) -> LandedDay:
+def inspect_day(source: Source, day: date, folder: Landing, *, markers: bool) -> LandedDay:
     """Is the day complete, by the source's convention? Cheap: names and sizes only (checksums
     and row counts are checked when the day is read, see :func:`verify`). ``markers``: under
     ``Completion.AUTO``, does this day need a marker (see :func:`marker_rules`)?"""
@@ -217,31 +224,34 @@ def inspect_day(source: Source, day: date, folder: Path, *, markers: bool) -> La
     return LandedDay(day, folder, files)
 
 
-def landed(landing: Path, source: Source, *, today: date | None = None) -> list[LandedDay]:
+def landed(landing: Landing, source: Source, *, today: date | None = None) -> list[LandedDay]:
     """Every well-named day folder of the source, complete or not, oldest first."""
     first = first_marker_day(landing, source)
     return [inspect_day(source, d, f, markers=marker_rules(first, d))
             for d, f in day_folders(landing, source, today=today).items()]
 
 
-def landed_dates(landing: Path, source: Source) -> list[date]:
+def landed_dates(landing: Landing, source: Source) -> list[date]:
     """Every day whose extract is complete, oldest first."""
     return [d.day for d in landed(landing, source) if d.complete]
 
 
-def incomplete(landing: Path, source: Source) -> dict[date, str]:
+def incomplete(landing: Landing, source: Source) -> dict[date, str]:
     """Days whose folder is there but not complete, with why."""
     return {d.day: d.problem for d in landed(landing, source) if not d.complete}
 
 
 def signature(day: LandedDay) -> str:
     """A cheap sign that the day's files may have changed: each file's name, size and mtime
-    (and the manifest's). A copy, a restore or an rsync changes it with the content unchanged."""
+    (and the manifest's), and in an object store its ETag (a time there is to the second). A
+    copy, a restore or an rsync changes it with the content unchanged."""
     digest = hashlib.sha256()
-    for path in sorted({*day.files, day.folder / MANIFEST}):
+    for path in sorted({*day.files, day.folder / MANIFEST}, key=str):
         if path.is_file():
             st = path.stat()
-            digest.update(f"{path.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+            tag = getattr(st, "st_etag", "")
+            digest.update(f"{path.name}\x1f{st.st_size}\x1f{st.st_mtime_ns}"
+                          f"{f'{chr(0x1f)}{tag}' if tag else ''}\x1e".encode())
     return digest.hexdigest()[:16]
 
 
@@ -257,11 +267,7 @@ def content(day: LandedDay) -> str:
         if path.name in listed:
             entries.append((path.name, listed[path.name]))
             continue
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        entries.append((path.name, digest.hexdigest()))
+        entries.append((path.name, sha256(path)))
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()[:16]
 
 
@@ -290,11 +296,7 @@ def verify(day: LandedDay) -> None:
         if not want:
             continue
         path = day.folder / str(entry["name"])
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != want:
+        if sha256(path) != want:
             raise DataError(f"{path.name} does not match its manifest's sha256 (changed or cut "
                             "short after the manifest was written)", where=str(path),
                             fix="Land the export again, manifest last")
@@ -308,14 +310,16 @@ def manifest_rows(day: LandedDay) -> dict[str, int]:
     return {str(f["name"]): int(f["rows"]) for f in found["files"] if f.get("rows") is not None}
 
 
-def write_manifest(folder: Path, rows: dict[str, int]) -> None:
+def write_manifest(folder: Path, rows: dict[str, int], *,
+                   extra: dict[str, Any] | None = None) -> None:
     """Write a day's manifest (the last file of an export): each data file's bytes, rows and
-    sha256. The demo and ``starsmith init`` land their days this way."""
+    sha256. The demo and ``starsmith init`` land their days this way; ``starsmith extract``
+    adds ``extra`` keys (its window and dead-letter count)."""
     files = []
     for name, n in sorted(rows.items()):
         data = (folder / name).read_bytes()
         files.append({"name": name, "bytes": len(data), "rows": n,
                       "sha256": hashlib.sha256(data).hexdigest()})
     tmp = folder / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"files": files}, indent=1))
+    tmp.write_text(json.dumps({"files": files, **(extra or {})}, indent=1))
     tmp.replace(folder / MANIFEST)

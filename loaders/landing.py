@@ -2,7 +2,9 @@
 
 Reading is lazy; a column the contract declares but the file lacks comes back as NULLs only if it
 is nullable, otherwise the read fails naming the file and the column (schema drift is named, not
-guessed around).
+guessed around). An Avro file's embedded schema is checked from its header, file by file, before
+any row is decoded (loaders/avro.py). The landing zone may be an object store prefix
+(loaders/store.py): Polars scans its Parquet, CSV and NDJSON lazily with its own cloud readers.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import json
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import overload
 
 import polars as pl
 
 from starsmith.contract import Cadence, Source
 from starsmith.errors import DataError, SourceMissing
+from starsmith.loaders import avro
 from starsmith.loaders.landed import (
     MANIFEST,
     MARKER,
@@ -32,12 +36,19 @@ from starsmith.loaders.landed import (
     marker_rules,
     verify,
 )
+from starsmith.loaders.store import Landing, ObjectPath, scan_args, storage_options
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
 
 
-def source_folder(landing: Path, source: Source, day: date) -> Path:
+@overload
+def source_folder(landing: Path, source: Source, day: date) -> Path: ...
+@overload
+def source_folder(landing: ObjectPath, source: Source, day: date) -> ObjectPath: ...
+@overload
+def source_folder(landing: Landing, source: Source, day: date) -> Landing: ...
+def source_folder(landing: Landing, source: Source, day: date) -> Landing:
     return landing / source.name / f"date={day.isoformat()}"
 
 
@@ -87,6 +98,9 @@ def check_drift(source: Source, found: pl.Schema, where: str, *, earlier: Earlie
                 and not (got.is_decimal() and col.dtype.is_decimal()) \
                 and not (got.is_temporal() and col.dtype.is_temporal()):
             problems.append(f"column {col.name!r} changed type: declared {col.dtype}, found {got}")
+        elif source.format == "avro" and (loss := avro.narrowing(col.dtype, got)) is not None:
+            problems.append(f"column {col.name!r} cannot hold its declared {col.dtype}: found "
+                            f"{got}, {loss}")
     for name in found.names():
         if name not in source.schema:
             log.warning("source %r has a new column %r (%s) that its contract does not declare;"
@@ -99,13 +113,22 @@ def check_drift(source: Source, found: pl.Schema, where: str, *, earlier: Earlie
 
 def landed_columns(source: Source, day: LandedDay) -> set[str] | None:
     """The columns a landing holds, read cheaply from its first file with data (Parquet
-    metadata, the CSV header, the first NDJSON record); None when it holds no data."""
+    metadata or Avro header, the CSV header, the first NDJSON record); None when it holds no
+    data."""
     for path in day.files:
         if path.stat().st_size == 0:
             continue
-        if source.format == "parquet":
-            return set(pl.read_parquet_schema(path))
-        if source.format == "csv":
+        if source.format == "avro":
+            return avro.columns(path)
+        if source.format in ("parquet", "csv"):
+            if isinstance(path, ObjectPath):  # read by Polars' cloud reader: the footer, a line
+                uri, options = str(path), storage_options(path)
+                lf = pl.scan_parquet(uri, storage_options=options) \
+                    if source.format == "parquet" else \
+                    pl.scan_csv(uri, infer_schema=False, storage_options=options)
+                return set(lf.collect_schema().names())
+            if source.format == "parquet":
+                return set(pl.read_parquet_schema(path))
             return set(pl.read_csv(path, n_rows=0, infer_schema=False).columns)
         with path.open("rb") as fh:
             line = next((x for x in fh if x.strip()), b"")
@@ -118,7 +141,7 @@ def landed_columns(source: Source, day: LandedDay) -> set[str] | None:
     return None
 
 
-def _complete_before(landing: Path, source: Source, day: date) -> Iterator[LandedDay]:
+def _complete_before(landing: Landing, source: Source, day: date) -> Iterator[LandedDay]:
     """The source's complete landings before ``day``, newest first; the day before is tried
     first, so a daily source does not list its folders."""
     first = first_marker_day(landing, source)
@@ -146,7 +169,7 @@ def _earlier(source: Source, landings: Callable[[], Iterable[LandedDay]]) -> Ear
     return columns
 
 
-def _landed_upto(landing: Path, source: Source, day: date) -> list[LandedDay]:
+def _landed_upto(landing: Landing, source: Source, day: date) -> list[LandedDay]:
     """Every complete landing on or before ``day``, oldest first, from one listing."""
     days = [d for d in landed(landing, source) if d.complete and d.day <= day]
     if not days:
@@ -157,7 +180,7 @@ def _landed_upto(landing: Path, source: Source, day: date) -> list[LandedDay]:
     return days
 
 
-def landings_for(landing: Path, source: Source, day: date, *, whole: bool = False) -> list[date]:
+def landings_for(landing: Landing, source: Source, day: date, *, whole: bool = False) -> list[date]:
     """The landings a run of ``day`` reads: that day's extract; for reference data the latest
     landed on or before it; with ``whole`` (``Window.ALL``) every landing up to it."""
     if whole:
@@ -173,7 +196,7 @@ def landings_for(landing: Path, source: Source, day: date, *, whole: bool = Fals
     return [day]
 
 
-def scan_source(landing: Path, source: Source, day: date, *, whole: bool = False
+def scan_source(landing: Landing, source: Source, day: date, *, whole: bool = False
                 ) -> pl.LazyFrame:
     """The source's rows a run of ``day`` reads (see :func:`landings_for`), cast to its contract.
 
@@ -194,7 +217,7 @@ def _newest_first(days: list[LandedDay], end: int) -> Iterator[LandedDay]:
     return (days[i] for i in range(end - 1, -1, -1))
 
 
-def day_landing(landing: Path, source: Source, day: date) -> LandedDay:
+def day_landing(landing: Landing, source: Source, day: date) -> LandedDay:
     """The day's landing, refused with the reason unless it is complete."""
     folder = source_folder(landing, source, day)
     if not folder.is_dir() or not (data_files(folder, source) or (folder / MANIFEST).exists()
@@ -213,7 +236,7 @@ def day_landing(landing: Path, source: Source, day: date) -> LandedDay:
     return found
 
 
-def fingerprints(landing: Path, source: Source, day: date, *, whole: bool = False,
+def fingerprints(landing: Landing, source: Source, day: date, *, whole: bool = False,
                  known: dict[str, str] | None = None) -> dict[date, str]:
     """The fingerprint of each landing a run of ``day`` reads (recorded with its publish);
     ``known``: signatures recorded before, with their content (see landed.fingerprint)."""
@@ -223,7 +246,7 @@ def fingerprints(landing: Path, source: Source, day: date, *, whole: bool = Fals
             for d in landings_for(landing, source, day)}
 
 
-def _scan_one(landing: Path, source: Source, found: LandedDay, *, check: bool = True,
+def _scan_one(landing: Landing, source: Source, found: LandedDay, *, check: bool = True,
               earlier: Callable[[], Iterable[LandedDay]] | None = None) -> pl.LazyFrame:
     """One complete landing, cast to the contract. ``check``: verify its checksums and row
     counts; ``earlier``: the complete landings before it, newest first, when the caller knows
@@ -236,16 +259,25 @@ def _scan_one(landing: Path, source: Source, found: LandedDay, *, check: bool = 
         if check:
             _check_rows(source, found, pl.LazyFrame(schema=schema))
         return pl.LazyFrame(schema=schema)
+    before = earlier or (lambda: _complete_before(landing, source, found.day))
+    if source.format == "avro":  # each file's header checked, its rows cast to the contract
+        lf = avro.scan(files, schema, lambda f: check_drift(
+            source, f.schema, str(f.path), earlier=_earlier(source, before)))
+        if check:
+            _check_rows(source, found, lf)
+        return lf
+    paths, options = scan_args(files)
     if source.format == "parquet":
-        lf = pl.scan_parquet(files)
+        lf = pl.scan_parquet(paths, storage_options=options)
     elif source.format == "csv":
-        lf = pl.scan_csv(files, schema_overrides=schema, try_parse_dates=False)
+        lf = pl.scan_csv(paths, schema_overrides=schema, try_parse_dates=False,
+                         storage_options=options)
     elif source.format == "ndjson":
-        lf = pl.scan_ndjson(files, schema={c: pl.String() for c in schema.names()})
+        lf = pl.scan_ndjson(paths, schema={c: pl.String() for c in schema.names()},
+                            storage_options=options)
     else:  # pragma: no cover - Source checks its format when it is declared
         raise DataError(f"unknown source format {source.format!r}", where=source.name)
     found_schema = lf.collect_schema()
-    before = earlier or (lambda: _complete_before(landing, source, found.day))
     check_drift(source, found_schema, str(folder), earlier=_earlier(source, before))
     if check:
         _check_rows(source, found, lf)
@@ -271,6 +303,8 @@ def _check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame) -> None:
                 raise DataError(f"{path.name} holds {got} rows, its manifest says {want}",
                                 where=str(path), fix="Land the export again, manifest last")
         total = sum(declared.values())
+    elif source.format == "avro":  # from the block headers, without decoding a record
+        total = sum(_count(source, path) for path in day.files)
     else:
         total = int(lf.select(pl.len()).collect().item())
     if total == 0 and not source.allows_empty:
@@ -282,12 +316,17 @@ def _check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame) -> None:
                 "guard=Guard(allow_empty=True)")
 
 
-def _count(source: Source, path: Path) -> int:
+def _count(source: Source, path: Landing) -> int:
     if path.stat().st_size == 0:  # an empty change-feed file: no header, no rows
         return 0
+    (one,), options = scan_args([path])
     if source.format == "parquet":
-        return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+        return int(pl.scan_parquet(one, storage_options=options).select(pl.len()).collect()
+                   .item())
+    if source.format == "avro":
+        return avro.count_rows(path)
     if source.format == "csv":
-        return int(pl.scan_csv(path, infer_schema=False).select(pl.len()).collect().item())
+        return int(pl.scan_csv(one, infer_schema=False, storage_options=options)
+                   .select(pl.len()).collect().item())
     with path.open("rb") as fh:  # a JSON line per record
         return sum(1 for line in fh if line.strip())

@@ -136,6 +136,10 @@ class Warehouse(Protocol):
 
     def run_log(self) -> pl.DataFrame: ...
 
+    def upkeep(self) -> None:
+        """After a build's last step (nothing else writes): keep the storage near its data's
+        size. DuckDB rewrites a file grown with small commits; BigQuery has nothing to do."""
+
 
 def is_bigquery(ref: str | Path) -> bool:
     return str(ref).startswith(BIGQUERY_SCHEME)

@@ -17,18 +17,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
-from pathlib import Path
 from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from starsmith.errors import ProjectMismatch, StarsmithError
+from starsmith.loaders.extract.messages import ExtractRequest, ExtractResult
+from starsmith.loaders.store import landing_root, local_folder
 from starsmith.orchestration.messages import (
     WARNINGS,
     BuildPlan,
     BuildRequest,
     Finished,
+    Paths,
     StepRequest,
     StepResult,
 )
@@ -105,13 +107,13 @@ class ProjectActivities:
             if req.dates:
                 dates = [date.fromisoformat(d) for d in req.dates]
             else:
-                dates = pending_dates(cat, models, Path(req.paths.landing), wh).days
+                dates = pending_dates(cat, models, landing_root(req.paths.landing), wh).days
                 if req.until:
                     dates = [d for d in dates if d <= date.fromisoformat(req.until)]
             # Any restatement is decided here, when the build runs (a schedule's, a backfill's
             # day, a CLI build), and runs inside this workflow before the days: never beside it.
             return with_restatement(
-                cat, models, dates, wh, Path(req.paths.landing),
+                cat, models, dates, wh, landing_root(req.paths.landing),
                 forced=date.fromisoformat(req.forced) if req.forced else None,
                 full_refresh=req.full_refresh, accept_changes=req.accept_changes,
                 max_parallel=req.max_parallel)
@@ -151,6 +153,41 @@ class ProjectActivities:
                     result.rows_read, result.duration_s)
         return result
 
+    @activity.defn(name="due_extracts")
+    def due_extracts(self, req: BuildRequest) -> list[ExtractRequest]:
+        """The database extracts the build needs first: for each database source its models
+        read, the days it builds (its dates, a schedule's date, else today) not landed yet."""
+        from starsmith.loaders.extract.run import due, extracting
+
+        def go() -> list[ExtractRequest]:
+            cat = self.catalogue(req.fingerprint)
+            sources = extracting(cat, cat.select(list(req.select) or None))
+            if not sources or req.full_refresh:
+                return []
+            days = [date.fromisoformat(d) for d in req.dates] or \
+                [date.fromisoformat(req.until) if req.until else date.today()]
+            return [ExtractRequest(s.name, d.isoformat(), req.paths.landing, req.project,
+                                   req.fingerprint)
+                    for s, d in due(sources, days, local_folder(req.paths.landing, "an extract"))]
+
+        return _as_temporal(go)
+
+    @activity.defn(name="extract_source")
+    def extract_source(self, req: ExtractRequest) -> ExtractResult:
+        """Land one source's extract for one day (a no-op once landed; an attempt that died
+        before the manifest is simply extracted again, from the same watermark)."""
+        from starsmith.loaders.extract.land import extract_day
+        from starsmith.loaders.extract.run import extracting
+
+        def go() -> ExtractResult:
+            (source,) = extracting(self.catalogue(req.fingerprint), names=[req.source])
+            return extract_day(source, date.fromisoformat(req.day),
+                               local_folder(req.landing, "an extract"),
+                               self.project.secrets_file, force=req.force)
+
+        with heartbeating():
+            return _as_temporal(go)
+
     @activity.defn(name="notify_build")
     def notify_build(self, done: Finished) -> list[str]:
         """Tell the project's webhook / e-mail how a scheduled build ended (its settings decide
@@ -167,5 +204,16 @@ class ProjectActivities:
             finished=datetime.fromisoformat(done.finished), warned=warned)
         return notify(summary, self.project.notify)
 
+    @activity.defn(name="upkeep")
+    def upkeep(self, paths: Paths) -> str:
+        """The warehouse's upkeep after a build's last step (``Warehouse.upkeep``); what
+        failed is returned, never raised: the next build tries again."""
+        from starsmith.orchestration.local import upkeep
+
+        with heartbeating():
+            return upkeep(paths.warehouse, paths.memory_limit)
+
     def all(self) -> list[Callable[..., object]]:
-        return [self.plan_build, self.days_not_built, self.build_model, self.notify_build]
+        return [self.due_extracts, self.extract_source,
+                self.plan_build, self.days_not_built, self.build_model, self.notify_build,
+                self.upkeep]

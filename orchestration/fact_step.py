@@ -15,7 +15,6 @@ the facts, so a fact never points at a key that does not exist.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 
 import polars as pl
 from sqlglot import exp
@@ -27,6 +26,7 @@ from starsmith.facts.grain import check_grain, grain_violations, split_grain_con
 from starsmith.facts.keys import HOW, MATCH, apply_missing, lookup_key
 from starsmith.facts.spec import FactSpec, FactType, KeyLookup, MissingKey
 from starsmith.loaders import sql
+from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import Batcher
@@ -191,7 +191,7 @@ def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
     return marked.filter(pl.col("_published_in").is_null()).drop("_published_in"), held
 
 
-def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
+def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
                run_id: str, *, full_refresh: bool, budget: int = 0) -> StepOutput:
     """Build a fact for one logical date; many partitions are built a batch at a time.
 

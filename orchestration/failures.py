@@ -8,6 +8,7 @@ backoff. Kept apart from the step itself: it is long, and only the step's failur
 
 from __future__ import annotations
 
+import io
 from datetime import date
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import polars as pl
 
 from starsmith.contract import Model, Window
 from starsmith.errors import DataError, ModelError, RetryableError, StarsmithError
+from starsmith.loaders.store import Landing, ObjectPath, landing_root
+from starsmith.loaders.store_errors import cloud_error
 from starsmith.orchestration.messages import StepRequest
 from starsmith.registry import Catalogue
 
@@ -30,6 +33,8 @@ def typed(err: Exception, model: Model, req: StepRequest | None = None,
     handed over by the step), checked one by one for the one that cannot be read."""
     import duckdb
 
+    from starsmith.loaders.duckdb.session import is_bad_cast
+
     if isinstance(err, StarsmithError):
         if err.retryable:  # a wrapper over a refused permission or a full disk: not transient
             for cause in _chain(err, itself=False):
@@ -38,10 +43,13 @@ def typed(err: Exception, model: Model, req: StepRequest | None = None,
                     return found
         return err
     for cause in _chain(err):
-        found = _refused(cause, err, model, req, cat)
+        found = _refused(cause, err, model, req, cat) or cloud_error(cause)
         if found is not None:
             return found
     first = _first_line(err)
+    if is_bad_cast(err):  # Temporal's sandbox swapped sys.modules (loaders/duckdb/session.py)
+        return RetryableError(f"DuckDB could not read a Python object in {model.name}: {first}",
+                              where=f"model {model.name}")
     if isinstance(err, duckdb.CatalogException) and "python_arrow_scan" in first:
         # DuckDB's own setup raced (loaders/duckdb/warehouse.py, _CONNECT_LOCK): not the model
         return RetryableError(f"DuckDB was not ready in {model.name}: {first}",
@@ -186,7 +194,7 @@ class _Context:
     def __init__(self) -> None:
         self.req: StepRequest | None = None
         self.cat: Catalogue | None = None
-        self.paths: list[Path] = []
+        self.paths: list[Landing] = []
 
     @classmethod
     def of(cls, err: BaseException, req: StepRequest | None = None,
@@ -204,24 +212,24 @@ class _Context:
             if not str(frame.f_globals.get("__name__", "")).startswith("starsmith."):
                 continue
             for value in frame.f_locals.values():
-                if isinstance(value, Path):
+                if isinstance(value, Path | ObjectPath):
                     ctx.paths.append(value)
                 elif isinstance(value, LandedDay):
                     ctx.paths.extend(value.files)
                 elif isinstance(value, list | tuple) and value and all(
-                        isinstance(v, Path) for v in value[:MAX_PROBED]):
+                        isinstance(v, Path | ObjectPath) for v in value[:MAX_PROBED]):
                     ctx.paths.extend(value[:MAX_PROBED])
         return ctx
 
-    def landed_files(self, model: Model) -> list[Path]:
+    def landed_files(self, model: Model) -> list[Landing]:
         """The landed files the step reads, its own day's first (a whole read, newest first)."""
         from starsmith.loaders.landed import data_files
         from starsmith.loaders.landing import landings_for, source_folder
 
         if self.req is None or self.cat is None:
             return []
-        landing, day = Path(self.req.landing), date.fromisoformat(self.req.logical_date)
-        files: list[Path] = []
+        landing, day = landing_root(self.req.landing), date.fromisoformat(self.req.logical_date)
+        files: list[Landing] = []
         for inp in model.inputs:
             source = self.cat.sources.get(inp.name)
             if source is None:
@@ -242,12 +250,12 @@ def _bad_input(err: BaseException, model: Model, first: str, req: StepRequest | 
     and column), found in the message, else by reading the step's files again one by one."""
     ctx = _Context.of(err, req, cat)
     named = _paths_in(str(err))
-    path: Path | None = Path(named[0]) if named else None
+    path: Landing | None = Path(named[0]) if named else None
     detail = ""
     if path is None:
-        seen: set[Path] = set()
+        seen: set[Landing] = set()
         candidates = [p for p in (*ctx.paths, *ctx.landed_files(model))
-                      if p.suffix in (".parquet", ".csv", ".ndjson", ".json")]
+                      if p.suffix in (".parquet", ".csv", ".ndjson", ".json", ".avro")]
         for candidate in candidates:
             if candidate in seen or not candidate.is_file():
                 continue
@@ -265,8 +273,11 @@ def _bad_input(err: BaseException, model: Model, first: str, req: StepRequest | 
             fix="An input file is corrupt or its values do not fit the types its source "
                 "declares, or the model's transform does not fit its data; land a corrected "
                 "file or fix the model, then build again; a retry alone will not help")
-    landed = ctx.req is not None and path.resolve().is_relative_to(
-        Path(ctx.req.landing).resolve())
+    root = landing_root(ctx.req.landing) if ctx.req is not None else None
+    if isinstance(root, Path) and isinstance(path, Path):
+        landed = path.resolve().is_relative_to(root.resolve())
+    else:  # an object store landing: its objects are named by URI
+        landed = root is not None and str(path).startswith(f"{root}/")
     return DataError(
         f"{path.name} cannot be read: {first}{detail}", where=str(path),
         fix="Land a corrected export of that day (the data files first, then its _SUCCESS "
@@ -274,29 +285,34 @@ def _bad_input(err: BaseException, model: Model, first: str, req: StepRequest | 
         if landed else "The file is corrupt or cut short; remove it and build again")
 
 
-def _probe(path: Path, cat: Catalogue | None, err: BaseException) -> str | None:
+def _probe(path: Landing, cat: Catalogue | None, err: BaseException) -> str | None:
     """None when the file reads cleanly as its source declares it; else where it does not
     (", line N, column 'c'" for a CSV value, "" when the reader does not say)."""
     source = next((s for s in cat.sources.values() if s.name == path.parent.parent.name),
                   None) if cat is not None else None
     try:
+        data = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            pq.read_metadata(path)
+            pq.read_metadata(data)
+        elif path.suffix == ".avro":  # its header, then every block (Polars' own reader)
+            from starsmith.loaders import avro
+
+            avro.read(avro.open_file(path))
         elif path.suffix == ".csv":
             schema = source.schema if source is not None else None
-            pl.read_csv(path, schema_overrides=schema, try_parse_dates=False,
+            pl.read_csv(data, schema_overrides=schema, try_parse_dates=False,
                         infer_schema=schema is not None)
         else:
-            pl.read_ndjson(path)
+            pl.read_ndjson(data)
     except Exception:  # any reader's refusal: this is the file
-        return _csv_line(path, source.schema if source else None, str(err)) \
+        return _csv_line(data, source.schema if source else None, str(err)) \
             if path.suffix == ".csv" else ""
     return None
 
 
-def _csv_line(path: Path, schema: pl.Schema | None, message: str) -> str:
+def _csv_line(path: Path | io.BytesIO, schema: pl.Schema | None, message: str) -> str:
     """", line N, column 'c'": the first value of a CSV that does not parse as its declared type
     (the column Polars names, else any declared one); "" when none is found."""
     import re
@@ -305,6 +321,8 @@ def _csv_line(path: Path, schema: pl.Schema | None, message: str) -> str:
         return ""
     said = re.search(r"at column '([^']+)'", message)
     try:
+        if isinstance(path, io.BytesIO):  # an object's bytes, read once by _probe
+            path.seek(0)
         rows = pl.read_csv(path, infer_schema=False)
     except Exception:
         return ""

@@ -7,13 +7,13 @@ upstream model); an upstream without partitions, or a ``Window.ALL`` input, is r
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import polars as pl
 
 from starsmith.contract import Model, Window
 from starsmith.loaders.landed import landed_dates
 from starsmith.loaders.landing import scan_source
+from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.registry import Catalogue
 
@@ -22,7 +22,7 @@ def _partition(cat: Catalogue, name: str) -> str | None:
     return cat.models[name].partition_by if name in cat.models else None
 
 
-def input_days(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
+def input_days(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
                *, full_refresh: bool) -> list[date]:
     """The days a run reads: the logical date, or on a full refresh every day up to it."""
     daily = [i for i in model.inputs if i.window is Window.DAY]
@@ -40,7 +40,7 @@ def input_days(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: 
     return sorted(d for d in days if d <= day)
 
 
-def day_inputs(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date
+def day_inputs(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date
                ) -> tuple[dict[str, pl.LazyFrame], int]:
     """Each input as a LazyFrame, and how many rows were read."""
     frames: dict[str, pl.LazyFrame] = {}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from pathlib import Path
 
 from starsmith.contract import Window
 from starsmith.loaders.landed import incomplete, landed_dates
+from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan, PlannedModel
 from starsmith.registry import Catalogue
@@ -63,7 +63,7 @@ class Readiness:
         return explain(self.held, limit)
 
 
-def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
+def readiness(cat: Catalogue, models: list[str], landing: Landing) -> Readiness:
     """Days on which every daily source the models need has landed, and every reference source
     has landed on or before. A day that is not ready holds back every later day too, naming the
     source: SCD history is built in order, so a gap is waited for, never skipped."""
@@ -94,7 +94,7 @@ def readiness(cat: Catalogue, models: list[str], landing: Path) -> Readiness:
     return Readiness(ready, held)
 
 
-def landed_days(cat: Catalogue, models: list[str], landing: Path) -> list[date]:
+def landed_days(cat: Catalogue, models: list[str], landing: Landing) -> list[date]:
     """Days that can be built: see :func:`readiness`."""
     return readiness(cat, models, landing).ready
 
@@ -109,7 +109,7 @@ class Pending:
         return explain(self.held, limit)
 
 
-def pending_dates(cat: Catalogue, models: list[str], landing: Path, wh: Warehouse) -> Pending:
+def pending_dates(cat: Catalogue, models: list[str], landing: Landing, wh: Warehouse) -> Pending:
     """Every ready day not yet built for every model, and the days held back."""
     ready = readiness(cat, models, landing)
     common = set(ready.ready)

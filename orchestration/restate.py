@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import date
-from pathlib import Path
 
 import polars as pl
 
 from starsmith.contract import Strategy
 from starsmith.loaders.landed import LandedDay, landed, same_landing
+from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan
 from starsmith.orchestration.plan import landed_days, make_plan
@@ -55,7 +55,7 @@ class Restatement:
         return lines
 
 
-def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Path
+def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Landing
                       ) -> dict[str, tuple[date, str]]:
     """Models whose recorded landings differ from the landing zone now: (first day, why)."""
     recorded = wh.landings()
@@ -85,7 +85,7 @@ def _changed_landings(cat: Catalogue, models: list[str], wh: Warehouse, root: Pa
 
 
 def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: Warehouse,
-                     landing: Path, *, forced: date | None = None, mark: bool = True
+                     landing: Landing, *, forced: date | None = None, mark: bool = True
                      ) -> Restatement | None:
     """The restatement a build of ``models`` must run first, or None.
 
@@ -147,7 +147,7 @@ def find_restatement(cat: Catalogue, models: list[str], ready: list[date], wh: W
 
 
 def with_restatement(cat: Catalogue, models: list[str], dates: list[date], wh: Warehouse,
-                     landing: Path, *, forced: date | None = None, full_refresh: bool = False,
+                     landing: Landing, *, forced: date | None = None, full_refresh: bool = False,
                      accept_changes: bool = False, max_parallel: int = 4,
                      mark: bool = True) -> BuildPlan:
     """The build plan, with the restatement it needs first as its phases (run in order, before

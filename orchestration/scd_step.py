@@ -1,17 +1,17 @@
 """The SCD step: fetch only the touched keys' versions, run the builder, hand back the changes.
 
-The warehouse returns every version of the keys the batch touches (a semi-join inside DuckDB),
-plus the largest surrogate key. The builder returns every version of every changed key and checks
+The warehouse returns the current version of each key the batch touches, and every version of
+the keys that need their history (late records, type-1 changes, no current version), plus the
+largest surrogate key. A snapshot is first narrowed in the engine to the records that can change
+something (``snapshot_diff.py``). The builder returns every version of every changed key and checks
 the invariants on them. The publish writes only the new versions and the stored ones whose values
 changed, replacing those surrogate keys' rows, so a change to a key with a long history costs the
-rows it changes. A snapshot source also needs the current keys, to see which are gone. A full
-refresh replays every landed day, in order, from an empty dimension.
+rows it changes. A full refresh replays every landed day, in order, from an empty dimension.
 """
 
 from __future__ import annotations
 
 from datetime import date, timedelta
-from pathlib import Path
 
 import polars as pl
 from sqlglot import exp
@@ -21,6 +21,7 @@ from starsmith.dimensions import DimensionSpec, SCDFrames, dimension_schema, res
 from starsmith.dimensions.members import inferred_slot
 from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END, ChangeDetection, SCDType
 from starsmith.loaders import sql
+from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
@@ -127,7 +128,7 @@ def _seed(dim: pl.DataFrame, seeds: pl.DataFrame | None, spec: DimensionSpec, *,
     return pl.concat([dim, due]) if due.height else dim
 
 
-def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
+def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
               run_id: str, *, full_refresh: bool, accept_changes: bool = False) -> StepOutput:
     spec = model.dimension
     assert spec is not None

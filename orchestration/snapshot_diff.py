@@ -84,10 +84,13 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
         f"SELECT b._row, {keys} FROM _b b FULL JOIN ({current}) c ON {_on(nk, 'b', 'c')}"
         f" WHERE b._row IS NULL OR c.{first} IS NULL OR " + " OR ".join(differs), _b=side)
     # Every record of a key sent twice goes on: the builder judges duplicates as a whole.
-    twice = pl.struct(nk).is_duplicated() if len(nk) > 1 else pl.col(nk[0]).is_duplicated()
-    rows = found["_row"].drop_nulls()
-    keep = (side.select(twice).to_series()
-            | pl.zeros(batch.height, pl.Boolean, eager=True).scatter(rows, True))
+    # (Counting distinct keys first is ~3x cheaper than marking duplicates, and most days
+    # have none.)
+    keep = pl.zeros(batch.height, pl.Boolean, eager=True).scatter(found["_row"].drop_nulls(),
+                                                                 True)
+    if side.select(nk).n_unique() < side.height:
+        twice = pl.struct(nk).is_duplicated() if len(nk) > 1 else pl.col(nk[0]).is_duplicated()
+        keep = keep | side.select(twice).to_series()
     records = batch.filter(keep)
     needed = [records.select(nk).drop_nulls()]
     live = 0

@@ -24,8 +24,10 @@ from starsmith.contract import BuildContext, Model, Strategy, Window
 from starsmith.errors import DataError, StarsmithError
 from starsmith.loaders import sql
 from starsmith.loaders.connect import open_warehouse
+from starsmith.loaders.extract.land import dead_letter_details
 from starsmith.loaders.landed import landed_dates
 from starsmith.loaders.landing import fingerprints
+from starsmith.loaders.store import Landing, landing_root
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
@@ -104,9 +106,9 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     wh.check_schema(model, full_refresh=req.full_refresh)  # fail before any data moves
-    read = _landings(model, cat, Path(req.landing), day, full_refresh=req.full_refresh,
+    read = _landings(model, cat, landing_root(req.landing), day, full_refresh=req.full_refresh,
                      known=_known(wh, model, cat))
-    out = _build(model, cat, wh, Path(req.landing), day, req)
+    out = _build(model, cat, wh, landing_root(req.landing), day, req)
     staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows,
                                                             in_memory=True)
     if out.parts:  # built batch by batch: the rows are on disk, read them only if a rule must
@@ -121,7 +123,8 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
             raise
         raise type(err)(err.what, where=where, fix=err.fix) from err
     counts = {"rows_read": out.rows_read, "rows_written": out.rows_written or out.rows.height,
-              "rows_quarantined": out.quarantine.height, **out.counts}
+              "rows_quarantined": out.quarantine.height, **out.counts,
+              **_dead_letters(model, cat, req.landing, day)}
     if quality is not None and quality.height:  # rules of severity warn that failed
         warned = quality.filter(~pl.col("success") & (pl.col("severity") == "warn")).height
         if warned:
@@ -150,7 +153,18 @@ def _known(wh: Warehouse, model: Model, cat: Catalogue) -> dict[str, str]:
     return dict(f.partition("/")[::2] for f in found["fingerprint"].to_list() if "/" in f)
 
 
-def _landings(model: Model, cat: Catalogue, landing: Path, day: date, *, full_refresh: bool,
+def _dead_letters(model: Model, cat: Catalogue, landing: str, day: date) -> dict[str, int]:
+    """The dead-letter count of the extracted sources the step read (extracts land in a local
+    folder: an object store landing has none). Apart from the step's own frame, whose local
+    paths name the file an unexpected error is blamed on (orchestration/failures.py)."""
+    root = landing_root(landing)
+    if not isinstance(root, Path):
+        return {}
+    return dead_letter_details([cat.sources[i.name] for i in model.inputs
+                                if i.name in cat.sources], root, day)
+
+
+def _landings(model: Model, cat: Catalogue, landing: Landing, day: date, *, full_refresh: bool,
               known: dict[str, str] | None = None) -> list[tuple[str, date, str]]:
     """The fingerprint of every landing the step reads, taken before it reads them: recorded
     with the publish, so a day re-landed later (a corrected export) is noticed and rebuilt."""
@@ -228,7 +242,7 @@ def _quarantine_frame(rows: pl.DataFrame, model: Model, req: StepRequest, day: d
                              quarantined_at=pl.lit(datetime(day.year, day.month, day.day)))
 
 
-def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Path, day: date,
+def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
            req: StepRequest) -> StepOutput:
     if model.fact is not None:
         return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,

@@ -17,6 +17,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from starsmith.loaders.extract.messages import ExtractRequest, ExtractResult
     from starsmith.orchestration.messages import (
         BuildPlan,
         BuildReport,
@@ -31,6 +32,10 @@ SCHEDULED_AT = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                          maximum_interval=timedelta(seconds=30), maximum_attempts=5)
 STEP_TIMEOUT = timedelta(hours=2)
+# A database that is down is waited for longer than a step is retried: 1 s doubling to 2 min
+EXTRACT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                            maximum_interval=timedelta(minutes=2), maximum_attempts=8)
+EXTRACT_TIMEOUT = timedelta(hours=2)
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
 
@@ -57,6 +62,8 @@ class BuildWorkflow:
             req = dataclasses.replace(req, until=scheduled.date().isoformat())
         started = workflow.now()
         report = await self._build(req)
+        if workflow.patched("upkeep"):  # histories from before it replay without it
+            await self._upkeep(req)
         if scheduled is not None:  # nobody waits on a schedule's run: its end is notified
             await workflow.execute_activity(
                 "notify_build", Finished(report, req.paths.warehouse, started.isoformat(),
@@ -65,7 +72,50 @@ class BuildWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=1))
         return report
 
+    async def _upkeep(self, req: BuildRequest) -> None:
+        """The warehouse's upkeep, once every step is done (a DuckDB file grown past its data
+        is rewritten); best effort: it never fails the build."""
+        try:
+            problem: str = await workflow.execute_activity(
+                "upkeep", req.paths, result_type=str, start_to_close_timeout=timedelta(hours=1),
+                heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=1),
+                summary="upkeep")
+        except ActivityError as err:
+            problem = _reason(err)
+        if problem:
+            workflow.logger.warning("upkeep of %s failed: %s", req.paths.warehouse, problem)
+
+    async def _extract(self, req: BuildRequest) -> list[DayOutcome]:
+        """Land the database extracts the build needs, before it plans: a source's days in
+        order (each continues from the previous day's watermark), sources side by side. A
+        failed extract (after retries, or at once for bad credentials or a dropped column) is
+        reported as a failed ``extract <source>`` on its day; that day waits, the rest builds."""
+        todo: list[ExtractRequest] = await workflow.execute_activity(
+            "due_extracts", req, result_type=list[ExtractRequest],
+            start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY)
+        by_source: dict[str, list[ExtractRequest]] = {}
+        for item in todo:
+            by_source.setdefault(item.source, []).append(item)
+        failed: dict[str, dict[str, str]] = {}
+
+        async def one_source(items: list[ExtractRequest]) -> None:
+            for item in sorted(items, key=lambda i: i.day):
+                try:
+                    await workflow.execute_activity(
+                        "extract_source", item, result_type=ExtractResult,
+                        start_to_close_timeout=EXTRACT_TIMEOUT, retry_policy=EXTRACT_RETRY,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        summary=f"extract {item.source} {item.day}")
+                except ActivityError as err:
+                    failed.setdefault(item.day, {})[f"extract {item.source}"] = _reason(err)
+                    return  # its later days would read past a watermark not yet landed
+
+        await asyncio.gather(*(one_source(items) for _, items in sorted(by_source.items())))
+        return [DayOutcome(day, failed=dict(sorted(f.items()))) for day, f in sorted(failed.items())]
+
     async def _build(self, req: BuildRequest) -> BuildReport:
+        # histories recorded before extracts existed replay without them
+        extracts = await self._extract(req) if workflow.patched("extracts") else []
         plan: BuildPlan = await workflow.execute_activity(
             "plan_build", req, result_type=BuildPlan,
             start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY,
@@ -76,7 +126,7 @@ class BuildWorkflow:
         todo = [(label + day, stage, day) for label, stage in stages for day in stage.dates]
         for key, stage, _ in todo:
             self._states[key] = {m.name: "pending" for m in stage.models}
-        report = BuildReport()
+        report = BuildReport(days=extracts)
         for i, (key, stage, day) in enumerate(todo):
             outcome = await self._run_day(stage, req, day, key)
             report.days.append(outcome)

@@ -43,6 +43,7 @@ _API = {
     "starsmith.errors": ("ConfigError", "DataError", "ModelError", "StarsmithError"),
     "starsmith.project": ("Project", "load_project"),
     "starsmith.discover": ("load_catalogue",),
+    "starsmith.loaders.extract.spec": ("Postgres",),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "MissingKey",
     "Model",
     "ModelError",
+    "Postgres",
     "Project",
     "References",
     "SCDType",
@@ -114,6 +116,7 @@ if TYPE_CHECKING:
     from starsmith.discover import load_catalogue
     from starsmith.errors import ConfigError, DataError, ModelError, StarsmithError
     from starsmith.facts.spec import Additivity, FactSpec, FactType, KeyLookup, MissingKey
+    from starsmith.loaders.extract.spec import Postgres
     from starsmith.project import Project, load_project
     from starsmith.quality.checks import Freshness, References, Volume
     from starsmith.quality.expect import Expect

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build a star-schema warehouse: SCD dimensions and facts, gated and atomic.")
-Landing = Annotated[Path | None, typer.Option(help="landing zone folder [default: ./landing]")]
+Landing = Annotated[str | None, typer.Option(
+    help="landing zone: a folder, s3://bucket/prefix or gs://bucket/prefix [default: ./landing]")]
 Warehouse = Annotated[Path | None, typer.Option(help="DuckDB file [default: ./.state/warehouse.duckdb]")]
 Select = Annotated[list[str] | None, typer.Option("--select", "-s",
                                                   help="models: NAME, NAME+ (and dependants), +NAME")]
@@ -33,7 +34,7 @@ Target = Annotated[str | None, typer.Option(
     "--target", help="duckdb (default) or bigquery (STARSMITH_BQ_PROJECT, STARSMITH_BQ_DATASET)")]
 
 
-def _config(landing: Path | None = None, warehouse: Path | None = None,
+def _config(landing: str | None = None, warehouse: Path | None = None,
             target: str | None = None, **more: Any) -> ProjectConfig:
     return config(landing=landing, warehouse=warehouse, target=target, **more)
 
@@ -90,18 +91,26 @@ def demo(
     build_it: Annotated[bool, typer.Option("--build/--no-build", help="build after landing")]
     = True,
     in_process: Annotated[bool, typer.Option(help="build without Temporal")] = False,
+    landing: Landing = None,
 ) -> None:
-    """The demo retail warehouse as a project: copy it into FOLDER, land its data, build it."""
+    """The demo retail warehouse as a project: copy it into FOLDER, land its data (in the
+    project's landing zone, or --landing: a folder, s3://bucket/prefix, gs://bucket/prefix),
+    build it."""
     from starsmith.demo_data import write_landing
     from starsmith.discover import load_catalogue
+    from starsmith.loaders.store import landed_into
     from starsmith.scaffold import ensure_demo
 
     def go() -> int:
         proj = ensure_demo(folder)
-        cfg = ProjectConfig.load(proj)
-        landed = write_landing(cfg.landing, days=days, scale=scale, seed=seed,
-                               sources=load_catalogue(proj).sources)
+        cfg = ProjectConfig.load(proj, landing=landing)
+        sources = load_catalogue(proj).sources
+        landed = landed_into(cfg.landing, lambda root: write_landing(
+            root, days=days, scale=scale, seed=seed, sources=sources))
         console.print(f"landed {len(landed)} day(s), {landed[0]} to {landed[-1]}, in {cfg.landing}")
+        if str(cfg.landing) != str(proj.landing):  # --landing: the project file still says its own
+            console.print(f"later builds: --landing {cfg.landing} (or set landing = "
+                          f"\"{cfg.landing}\" in {proj.config_file.name})")
         if not build_it:
             return 0
         choose_project(proj.root)
@@ -170,12 +179,16 @@ def _build(cfg: ProjectConfig, select: list[str] | None, day: str | None, start:
            lease_wait: float = 0.0) -> int:
     """One build at a time per warehouse: a second one waits ``lease_wait`` seconds for the
     lease, then stops naming the build that holds it (loaders/lease.py)."""
+    from starsmith.extract_cli import extract_for_build
     from starsmith.loaders.lease import warehouse_lease
 
     with warehouse_lease(cfg.warehouse_ref, wait=lease_wait, lock_dir=cfg.state / "leases",
                          holder="starsmith build" + (" --in-process" if in_process else "")):
-        return _build_leased(cfg, select, day, start, end, full_refresh, in_process, address,
+        # database sources land the days to build first (a failed extract: that day waits)
+        failed = 0 if full_refresh else extract_for_build(cfg, select, day, start, end)
+        code = _build_leased(cfg, select, day, start, end, full_refresh, in_process, address,
                              no_wait, max_parallel, accept_changes)
+        return code or (1 if failed else 0)
 
 
 def _build_leased(cfg: ProjectConfig, select: list[str] | None, day: str | None,
@@ -460,6 +473,15 @@ def _schedules() -> None:
 
 
 _schedules()
+
+
+def _extract() -> None:
+    from starsmith.extract_cli import extract
+
+    app.command(name="extract")(extract)
+
+
+_extract()
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Build configuration: where the landing zone, the state and the warehouse live.
 
-Defaults come from the project's config file (``starsmith/project.py``); ``STARSMITH_LANDING``,
+Defaults come from the project's config file (``starsmith/project.py``); ``STARSMITH_LANDING`` (a
+folder, ``s3://bucket/prefix`` or ``gs://bucket/prefix``: loaders/store.py),
 ``STARSMITH_STATE``, ``STARSMITH_WAREHOUSE``, ``STARSMITH_STAGING`` (the write-audit-publish
 staging folder) and ``STARSMITH_MEMORY_LIMIT`` override them, and CLI
 flags override those. Nothing secret is read here: credentials come from each client's own chain.
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from starsmith.errors import ConfigError
+from starsmith.loaders.store import Landing, landing_root
 from starsmith.project import Project, load_project
 
 TARGETS = ("duckdb", "bigquery")
@@ -30,7 +32,7 @@ class ProjectConfig:
     """One build's settings: the project's files, with its target resolved to paths."""
 
     root: Path
-    landing: Path
+    landing: Landing
     state: Path
     warehouse: Path
     staging: Path
@@ -67,7 +69,7 @@ class ProjectConfig:
                                         chosen_name if chosen_name in TARGETS else "duckdb")
         cfg = cls(
             root=proj.root,
-            landing=Path(os.environ.get("STARSMITH_LANDING", proj.landing)),
+            landing=landing_root(os.environ.get("STARSMITH_LANDING") or proj.landing),
             state=state,
             warehouse=warehouse,
             staging=Path(os.environ.get("STARSMITH_STAGING",
@@ -81,6 +83,8 @@ class ProjectConfig:
             target_name=chosen.name if chosen is not None else engine,
         )
         given = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(given.get("landing"), str):  # --landing: a folder or a URI
+            given["landing"] = landing_root(str(given["landing"]))
         cfg = replace(cfg, **given)  # type: ignore[arg-type]
         if "staging" not in given and "STARSMITH_STAGING" not in os.environ:
             cfg = replace(cfg, staging=cfg.warehouse.parent / f"{cfg.warehouse.stem}_staging")

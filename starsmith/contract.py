@@ -19,6 +19,7 @@ import polars as pl
 from starsmith.dimensions.spec import DimensionSpec
 from starsmith.errors import ConfigError
 from starsmith.facts.spec import FactSpec
+from starsmith.loaders.extract.spec import Postgres
 from starsmith.quality.checks import Check
 from starsmith.quality.expect import Expect
 
@@ -160,7 +161,7 @@ class Cadence(StrEnum):
         return self is not Cadence.REFERENCE
 
 
-SOURCE_FORMATS = ("parquet", "csv", "ndjson")
+SOURCE_FORMATS = ("parquet", "csv", "ndjson", "avro")
 
 
 class Completion(StrEnum):
@@ -198,15 +199,19 @@ class Source:
     """
 
     name: str
-    format: str  # parquet | csv | ndjson
+    format: str  # parquet | csv | ndjson | avro
     columns: tuple[Column, ...]
     description: str = ""
     cadence: Cadence = Cadence.DAILY
     completion: Completion = Completion.AUTO
     guard: Guard = field(default_factory=Guard)
     future_days: int = 1
+    extract: Postgres | None = None  # landed by `starsmith extract` (loaders/extract)
 
     def __post_init__(self) -> None:
+        if self.extract is not None and self.format != "parquet":
+            raise ConfigError(f"source {self.name!r} is extracted from a database: its "
+                              "format is parquet", fix='Declare format="parquet"')
         if self.format not in SOURCE_FORMATS:
             raise ConfigError(f"source {self.name!r} has format {self.format!r}",
                               fix=f"Use one of {', '.join(SOURCE_FORMATS)}")

@@ -13,9 +13,10 @@ The config file::
     name = "shop"
     models = "models"            # folder of model files (subfolders allowed)
     sources = "models"           # file or folder with the Source declarations [default: models]
-    landing = "landing"          # the landing zone
+    landing = "landing"          # the landing zone: a folder, s3://bucket/prefix or gs://...
     state = ".state"             # warehouse, staging and Temporal history
     target = "dev"               # the default target
+    secrets_file = "~/.config/starsmith/secrets.toml"  # [connections] NAME = "postgresql://..."
 
     [targets.dev]
     type = "duckdb"
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from starsmith.errors import ConfigError
+from starsmith.loaders.store import Landing, is_uri, landing_root
 from starsmith.notify import NotifySettings
 
 CONFIG_FILE = "starsmith.toml"
@@ -47,7 +49,7 @@ PROJECT_ENV = "STARSMITH_PROJECT"
 TARGET_TYPES = ("duckdb", "bigquery")
 _KEYS = {"name", "models", "sources", "landing", "state", "target", "targets", "description",
          "notify_webhook", "notify_on", "notify_smtp_host", "notify_smtp_port", "notify_email_to",
-         "notify_email_from"}
+         "notify_email_from", "secrets_file"}
 _TARGET_KEYS = {"type", "path", "memory_limit", "project", "dataset", "location", "endpoint",
                 "description"}
 
@@ -83,12 +85,13 @@ class Project:
     config_file: Path
     models: Path
     sources: Path
-    landing: Path
+    landing: Landing  # a folder, or an object store prefix (loaders/store.py)
     state: Path
     default_target: str = ""
     targets: dict[str, Target] = field(default_factory=dict)
     description: str = ""
     notify: NotifySettings = field(default_factory=NotifySettings)  # who hears of a bad night
+    secrets_file: Path | None = None  # TOML with [connections] NAME = URI (loaders/extract)
 
     @property
     def package(self) -> str:
@@ -115,7 +118,7 @@ class Project:
     def model_files(self) -> Iterator[Path]:
         """Every ``.py`` file under the models folder (and the sources path), sorted; hidden
         folders, caches, the landing zone and the state folder are skipped."""
-        skip = {self.landing.resolve(), self.state.resolve()}
+        skip = {p.resolve() for p in (self.landing, self.state) if isinstance(p, Path)}
         seen: set[Path] = set()
         for base in (self.models, self.sources):
             if base.is_file():
@@ -226,9 +229,12 @@ def load_project(project: Path | str | None = None, *, cwd: Path | None = None) 
                           fix=f"Add [targets.{default}], or set target to one of "
                               f"{sorted(targets) or list(TARGET_TYPES)}")
     return Project(root=root, name=name, config_file=config, models=models, sources=sources,
-                   landing=path("landing", "landing"), state=state, default_target=default,
+                   landing=landing_root(raw["landing"]) if is_uri(raw.get("landing", ""))
+                   else path("landing", "landing"), state=state, default_target=default,
                    targets=targets, description=str(raw.get("description", "")),
-                   notify=NotifySettings.from_config(raw))
+                   notify=NotifySettings.from_config(raw),
+                   secrets_file=(root / Path(str(raw["secrets_file"])).expanduser()).resolve()
+                   if raw.get("secrets_file") else None)
 
 
 def _target(name: str, raw: object, root: Path, state: Path, where: str) -> Target:

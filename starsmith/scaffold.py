@@ -16,6 +16,7 @@ import polars as pl
 
 from starsmith.errors import ConfigError
 from starsmith.loaders.landed import write_manifest
+from starsmith.loaders.store import landed_into
 from starsmith.project import CONFIG_FILE, Project, find_config, load_project
 from starsmith.registry import Catalogue
 
@@ -70,7 +71,7 @@ def init_project(dest: Path, *, name: str | None = None, sample: bool = True) ->
     (dest / ".gitignore").write_text(".state/\nlanding/\n__pycache__/\n")
     project = load_project(dest)
     if sample:
-        write_sample_landing(project.landing)
+        landed_into(project.landing, write_sample_landing)
     return project
 
 

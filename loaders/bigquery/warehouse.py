@@ -376,6 +376,9 @@ class BigQueryWarehouse(SqlReads):
         self.ensure_datasets()
         return self.query("SELECT * FROM _starsmith.run_log ORDER BY started_at")
 
+    def upkeep(self) -> None:
+        """Nothing to do: BigQuery manages its own storage."""
+
     def job_log(self) -> pl.DataFrame:
         self.ensure_datasets()
         return self.query("SELECT * FROM _starsmith.jobs ORDER BY model, logical_date")

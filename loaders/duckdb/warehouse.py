@@ -35,6 +35,7 @@ from sqlglot import exp
 
 from starsmith.errors import ConfigError, RetryableError, WarehouseBusy
 from starsmith.loaders import sql
+from starsmith.loaders.duckdb.session import with_python_objects
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.log import get_logger
 
@@ -99,6 +100,9 @@ _INIT_LOCK = threading.Lock()
 # Opening connections one at a time closes the gap (a 4-thread loop: 528 of 1200 rounds failed
 # without it, none with it). Related upstream reports: duckdb/duckdb#22277, #13010.
 _CONNECT_LOCK = threading.Lock()
+# Calls that register or scan Python objects (Arrow) go through session.with_python_objects: a
+# Temporal workflow task swaps sys.modules for a mapping that duckdb-python 2 cannot read
+# (``std::bad_cast``, ~1% of Temporal demo builds; the cause and the evidence are in session.py).
 _EVICT_LOCK = threading.Lock()  # the limit is the database instance's: one eviction at a time
 _INITIALISED: set[str] = set()
 
@@ -241,12 +245,22 @@ class DuckDBWarehouse(SqlReads):
 
     def query(self, query: str, params: Sequence[Any] | None = None, **frames: pl.DataFrame
               ) -> pl.DataFrame:
-        """Run a query; keyword frames are visible to it as tables of that name (zero-copy)."""
-        with self.connect() as con:
-            for name, frame in frames.items():
-                con.register(name, frame.to_arrow())
-            table = con.sql(query, params=list(params) if params else None).to_arrow_table()
-        result = pl.from_arrow(table)
+        """Run a query; keyword frames are visible to it as tables of that name (zero-copy).
+
+        Repeated whole if a Temporal workflow task swapped ``sys.modules`` under it (session.py):
+        it registers and reads, nothing else."""
+        # Strings as Arrow string views: Polars hands them over without a copy, while the default
+        # (large strings) rewrote every string (1.7 s against 0.56 s for 2M rows x 8 columns).
+        arrow = {name: frame.to_arrow(compat_level=pl.CompatLevel.newest())
+                 for name, frame in frames.items()}
+
+        def run() -> pa.Table:
+            with self.connect() as con:
+                for name, table in arrow.items():
+                    con.register(name, table)
+                return con.sql(query, params=list(params) if params else None).to_arrow_table()
+
+        result = pl.from_arrow(with_python_objects(run, "query"))
         assert isinstance(result, pl.DataFrame)
         return result
 
@@ -293,8 +307,10 @@ class DuckDBWarehouse(SqlReads):
         if in_memory and self._shared is not None and all(map(_same_from_arrow, frame.dtypes)):
             name = f"_staged__{safe_name(model)}__{safe_name(run_id)}"
             table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
-            self._shared.register(name, pa.Table.from_batches(
-                table.to_batches(max_chunksize=DUCKDB_ROW_GROUP), table.schema))
+            held = pa.Table.from_batches(table.to_batches(max_chunksize=DUCKDB_ROW_GROUP),
+                                         table.schema)
+            shared = self._shared
+            with_python_objects(lambda: shared.register(name, held), f"stage of {model}")
             self._held[name] = (model, run_id, frame)
             return name
         path = self.staged_path(model, run_id)
@@ -379,8 +395,9 @@ class DuckDBWarehouse(SqlReads):
                 log.info("%s %s: already committed by this build run (job %s); a retried step "
                          "is not published twice", job.target, job.run_log.get("logical_date"),
                          self.job_key)
-            else:
-                self._commit(con, job, stmts)
+            else:  # rolled back if it fails: a sandbox swap of sys.modules retries it whole
+                with_python_objects(lambda: self._commit(con, job, stmts),
+                                    f"publish of {job.target}")
                 if not job.full_refresh:
                     self._compact_after_commit(con, job.target)
         self._release_after_commit(job)
@@ -581,8 +598,11 @@ class DuckDBWarehouse(SqlReads):
     def record_quality(self, rows: pl.DataFrame) -> None:
         """Record results of a step whose gate refused it (nothing else is written)."""
         if rows.height:
-            with self.connect() as con:
-                self._record_quality(con, rows)
+            def record() -> None:
+                with self.connect() as con:
+                    self._record_quality(con, rows)
+
+            with_python_objects(record, f"quality results of {rows['model'][0]}")
 
     def log_failure(self, row: dict[str, Any]) -> None:
         with self.connect() as con:
@@ -600,11 +620,23 @@ class DuckDBWarehouse(SqlReads):
     def mark_restatements(self, rows: pl.DataFrame) -> None:
         if not rows.height:
             return
-        with self.connect() as con:
-            con.register("_m", rows.to_arrow())
-            con.execute(f"INSERT INTO {META}.restatements SELECT model, from_day, reason, now() "
-                        "FROM _m ON CONFLICT (model) DO UPDATE SET from_day = least(from_day, "
-                        "excluded.from_day)")
+        marks = rows.to_arrow()
+
+        def mark() -> None:  # one statement: a failed one changed nothing
+            with self.connect() as con:
+                con.register("_m", marks)
+                con.execute(f"INSERT INTO {META}.restatements SELECT model, from_day, reason, "
+                            "now() FROM _m ON CONFLICT (model) DO UPDATE SET from_day = "
+                            "least(from_day, excluded.from_day)")
+
+        with_python_objects(mark, "restatement marks")
 
     def run_log(self) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {META}.run_log ORDER BY started_at")
+
+    def upkeep(self) -> None:
+        """End of a build, its steps done: rewrite the file once it has grown well past its data
+        (``upkeep.py``: each publish's small commits leave blocks nothing merges)."""
+        from starsmith.loaders.duckdb.upkeep import upkeep
+
+        upkeep(self)

@@ -1,0 +1,1 @@
+"""Extracts from databases into the landing zone (``starsmith extract``)."""
