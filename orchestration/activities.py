@@ -110,6 +110,8 @@ class ProjectActivities:
                 dates = pending_dates(cat, models, landing_root(req.paths.landing), wh).days
                 if req.until:
                     dates = [d for d in dates if d <= date.fromisoformat(req.until)]
+            if req.full_refresh:  # one rebuild from history as of the last day, not one a day
+                dates = dates[-1:]
             # Any restatement is decided here, when the build runs (a schedule's, a backfill's
             # day, a CLI build), and runs inside this workflow before the days: never beside it.
             return with_restatement(

@@ -137,12 +137,30 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     wh.publish(Publish(
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
-        watermark_dates=out.days, also_staged=out.also_staged, quality=quality,
+        watermark_dates=_built_days(model, cat, req, day, out.days), also_staged=out.also_staged,
+        quality=quality,
         quarantine_scope=out.quarantine_scope, model=model, full_refresh=req.full_refresh,
         landings=read,
     ))
     failpoint("after_publish", model.name)
     return counts
+
+
+def _built_days(model: Model, cat: Catalogue, req: StepRequest, day: date,
+                read: list[date]) -> list[date]:
+    """The logical dates this publish builds: the days it read, and after a full refresh also
+    every day the model could be built on up to ``day`` (its sources' ready days). A model of
+    reference data reads one landing but is built for every day: without these, the next build
+    would run every day since again, to replay what the refresh already holds."""
+    if not req.full_refresh:
+        return read
+    from starsmith.orchestration.plan import landed_days
+
+    root = landing_root(req.landing)
+    # The days a build of the whole catalogue is ready on (what a restatement checks against),
+    # and those of the model's own sources (a model may be ready where others wait)
+    ready = {*landed_days(cat, list(cat.order), root), *landed_days(cat, [model.name], root)}
+    return sorted({*read, *(d for d in ready if d <= day), day})
 
 
 def _known(wh: Warehouse, model: Model, cat: Catalogue) -> dict[str, str]:

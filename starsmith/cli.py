@@ -206,6 +206,8 @@ def _build_leased(cfg: ProjectConfig, select: list[str] | None, day: str | None,
             raise ConfigError("nothing has landed to rebuild from", where=str(cfg.landing),
                               fix="Land the sources' extracts (`starsmith plan` says which)")
         dates = [landed[-1]]
+    if full_refresh and len(dates) > 1:  # one rebuild from history, as of the last day: not
+        dates = dates[-1:]  # a rebuild for each day (which cost the square of the days)
     if (start or end) and not full_refresh:  # a range resumes: the days it already built stay
         dates = _not_built(cfg, cat, models, dates)
     forced = _parse_date(day, "--date")
