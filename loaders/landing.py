@@ -269,6 +269,9 @@ def _scan_one(landing: Landing, source: Source, found: LandedDay, *, check: bool
     paths, options = scan_args(files)
     if source.format == "parquet":
         lf = pl.scan_parquet(paths, storage_options=options)
+    elif source.format == "csv" and options is not None:  # in an object store: see _remote_csv
+        lf = pl.concat([_remote_csv(f, schema_overrides=schema, try_parse_dates=False)
+                        for f in files], how="vertical_relaxed")
     elif source.format == "csv":
         lf = pl.scan_csv(paths, schema_overrides=schema, try_parse_dates=False,
                          storage_options=options)
@@ -316,6 +319,15 @@ def _check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame) -> None:
                 "guard=Guard(allow_empty=True)")
 
 
+def _remote_csv(path: Landing, **options: object) -> pl.LazyFrame:
+    """A CSV object read whole, then parsed here. A text file carries no count of its own, and
+    Polars' cloud CSV reader once parsed 9,803 of an intact object's 98,819 rows (its sha256
+    verified; against the S3 emulator, under load; not reproduced in 180 reads): a short read
+    there is a silent loss when no manifest counts the rows. Reading the bytes first makes a
+    short read an error of the store's (a retry), not fewer rows."""
+    return pl.read_csv(path.read_bytes(), **options).lazy()  # type: ignore[arg-type]
+
+
 def _count(source: Source, path: Landing) -> int:
     if path.stat().st_size == 0:  # an empty change-feed file: no header, no rows
         return 0
@@ -325,6 +337,8 @@ def _count(source: Source, path: Landing) -> int:
                    .item())
     if source.format == "avro":
         return avro.count_rows(path)
+    if source.format == "csv" and options is not None:
+        return int(_remote_csv(path, infer_schema=False).select(pl.len()).collect().item())
     if source.format == "csv":
         return int(pl.scan_csv(one, infer_schema=False, storage_options=options)
                    .select(pl.len()).collect().item())

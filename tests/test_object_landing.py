@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import socket
@@ -34,9 +33,9 @@ from starsmith.loaders.landing import scan_source
 from starsmith.loaders.store import ObjectPath, landing_root, upload
 from starsmith.orchestration.plan import readiness
 from starsmith.scaffold import demo_catalogue
+from tests.s3_helpers import S3, SECRET, moto_server
 
 STARSMITH = Path(sys.executable).parent / "starsmith"
-SECRET = "s3cr3t-n0t-for-logs"  # the emulator's: it must never be printed
 DAYS, SCALE = 3, 0.3
 DAY2 = date(2024, 1, 2)
 
@@ -93,36 +92,10 @@ def tables(warehouse: Path) -> dict[str, list[tuple[object, ...]]]:
 
 # -- the S3 emulator ------------------------------------------------------------------------
 
-@dataclass
-class S3:
-    endpoint: str
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-                "AWS_ALLOW_HTTP": "true", **extra}
-
-    def bucket(self, name: str) -> str:
-        import boto3
-
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
-                     aws_secret_access_key=SECRET, region_name="us-east-1"
-                     ).create_bucket(Bucket=name)
-        return name
-
-
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield S3(f"http://{host}:{port}")
-    finally:
-        server.stop()
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture
