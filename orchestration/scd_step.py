@@ -45,7 +45,7 @@ def _existing(wh: Warehouse, model: Model, spec: DimensionSpec, batch: pl.DataFr
         return pl.DataFrame(schema=schema), 0
     wanted = batch.select(spec.natural_key).unique() if keys is None else keys
     if day is not None and wanted.height:
-        rows = _versions_needed(wh, model.name, spec, batch, wanted, day)
+        rows = _versions_needed(wh, model.name, spec, batch, wanted, day, schema)
     else:
         rows = wh.read_keys(model.name, wanted)
     own = wh.query(f'SELECT coalesce(max("{spec.surrogate_key}"), 0) AS m FROM main."{model.name}"'
@@ -77,16 +77,18 @@ def _current_suffices(spec: DimensionSpec, batch: pl.DataFrame, current: pl.Data
 
 
 def _versions_needed(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame,
-                     keys: pl.DataFrame, day: date) -> pl.DataFrame:
-    """The touched keys' current versions, and every version of the keys that need them."""
+                     keys: pl.DataFrame, day: date, schema: pl.Schema) -> pl.DataFrame:
+    """The touched keys' current versions, and every version of the keys that need them
+    (with the model's types: a time zone or an enum read back differs from the batch's)."""
     nk = list(spec.natural_key)
-    current = wh.query(f'SELECT d.* FROM main."{table}" d WHERE d.is_current AND '
-                       + sql.keys_in("d", "_keys", nk), _keys=keys)
+    current = conform_read(wh.query(f'SELECT d.* FROM main."{table}" d WHERE d.is_current AND '
+                                    + sql.keys_in("d", "_keys", nk), _keys=keys
+                                    ).select(schema.names()), schema)
     enough = _current_suffices(spec, batch, current, day)
     rest = keys.join(enough, on=nk, how="anti")
     if not rest.height:
         return current
-    whole = wh.read_keys(table, rest)
+    whole = conform_read(wh.read_keys(table, rest).select(schema.names()), schema)
     return pl.concat([current.join(enough, on=nk, how="semi"), whole], how="vertical_relaxed")
 
 

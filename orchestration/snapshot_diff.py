@@ -66,7 +66,7 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
     nk, sk = list(spec.natural_key), spec.surrogate_key
     compared = compared_columns(spec)
     extra = [c for c in (spec.updated_at if spec.detection is ChangeDetection.TIMESTAMP else None,
-                         spec.deleted_flag) if c]
+                         spec.deleted_flag) if c and c not in (*nk, *compared)]
     side = batch.select(*nk, *compared, *extra).with_row_index("_row").with_columns(
         pl.col("_row").cast(pl.Int64))
     alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -57,6 +57,7 @@ CHANGES = Source("member_changes", "parquet", (
     Column("email", pl.String(), "contact"),
     Column("plan", pl.String(), "plan"),
     Column("city", pl.String(), "city, NULL when unknown"),
+    Column("seen_at", pl.Datetime("us", "UTC"), "last seen (a zone: read back as Etc/UTC)"),
     Column("updated_at", pl.Datetime("us"), "when it changed"),
     Column("is_delete", pl.Boolean(), "the member left"),
     Column("seq", pl.Int64(), "export sequence"),
@@ -72,7 +73,8 @@ STG = Model(
 SPEC = DimensionSpec(
     name="dim_member", surrogate_key="member_key", natural_key=("member_id",),
     columns=(("joined_by", SCDType.FIXED), ("email", SCDType.OVERWRITE),
-             ("plan", SCDType.VERSIONED), ("city", SCDType.VERSIONED)),
+             ("plan", SCDType.VERSIONED), ("city", SCDType.VERSIONED),
+             ("seen_at", SCDType.OVERWRITE)),
     detection=ChangeDetection.TIMESTAMP, updated_at="updated_at", deleted_flag="is_delete",
     deletes=DeletePolicy.{policy}, duplicates=DuplicatePolicy.LATEST, sequence="seq")
 
@@ -117,8 +119,8 @@ def feed(seed: int) -> list[pl.DataFrame]:
                     at = at - timedelta(hours=14)
                 seq += 1
                 rows.append({"member_id": k, **{c: s[c] for c in ("joined_by", "email",
-                             "plan", "city")}, "updated_at": at, "is_delete": s["dead"],
-                             "seq": seq})
+                             "plan", "city")}, "seen_at": at.replace(tzinfo=UTC),
+                             "updated_at": at, "is_delete": s["dead"], "seq": seq})
         if n == 4:  # a record landed two days late: dated between records already built
             late = days[1].filter(pl.col("member_id") == days[1]["member_id"][0]).row(
                 0, named=True)
@@ -131,7 +133,8 @@ def feed(seed: int) -> list[pl.DataFrame]:
             seq += 1
         days.append(pl.DataFrame(rows, schema={
             "member_id": pl.Int64, "joined_by": pl.String, "email": pl.String,
-            "plan": pl.String, "city": pl.String, "updated_at": pl.Datetime("us"),
+            "plan": pl.String, "city": pl.String, "seen_at": pl.Datetime("us", "UTC"),
+            "updated_at": pl.Datetime("us"),
             "is_delete": pl.Boolean, "seq": pl.Int64}))
     return days
 

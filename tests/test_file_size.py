@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.duckdb import upkeep as upkeep_module
 from starsmith.loaders.duckdb.upkeep import REWRITE_SUFFIX, upkeep
 from starsmith.orchestration.server import LocalServer
 from tests.faults.harness import Demo, day
@@ -127,6 +129,37 @@ def test_upkeep_rewrites_a_grown_file_and_keeps_every_row(built: Demo, tmp_path:
                     "NULL, now())", [marks["model"][0], marks["logical_date"][0]])
     assert wh.watermarks().height == marks.height
     assert not upkeep(wh).rewritten  # near its data now: nothing to do
+
+
+def test_a_connection_opened_during_the_rewrite_waits_and_its_commit_lands(
+        built: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step of another workflow in this worker opens the file while the upkeep is between its
+    copy and its rename: it waits for the new file, and its row is in it (not in the old file
+    the rename drops)."""
+    path = _bloated(built, tmp_path)
+    in_window, wrote = threading.Event(), threading.Event()
+    real_swap = upkeep_module._swap
+
+    def slow_swap(*args: object) -> None:
+        in_window.set()
+        wrote.wait(2)  # the other connection has as long as it needs to get in (it must not)
+        real_swap(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upkeep_module, "_swap", slow_swap)
+
+    def step() -> None:
+        in_window.wait(30)
+        with DuckDBWarehouse(path).connect() as con:
+            con.execute("CREATE TABLE main.written_meanwhile AS SELECT 42 AS answer")
+        wrote.set()
+
+    other = threading.Thread(target=step)
+    other.start()
+    done = upkeep(DuckDBWarehouse(path))
+    other.join(30)
+    assert done.rewritten and in_window.is_set() and wrote.is_set()
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.sql("SELECT answer FROM main.written_meanwhile").fetchall() == [(42,)]
 
 
 def test_upkeep_leaves_a_file_in_use_in_this_process(built: Demo, tmp_path: Path) -> None:

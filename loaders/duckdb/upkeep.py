@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from starsmith.errors import RetryableError
+from starsmith.loaders.duckdb.filegate import file_gate
 from starsmith.log import get_logger
 
 if TYPE_CHECKING:
@@ -90,7 +91,19 @@ def upkeep(wh: DuckDBWarehouse, *, rewrite_at: float = REWRITE_AT,
     tmp = path.with_name(path.name + REWRITE_SUFFIX)
     if not path.exists():
         return Upkeep(0, 0, False, "no file yet", 0.0)
+    with wh.connect():  # the warehouse's own open: the lock is waited for, the schemas exist
+        pass
     before = path.stat().st_size
+    with file_gate(path).alone() as alone:  # no connection of this process opens it meanwhile
+        if not alone:
+            log.warning("upkeep of %s skipped: a connection of this process has it open", path)
+            return Upkeep(before, before, False, "in use", time.perf_counter() - clock)
+        return _rewrite(wh, path, tmp, before, clock, rewrite_at, min_bytes)
+
+
+def _rewrite(wh: DuckDBWarehouse, path: Path, tmp: Path, before: int, clock: float,
+             rewrite_at: float, min_bytes: int) -> Upkeep:
+    """The upkeep itself, with the file's gate held (no other connection of this process)."""
     try:
         con = _open_alone(wh)
     except duckdb.ConnectionException as err:  # an open connection in this process
@@ -120,8 +133,6 @@ def upkeep(wh: DuckDBWarehouse, *, rewrite_at: float = REWRITE_AT,
 
 def _open_alone(wh: DuckDBWarehouse) -> duckdb.DuckDBPyConnection:
     """A connection on an instance of the file that no step shares (see OWN_SETTING)."""
-    with wh.connect():  # the warehouse's own open: the lock is waited for, the schemas exist
-        pass
     config: dict[str, str | bool | int | float | list[str]] = {
         "memory_limit": wh.memory_limit, "temp_directory": str(wh.temp_dir),
         "max_vacuum_tasks": 0, OWN_SETTING[0]: OWN_SETTING[1]}

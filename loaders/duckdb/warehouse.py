@@ -35,6 +35,7 @@ from sqlglot import exp
 
 from starsmith.errors import ConfigError, RetryableError, WarehouseBusy
 from starsmith.loaders import sql
+from starsmith.loaders.duckdb.filegate import file_gate
 from starsmith.loaders.duckdb.session import with_python_objects
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
 from starsmith.log import get_logger
@@ -195,6 +196,13 @@ class DuckDBWarehouse(SqlReads):
             yield self._shared
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a rewrite of the file waits for it (filegate.py)
+        with file_gate(self.path).shared(), self._open(attempts) as con:
+            yield con
+
+    @contextmanager
+    def _open(self, attempts: int) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the file, waiting for another process's lock a while, and close it after."""
         config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": self.memory_limit,
                                         "temp_directory": str(self.temp_dir),
                                         "max_vacuum_tasks": 0}

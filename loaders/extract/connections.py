@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from urllib.parse import unquote
 
 from starsmith.errors import ConfigError
 
@@ -30,12 +31,14 @@ def env_name(name: str) -> str:
 def mask(text: str, *secrets: str) -> str:
     """``text`` with any URI's password, ``password=...`` keyword and given secret replaced by
     ``***`` (driver messages may quote what they were given)."""
-    out = _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    out = _KEYWORD.sub(lambda m: f"{m['head']}***", out)
-    for secret in secrets:
-        if secret:
-            out = out.replace(secret, "***")
-    return out
+    out = text
+    # the given secrets first, as written and decoded (a URI's p%40ss is p@ss to the driver):
+    # a pattern replacing part of one first would leave the rest unmatched
+    for secret in sorted({s for raw in secrets if raw for s in (raw, unquote(raw))}, key=len,
+                         reverse=True):
+        out = out.replace(secret, "***")
+    out = _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", out)
+    return _KEYWORD.sub(lambda m: f"{m['head']}***", out)
 
 
 def password_of(uri: str) -> str:

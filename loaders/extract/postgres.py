@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pyarrow as pa
 
@@ -41,9 +41,12 @@ def with_timeout(uri: str) -> str:
     if "://" not in uri:  # a keyword DSN
         return uri if "connect_timeout" in uri else f"{uri} connect_timeout={CONNECT_TIMEOUT_S}"
     parts = urlsplit(uri)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    if "connect_timeout" in dict(parse_qsl(parts.query, keep_blank_values=True)):
+        return uri
+    # appended as text: re-encoding the others would turn an option's %20 into a "+", which
+    # libpq does not read as a space
+    extra = f"connect_timeout={CONNECT_TIMEOUT_S}"
+    return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
 
 
 def typed(err: Exception, connection: str, secret: str, doing: str) -> StarsmithError:
@@ -92,8 +95,12 @@ class Session:
                               fix="Check the URI: postgresql://USER:PASSWORD@HOST:PORT/DB"
                               ) from None
         self._cur = self._conn.cursor()
-        self.run("SET TIME ZONE 'UTC'", doing="setting the session's time zone")
-        self.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", doing="starting a snapshot")
+        try:
+            self.run("SET TIME ZONE 'UTC'", doing="setting the session's time zone")
+            self.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", doing="starting a snapshot")
+        except BaseException:  # no __exit__ will run for a session never made: close it here
+            self.close()
+            raise
 
     def _typed(self, err: Exception, doing: str) -> StarsmithError:
         return typed(err, self.name, self._secret, doing)

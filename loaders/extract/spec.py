@@ -55,7 +55,8 @@ class Postgres:
         if self.table is not None:
             return ".".join(f'"{p}"' for p in self.table.split("."))
         assert self.query is not None
-        return f"({self.query.strip().rstrip(';')}) AS extract_query"
+        # on a line of its own: a query ending in a -- comment would swallow the parenthesis
+        return f"({self.query.strip().rstrip(';')}\n) AS extract_query"
 
     @property
     def described(self) -> str:

@@ -10,7 +10,12 @@ being extracted (for a timestamp or date cursor; in UTC) and at the ``low`` of a
 already landed. Why not simply the day's end: an extract that runs before the day is over (or a
 transaction that commits its 23:59 row at 00:05) would move the watermark past rows not yet
 written, and the next day would start after them: lost. A watermark at the largest value seen
-never passes a row that is not there yet. Why the cap: a run that catches up several days
+passes no row already committed. It can pass one committed later with a smaller cursor value:
+a long transaction that stamps ``updated_at = now()`` (its start) and commits after a shorter
+one, or a sequence ``id`` taken before another transaction's. Such a row is never extracted.
+Use a cursor the database sets in commit order (a trigger stamping ``clock_timestamp()`` on
+rows of short transactions, a logical-replication LSN), or a full snapshot where that matters
+(README, "Sources extracted from PostgreSQL"). Why the cap: a run that catches up several days
 (after an outage) lands each day's own changes in its own folder instead of everything in the
 first; and a day extracted into a gap between landed days cannot overlap its neighbour.
 
