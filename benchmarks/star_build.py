@@ -13,13 +13,19 @@ generated once and kept (``--data``); every contender reads the same files, in a
   contender ``starsmith@X`` with that flag;
 - duckdb_sql: CTAS of the three dimensions (row_number over the natural key, the same reserved
   -1/-2 members and SCD columns), of the date dimension, and of the fact from the landed Parquet
-  files joined to the dimensions on their natural keys, with the same measures and types.
+  files joined to the dimensions on their natural keys, with the same measures and types. It
+  keeps no staging table (starsmith's build also publishes ``stg_lineorder``, its 6M rows).
+
+"build" is the command's (or the SQL's) own time, after the imports; "process" the child's
+whole life, interpreter start and imports included.
 
 Each contender must end with the same star: the same tables and column types, the same rows of
 every dimension (natural key and attributes), the same date dimension, and a fact with the same
 rows and measures whose keys resolve to the same customer, part, supplier and date.
 Prints each round, medians (rounds interleaved), the ratio and the peak RSS of each; ``--profile``
-then builds once more under cProfile and prints each step's time and the top functions.
+then builds once more under cProfile (and ``--verbose``) and prints each step's time, the time
+outside the steps, the slowest SQL statements of the publishes and the top functions
+(``--rounds 0 --profile``: the profile only).
 
 Usage: python benchmarks/star_build.py [--scale-down 1] [--days N] [--lines N] [--rounds 3]
        [--memory-budget 2GB] [--memory-limit 1GB] [--profile] [--data DIR]
@@ -31,6 +37,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import re
 import shutil
 import statistics
 import subprocess
@@ -56,6 +63,7 @@ DIMS = {  # table: (surrogate key, natural key, attributes, landed source)
 }
 STAR = (*DIMS, "dim_date", "fact_lineorder")
 DATE_START = date(1992, 1, 1)
+STATEMENT = re.compile(r"DEBUG starsmith\.loaders\.duckdb\.warehouse: ([0-9.]+) s: (.*)")
 
 
 # ---------------------------------------------------------------- data, once per scale
@@ -103,7 +111,8 @@ def starsmith_child(folder: Path, landing: str, last: str, budget: str, profile:
 
     codes: list[int] = []
     vars(cli)["exit_now"] = codes.append
-    argv = ["--project", str(folder), "build", "--in-process", "--full-refresh", "--date", last,
+    argv = [*(["--verbose"] if profile else []),  # the publishes' statements, timed
+            "--project", str(folder), "build", "--in-process", "--full-refresh", "--date", last,
             "--landing", landing, *(["--memory-budget", budget] if budget else [])]
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
@@ -239,33 +248,31 @@ def contend(kind: str, project: Path, landing: Path, last: date, work: Path,
         folder.mkdir(parents=True)
         extra = [str(landing), args.memory_limit, last.isoformat()]
         warehouse = folder / "warehouse.duckdb"
-    child = "starsmith" if kind.startswith("starsmith") else kind
     started = time.perf_counter()
-    log = folder.parent / f"{folder.name}.log"
     try:
-        with open(log, "w") as out:
-            sys.stdout.flush()
-            saved = os.dup(1), os.dup(2)
-            os.dup2(out.fileno(), 1)
-            os.dup2(out.fileno(), 2)
-            try:
-                seconds, rss = measure(__file__, child, folder, *extra)
-            finally:
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
+        seconds, rss = measure(__file__, kind.partition("@")[0], folder, *extra)
     except subprocess.CalledProcessError:
+        log = folder.with_suffix(".log")
         print(f"{kind} failed; the end of its output ({log}):\n{log.read_text()[-4000:]}")
         raise
     return seconds, time.perf_counter() - started, rss, warehouse
 
 
-def print_profile(stats_file: str, warehouse: Path, seconds: float) -> None:
-    """Each step's time (run log), then the functions: starsmith's own by cumulative time (where
-    the phases are) and all by own time (which engine call the time is spent in)."""
+def print_profile(stats_file: str, warehouse: Path, seconds: float, log: Path) -> None:
+    """Each step's time (run log), the slowest SQL statements of the publishes (the build's
+    debug log), then the functions: starsmith's own by cumulative time (where the phases are)
+    and all by own time (which engine call the time is spent in)."""
     print(f"\nprofile of one starsmith build ({seconds:.1f} s under cProfile; time spent in "
           "DuckDB or Polars counts as the Python call that started it):")
-    for model, took in run_steps(warehouse):
-        print(f"  step {model:<16} {took:7.2f} s")
+    steps = run_steps(warehouse)
+    for model, took in steps:
+        print(f"  step {model:<16} {took:7.2f} s (run log)")
+    print(f"  outside the run log's step durations: {seconds - sum(t for _, t in steps):.2f} s")
+    timed = [(float(m[1]), m[2]) for m in STATEMENT.finditer(log.read_text())]
+    print(f"  the publishes' SQL statements: {sum(t for t, _ in timed):.2f} s in {len(timed)}; "
+          "the slowest:")
+    for took, statement in sorted(timed, reverse=True)[:8]:
+        print(f"  {took:8.2f} s  {statement[:150]}")
     table = pstats.Stats(stats_file).stats  # type: ignore[attr-defined]
     rows = [(where(func), calls, own, cum) for func, (_, calls, own, cum, _) in table.items()]
     ours = [r for r in rows if not r[0].startswith(("<", "~", ".venv", "/"))]
@@ -286,6 +293,34 @@ def where(func: tuple[str, int, str]) -> str:
     if "site-packages/" in rel:
         rel = "<lib>/" + rel.split("site-packages/", 1)[1]
     return f"{rel}:{line}({name})"
+
+
+def compare(results: dict[str, list[tuple[float, float, float]]],
+            ends: dict[str, list[dict[str, object]]], landed: int) -> None:
+    """Medians, ratios to plain SQL, and whether every contender ended with the same star."""
+    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
+    print(f"\nmedians over {len(results['duckdb_sql'])} round(s):")
+    for k, (seconds, process, rss) in med.items():
+        budget = k.partition("@")[2]
+        print(f"  {k:>16}: build {seconds:6.2f} s, process {process:6.2f} s, peak RSS "
+              f"{rss:6.0f} MiB{f' (budget {budget})' if budget else ''}")
+    sql = med["duckdb_sql"]
+    for k in [k for k in med if k != "duckdb_sql"]:
+        s = med[k]
+        print(f"  {k} / duckdb_sql: build {s[0] / sql[0]:.2f}x, process {s[1] / sql[1]:.2f}x,"
+              f" peak RSS {s[2] / sql[2]:.2f}x")
+    reference = ends["duckdb_sql"][0]
+    same = all(end == reference for runs in ends.values() for end in runs)
+    fact = reference["fact_lineorder"][0]  # type: ignore[index]
+    print(f"same rows: {same} (fact {fact[0]:,} rows of {landed:,} landed, revenue {fact[5]}, "
+          f"{fact[6]} unresolved keys)")
+    if not same:
+        for k, runs in ends.items():
+            for r, end in enumerate(runs, 1):
+                for part, value in end.items():
+                    if value != reference[part]:
+                        print(f"  {k} (round {r}) differs in {part}: {value} vs duckdb_sql "
+                              f"{reference[part]}")
 
 
 def scale_of(args: argparse.Namespace) -> Scale:
@@ -311,6 +346,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, folder, *rest = args.child
+        with open(Path(folder).with_suffix(".log"), "w") as log:  # the parent's output stays terse
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
         if kind == "starsmith":
             starsmith_child(Path(folder), *rest)
         else:
@@ -346,32 +384,13 @@ def main() -> None:
                 print(f"round {r + 1} {kind:>16}: build {seconds:6.2f} s, process {process:6.2f} s,"
                       f" peak RSS {rss:6.0f} MiB{steps}", flush=True)
                 shutil.rmtree(work / kind.replace("@", "-"), ignore_errors=True)
-        med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
-        print(f"\nmedians over {args.rounds} round(s):")
-        for k, (seconds, process, rss) in med.items():
-            budget = k.partition("@")[2]
-            print(f"  {k:>16}: build {seconds:6.2f} s, process {process:6.2f} s, peak RSS "
-                  f"{rss:6.0f} MiB{f' (budget {budget})' if budget else ''}")
-        sql = med["duckdb_sql"]
-        for k in kinds[:-1]:
-            s = med[k]
-            print(f"  {k} / duckdb_sql: build {s[0] / sql[0]:.2f}x, process {s[1] / sql[1]:.2f}x,"
-                  f" peak RSS {s[2] / sql[2]:.2f}x")
-        reference = ends["duckdb_sql"][0]
-        same = all(end == reference for runs in ends.values() for end in runs)
-        fact = reference["fact_lineorder"][0]  # type: ignore[index]
-        print(f"same rows: {same} (fact {fact[0]:,} rows of {landed:,} landed, revenue {fact[5]}, "
-              f"{fact[6]} unresolved keys)")
-        if not same:
-            for k, runs in ends.items():
-                for part, value in runs[0].items():
-                    if value != reference[part]:
-                        print(f"  {k} differs in {part}: {value} vs duckdb_sql {reference[part]}")
+        if args.rounds:
+            compare(results, ends, landed)
         if args.profile:
             stats = str(work / "profile.stats")
             seconds, _, _, warehouse = contend("starsmith", project, landing, last, work, args,
                                                stats)
-            print_profile(stats, warehouse, seconds)
+            print_profile(stats, warehouse, seconds, work / "starsmith.log")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
