@@ -136,9 +136,10 @@ class Warehouse(Protocol):
 
     def run_log(self) -> pl.DataFrame: ...
 
-    def upkeep(self) -> None:
+    def upkeep(self, *, midway: bool = False) -> None:
         """After a build's last step (nothing else writes): keep the storage near its data's
-        size. DuckDB rewrites a file grown with small commits; BigQuery has nothing to do."""
+        size. DuckDB rewrites a file grown with small commits; BigQuery has nothing to do.
+        ``midway``: more days of the same build follow (a looser bound, checked cheaply)."""
 
 
 def is_bigquery(ref: str | Path) -> bool:

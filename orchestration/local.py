@@ -55,28 +55,30 @@ def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, catalogue: Catalo
     """Days in order, after the plan's restatement phases; stops after the first day that did
     not fully build (SCD needs order)."""
     outcomes = []
-    for stage in (*plan.phases, plan):
-        for day in stage.dates:
-            outcome = run_day(stage, day, landing=landing, warehouse=warehouse,
-                              memory_limit=memory_limit, staging=staging, listener=listener,
-                              catalogue=catalogue, memory_budget=memory_budget)
-            outcomes.append(outcome)
-            upkeep(warehouse, memory_limit)  # the day's steps are done: nothing else writes
-            if not outcome.ok:
-                log.error("stopping after %s: later days wait until it builds", day)
-                return outcomes
+    days = [(stage, day) for stage in (*plan.phases, plan) for day in stage.dates]
+    for i, (stage, day) in enumerate(days):
+        outcome = run_day(stage, day, landing=landing, warehouse=warehouse,
+                          memory_limit=memory_limit, staging=staging, listener=listener,
+                          catalogue=catalogue, memory_budget=memory_budget)
+        outcomes.append(outcome)
+        last = i == len(days) - 1 or not outcome.ok
+        upkeep(warehouse, memory_limit, midway=not last)  # the day's steps are done
+        if not outcome.ok:
+            log.error("stopping after %s: later days wait until it builds", day)
+            return outcomes
     return outcomes
 
 
-def upkeep(warehouse: str, memory_limit: str = "4GB") -> str:
+def upkeep(warehouse: str, memory_limit: str = "4GB", *, midway: bool = False) -> str:
     """The warehouse's upkeep once a day's steps are done (``Warehouse.upkeep``), best effort:
     a failure leaves the file as it was, the next day or build tries again, and its message is
     returned ("" when all went well). The in-process runner calls it after each day, not only
-    at the end, so that a long backfill's file never grows far past its data."""
+    at the end, so that a long backfill's file never grows far past its data (``midway``: a
+    looser bound between its days, the usual one after its last)."""
     from starsmith.loaders.connect import open_warehouse
 
     try:
-        open_warehouse(warehouse, memory_limit=memory_limit).upkeep()
+        open_warehouse(warehouse, memory_limit=memory_limit).upkeep(midway=midway)
     except Exception as err:
         log.warning("upkeep of %s failed, the next build tries again: %s", warehouse, err)
         return str(err)

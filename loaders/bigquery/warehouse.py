@@ -376,7 +376,7 @@ class BigQueryWarehouse(SqlReads):
         self.ensure_datasets()
         return self.query("SELECT * FROM _starsmith.run_log ORDER BY started_at")
 
-    def upkeep(self) -> None:
+    def upkeep(self, *, midway: bool = False) -> None:
         """Nothing to do: BigQuery manages its own storage."""
 
     def job_log(self) -> pl.DataFrame:

@@ -58,6 +58,7 @@ log = get_logger(__name__)
 
 META = "_starsmith"
 REWRITE_AT = 1.4  # the file's size against its last rewrite's: kept under 1.5x a fresh copy
+MIDWAY_AT = 4.0  # the same between the days of one long build: bounds the file, not each day
 FREE_AT = 1 / 3  # or this share of its blocks free (after a full refresh shrank the data)
 MIN_BYTES = 2 << 20  # a smaller file is never worth a rewrite
 REWRITE_SUFFIX = ".rewrite"

@@ -644,9 +644,12 @@ class DuckDBWarehouse(SqlReads):
     def run_log(self) -> pl.DataFrame:
         return self.query(f"SELECT * FROM {META}.run_log ORDER BY started_at")
 
-    def upkeep(self) -> None:
+    def upkeep(self, *, midway: bool = False) -> None:
         """End of a build, its steps done: rewrite the file once it has grown well past its data
-        (``upkeep.py``: each publish's small commits leave blocks nothing merges)."""
-        from starsmith.loaders.duckdb.upkeep import upkeep
+        (``upkeep.py``: each publish's small commits leave blocks nothing merges). ``midway``:
+        more days of this build follow, so only a file grown far past its data is rewritten
+        (``MIDWAY_AT``): a long backfill then copies its data every few hundred days, not
+        every few."""
+        from starsmith.loaders.duckdb.upkeep import MIDWAY_AT, REWRITE_AT, upkeep
 
-        upkeep(self)
+        upkeep(self, rewrite_at=MIDWAY_AT if midway else REWRITE_AT)
