@@ -1,8 +1,9 @@
 """How an object store's failures reach the user: typed, naming the bucket, the key and the
 endpoint, never a credential.
 
-An endpoint that cannot be reached (refused, timed out, a 5xx) is retryable; a missing bucket or a
-refused access is a ConfigError, because a retry finds the same. The clients say which in words
+An endpoint that cannot be reached (refused, timed out, a 5xx) is retryable; a missing bucket, a
+refused access or a request the store calls wrong (a 400, a bucket in another region) is a
+ConfigError, because a retry finds the same. The clients say which in words
 (obstore's and Polars' readers both wrap the Rust object_store crate), so the words are read here,
 in one place, from the error's first line, never from its debug dump (which may quote request
 headers).
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 _DENIED = ("403 forbidden", "401 unauthorized", "accessdenied", "access denied",
            "invalidaccesskeyid", "signaturedoesnotmatch", "permission", "invalid_grant",
            "expiredtoken", "unauthorized")
+_REFUSED = ("400 bad request", "301 moved permanently", "permanentredirect",
+            "invalidbucketname", "authorizationheadermalformed", "invalidrequest",
+            "invalidargument", "405 method not allowed")
 _UNREACHABLE = ("error sending request", "connect", "timed out", "timeout", "dns error",
                 "connection", "500 internal", "502 bad gateway", "503 service", "504 gateway",
                 "slowdown")
@@ -47,6 +51,11 @@ def store_error(err: BaseException, path: ObjectPath | None = None) -> Starsmith
                            fix="Give the credentials starsmith finds (the AWS_* or GOOGLE_* "
                                "environment, the instance's role) read access to it (and write "
                                "access to land data); a retry alone will not help")
+    if any(t in low for t in _REFUSED):  # the request itself is wrong: a retry sends it again
+        return ConfigError(f"the object store refused the request for the bucket {bucket!r} "
+                           f"({reason(text)})", where=where,
+                           fix="Check the bucket's name and region (AWS_REGION) and the "
+                               "endpoint (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST)")
     if any(t in low for t in _UNREACHABLE) or ("generic" in low and "error" in low):
         return RetryableError(f"the object store{f' at {url}' if url else ''} could not be "
                               f"reached or failed ({reason(text)})", where=where,
