@@ -16,7 +16,15 @@ from starsmith.config import ProjectConfig
 from starsmith.errors import ConfigError, DataError
 from starsmith.log import configure
 from starsmith.registry import Catalogue
-from starsmith.shell import choose_project, config, console, exit_now, guard, set_verbose
+from starsmith.shell import (
+    choose_project,
+    config,
+    console,
+    exit_now,
+    guard,
+    parse_date,
+    set_verbose,
+)
 
 if TYPE_CHECKING:
     from starsmith.orchestration.messages import BuildPlan
@@ -44,15 +52,6 @@ def _catalogue(cfg: ProjectConfig) -> Catalogue:
 
     assert cfg.project is not None
     return load_catalogue(cfg.project)
-
-
-def _parse_date(value: str | None, flag: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError as err:
-        raise ConfigError(f"{flag} {value!r} is not a date", fix="Use YYYY-MM-DD") from err
 
 
 @app.callback()
@@ -127,9 +126,9 @@ def _dates(cfg: ProjectConfig, cat: Catalogue, models: list[str], day: str | Non
     if day and (start or end):
         raise ConfigError("give either --date or --from/--to, not both")
     if day:
-        return [_parse_date(day, "--date")]  # type: ignore[list-item]
+        return [parse_date(day, "--date")]  # type: ignore[list-item]
     if start or end:
-        first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
+        first, last = parse_date(start, "--from"), parse_date(end, "--to")
         if not (first and last) or first > last:
             raise ConfigError("--from and --to need both, with --from <= --to")
         return date_range(first, last)
@@ -210,7 +209,7 @@ def _build_leased(cfg: ProjectConfig, select: list[str] | None, day: str | None,
         dates = dates[-1:]  # a rebuild for each day (which cost the square of the days)
     if (start or end) and not full_refresh:  # a range resumes: the days it already built stay
         dates = _not_built(cfg, cat, models, dates)
-    forced = _parse_date(day, "--date")
+    forced = parse_date(day, "--date")
     plan = _plan(cfg, cat, models, dates, forced=forced, full_refresh=full_refresh,
                  accept_changes=accept_changes, max_parallel=max_parallel)
     for line in plan.notes:
@@ -295,7 +294,7 @@ def plan(select: Select = None,
         dates = _dates(cfg, cat, models, day, start, end)
         wh = open_warehouse(cfg.warehouse_ref, memory_limit=cfg.memory_limit)
         changes = model_changes(cat, models, wh)
-        for line in _plan(cfg, cat, models, dates, forced=_parse_date(day, "--date"),
+        for line in _plan(cfg, cat, models, dates, forced=parse_date(day, "--date"),
                           mark=False).notes:
             console.print(escape(line))  # what a build runs first
         table = Table(title=f"project {cat.project}: {len(models)} model(s) x {len(dates)} "
@@ -458,7 +457,7 @@ def backfill(
 
     def go() -> int:
         cfg = _config(landing, warehouse, target)
-        first, last = _parse_date(start, "--from"), _parse_date(end, "--to")
+        first, last = parse_date(start, "--from"), parse_date(end, "--to")
         assert first and last
         cat = _catalogue(cfg)
         plan = make_plan(cat, cat.select(select), date_range(first, last))

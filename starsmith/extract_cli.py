@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from starsmith.errors import ConfigError, StarsmithError
 from starsmith.loaders.store import local_folder
-from starsmith.shell import config, console, exit_now, guard
+from starsmith.shell import config, console, exit_now, guard, parse_date
 
 if TYPE_CHECKING:
     from starsmith.config import ProjectConfig
@@ -23,22 +23,13 @@ if TYPE_CHECKING:
     from starsmith.loaders.extract.messages import ExtractResult
 
 
-def _day(value: str | None, flag: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError as err:
-        raise ConfigError(f"{flag} {value!r} is not a date", fix="Use YYYY-MM-DD") from err
-
-
 def due_days(day: str | None, start: str | None, end: str | None) -> list[date]:
     """The days a build extracts: its --date, its --from/--to range, else today."""
     from starsmith.orchestration.plan import date_range
 
     if day:
-        return [_day(day, "--date")]  # type: ignore[list-item]
-    first, last = _day(start, "--from"), _day(end, "--to")
+        return [parse_date(day, "--date")]  # type: ignore[list-item]
+    first, last = parse_date(start, "--from"), parse_date(end, "--to")
     if first and last and first <= last:
         return date_range(first, last)
     return [date.today()]
@@ -111,7 +102,7 @@ def extract(
         cfg = config()
         assert cfg.project is not None
         cat = load_catalogue(cfg.project)
-        when = _day(day, "--date") or date.today()
+        when = parse_date(day, "--date") or date.today()
         sources = extracting(cat, names=source or None)
         if not sources:
             raise ConfigError("the project has no source extracted from a database",

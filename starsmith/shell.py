@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from starsmith.config import ProjectConfig
-from starsmith.errors import StarsmithError
+from starsmith.errors import ConfigError, StarsmithError
 
 console = Console(stderr=False)
 _PROJECT: dict[str, Path | None] = {"path": None}
+
+
+def parse_date(value: str | None, flag: str) -> date | None:
+    """A date given on the command line (``--date``, ``--from``...), or a ConfigError naming
+    the flag."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as err:
+        raise ConfigError(f"{flag} {value!r} is not a date", fix="Use YYYY-MM-DD") from err
 
 
 def choose_project(path: Path | None) -> None:

@@ -24,22 +24,12 @@ from polars.testing import assert_frame_equal
 from starsmith.loaders import avro
 from starsmith.loaders.landed import MARKER, write_manifest
 from tests.test_projects import STARSMITH, cli_env, out
+from tests.user_projects import starsmith_toml
 
 FIRST = date(2024, 3, 1)
 DAYS = 3  # landed and built by the module's project; each case lands day 4 its own way
 
-STARSMITH_TOML = """\
-name = "payments"
-models = "models"
-landing = "landing"
-state = ".state"
-target = "dev"
-
-[targets.dev]
-type = "duckdb"
-path = ".state/warehouse.duckdb"
-memory_limit = "512MB"
-"""
+STARSMITH_TOML = starsmith_toml("payments", memory_limit="512MB")
 
 SOURCES_PY = '''\
 """The card processor's daily settlement export, in Avro."""

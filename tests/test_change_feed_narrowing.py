@@ -21,23 +21,12 @@ import polars as pl
 import pytest
 
 from starsmith.loaders.landed import write_manifest
+from tests.user_projects import STARSMITH, starsmith_toml
 
-CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "starsmith")
 FIRST = date(2024, 6, 1)
 DAYS = 6
 KEYS = 300
 
-TOML = """\
-name = "members"
-models = "models"
-landing = "landing"
-state = ".state"
-target = "dev"
-
-[targets.dev]
-type = "duckdb"
-path = ".state/warehouse.duckdb"
-"""
 
 MODELS = '''\
 """Members, as a change log."""
@@ -141,7 +130,7 @@ def feed(seed: int) -> list[pl.DataFrame]:
 
 def project(root: Path, days: list[pl.DataFrame], policy: str) -> Path:
     (root / "models").mkdir(parents=True)
-    (root / "starsmith.toml").write_text(TOML)
+    (root / "starsmith.toml").write_text(starsmith_toml("members"))
     (root / "models" / "members.py").write_text(MODELS.format(policy=policy))
     for n, frame in enumerate(days):
         folder = root / "landing" / "member_changes" / f"date={(FIRST + timedelta(n)).isoformat()}"
@@ -152,7 +141,7 @@ def project(root: Path, days: list[pl.DataFrame], policy: str) -> Path:
 
 
 def build(root: Path, *args: str) -> None:
-    done = subprocess.run([CLI, "build", "--in-process", *args], cwd=root, capture_output=True,
+    done = subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=root, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode in (0, 1), done.stdout + done.stderr
 

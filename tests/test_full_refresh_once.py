@@ -12,11 +12,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "starsmith")
+from tests.user_projects import STARSMITH
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], cwd=root, capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(STARSMITH), *args], cwd=root, capture_output=True, text=True, timeout=300)
 
 
 def tables(root: Path) -> dict[str, pl.DataFrame]:

@@ -20,23 +20,12 @@ import polars as pl
 import pytest
 
 from starsmith.loaders.landed import write_manifest
+from tests.user_projects import STARSMITH, starsmith_toml
 
-CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "starsmith")
 FIRST = date(2024, 5, 1)
 DAYS = 6
 KEYS = 400
 
-TOML = """\
-name = "accounts"
-models = "models"
-landing = "landing"
-state = ".state"
-target = "dev"
-
-[targets.dev]
-type = "duckdb"
-path = ".state/warehouse.duckdb"
-"""
 
 MODELS = '''\
 """Accounts, snapshotted whole every day."""
@@ -125,7 +114,7 @@ def snapshots(seed: int, *, twice: bool) -> list[pl.DataFrame]:
 
 def project(root: Path, frames: list[pl.DataFrame], *, policy: str, latest: bool) -> Path:
     (root / "models").mkdir(parents=True)
-    (root / "starsmith.toml").write_text(TOML)
+    (root / "starsmith.toml").write_text(starsmith_toml("accounts"))
     text = MODELS.format(policy=policy, duplicates="LATEST" if latest else "FAIL",
                          sequence='"seq"' if latest else "None",
                          seq_col=', "seq"' if latest else "")
@@ -151,7 +140,7 @@ def project(root: Path, frames: list[pl.DataFrame], *, policy: str, latest: bool
 
 
 def build(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, "build", "--in-process", *args], cwd=root, capture_output=True,
+    return subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=root, capture_output=True,
                           text=True, timeout=300)
 
 
