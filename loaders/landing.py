@@ -141,7 +141,7 @@ def landed_columns(source: Source, day: LandedDay) -> set[str] | None:
     return None
 
 
-def _complete_before(landing: Landing, source: Source, day: date) -> Iterator[LandedDay]:
+def complete_before(landing: Landing, source: Source, day: date) -> Iterator[LandedDay]:
     """The source's complete landings before ``day``, newest first; the day before is tried
     first, so a daily source does not list its folders."""
     first = first_marker_day(landing, source)
@@ -158,7 +158,7 @@ def _complete_before(landing: Landing, source: Source, day: date) -> Iterator[La
                 yield found
 
 
-def _earlier(source: Source, landings: Callable[[], Iterable[LandedDay]]) -> Earlier:
+def earlier_columns(source: Source, landings: Callable[[], Iterable[LandedDay]]) -> Earlier:
     """The columns of the latest of ``landings`` that holds data (an empty day says nothing)."""
     def columns() -> tuple[date, Collection[str]] | None:
         for found in landings():
@@ -257,14 +257,14 @@ def _scan_one(landing: Landing, source: Source, found: LandedDay, *, check: bool
     files = [f for f in found.files if f.stat().st_size > 0]  # an empty change-feed day: 0 bytes
     if not files:
         if check:
-            _check_rows(source, found, pl.LazyFrame(schema=schema))
+            check_rows(source, found, pl.LazyFrame(schema=schema))
         return pl.LazyFrame(schema=schema)
-    before = earlier or (lambda: _complete_before(landing, source, found.day))
+    before = earlier or (lambda: complete_before(landing, source, found.day))
     if source.format == "avro":  # each file's header checked, its rows cast to the contract
         lf = avro.scan(files, schema, lambda f: check_drift(
-            source, f.schema, str(f.path), earlier=_earlier(source, before)))
+            source, f.schema, str(f.path), earlier=earlier_columns(source, before)))
         if check:
-            _check_rows(source, found, lf)
+            check_rows(source, found, lf)
         return lf
     paths, options = scan_args(files)
     if source.format == "parquet":
@@ -281,27 +281,35 @@ def _scan_one(landing: Landing, source: Source, found: LandedDay, *, check: bool
     else:  # pragma: no cover - Source checks its format when it is declared
         raise DataError(f"unknown source format {source.format!r}", where=source.name)
     found_schema = lf.collect_schema()
-    check_drift(source, found_schema, str(folder), earlier=_earlier(source, before))
+    check_drift(source, found_schema, str(folder), earlier=earlier_columns(source, before))
     if check:
-        _check_rows(source, found, lf)
-    return lf.select(
-        (pl.col(c).str.to_datetime(time_unit="us")
-         if t == pl.Datetime("us") and found_schema.get(c) == pl.String()
-         else pl.col(c).cast(t)) if c in found_schema else pl.lit(None, dtype=t).alias(c)
-        for c, t in schema.items()
-    )
+        check_rows(source, found, lf)
+    return lf.select(to_contract(schema, found_schema))
 
 
-def _check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame) -> None:
+def to_contract(schema: pl.Schema, found: pl.Schema) -> list[pl.Expr]:
+    """The contract's columns from a landing of schema ``found``: cast, a text timestamp parsed,
+    a nullable column the landing lacks as NULLs (check_drift has allowed it)."""
+    return [(pl.col(c).str.to_datetime(time_unit="us")
+             if t == pl.Datetime("us") and found.get(c) == pl.String()
+             else pl.col(c).cast(t)) if c in found else pl.lit(None, dtype=t).alias(c)
+            for c, t in schema.items()]
+
+
+def check_rows(source: Source, day: LandedDay, lf: pl.LazyFrame,
+               counted: dict[str, int] | None = None) -> None:
     """A day with no rows is refused unless the source allows empty days; a manifest's row
-    counts must match what each file holds (a CSV cut at a line boundary parses fine)."""
+    counts must match what each file holds (a CSV cut at a line boundary parses fine).
+    ``counted``: the rows of each file by name, when the caller has read them already."""
     declared = manifest_rows(day)
-    if declared:
+    if counted is not None and not declared:
+        total = sum(counted.values())
+    elif declared:
         for path in day.files:
             want = declared.get(path.name)
             if want is None:
                 continue
-            got = _count(source, path)
+            got = counted.get(path.name, 0) if counted is not None else _count(source, path)
             if got != want:
                 raise DataError(f"{path.name} holds {got} rows, its manifest says {want}",
                                 where=str(path), fix="Land the export again, manifest last")

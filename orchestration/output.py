@@ -93,6 +93,8 @@ def run_transform(model: Model, inputs: Mapping[str, pl.LazyFrame], ctx: BuildCo
 def split_quarantine(frame: pl.DataFrame, model: Model) -> tuple[pl.DataFrame, pl.DataFrame]:
     if QUARANTINE_REASON not in frame.columns:
         return frame, pl.DataFrame({"reason": []}, schema={"reason": pl.String()})
+    if frame[QUARANTINE_REASON].null_count() == frame.height:  # most days: nothing to hold
+        return frame.drop(QUARANTINE_REASON), frame.clear().rename({QUARANTINE_REASON: "reason"})
     bad = frame.filter(pl.col(QUARANTINE_REASON).is_not_null())
     good = frame.filter(pl.col(QUARANTINE_REASON).is_null()).drop(QUARANTINE_REASON)
     return good, bad.rename({QUARANTINE_REASON: "reason"})

@@ -16,10 +16,15 @@ join of the snapshot's keys and compared columns with the current versions:
 - the keys the snapshot lacks are read too (their current versions close), and the count of the
   dimension's own live keys is what the snapshot guard measures closes against.
 
-The comparison runs in the engine on the columns themselves (``IS DISTINCT FROM``), not on a
-stored hash: nothing has to stay stable across library upgrades, and a hash collision cannot
-hide a change. Only the changed keys' versions are then read into memory, so the builder's cost
-grows with the day's changes, not with the dimension.
+The comparison runs in the engine. On DuckDB each side is first reduced to (key, one 64-bit
+hash of the compared columns), both hashed by the same function in the same query, so nothing
+stored has to stay stable across upgrades: joining two integer columns is ~5x cheaper than
+joining 8 text columns (10M rows: 1.5 s against 7.6 s). A hash that differs is a change for
+certain; equal hashes with different values (odds about 2^-64 per changed record) would keep the
+old version for that day. Values equal but hashed apart (a type the cast cannot align) only send
+a record to the builder, which compares the values themselves. Other engines compare the columns
+(``IS DISTINCT FROM``). Only the changed keys' versions are then read into memory, so the
+builder's cost grows with the day's changes, not with the dimension.
 """
 
 from __future__ import annotations
@@ -51,6 +56,20 @@ def _on(nk: list[str], left: str, right: str) -> str:
     return " AND ".join(f"{left}.{_q(c)} = {right}.{_q(c)}" for c in nk)
 
 
+def _hash(values: list[str]) -> str:
+    """DuckDB's hash of a row's compared values (a constant when there are none)."""
+    return f"hash({', '.join(values)})" if values else "0::UBIGINT"
+
+
+def _types(wh: Warehouse, table: str, columns: list[str]) -> dict[str, str]:
+    """The stored columns' types: the snapshot's values are cast to them before hashing, so an
+    Int32 or a String sent for a BIGINT or an ENUM column hashes as the stored value does."""
+    found = wh.query("SELECT column_name AS c, data_type AS t FROM information_schema.columns"
+                     " WHERE table_schema = 'main' AND table_name = ?", [table])
+    types = dict(zip(found["c"].to_list(), found["t"].to_list(), strict=True))
+    return {c: types[c] for c in columns}
+
+
 def compared_columns(spec: DimensionSpec) -> list[str]:
     """The attributes whose change makes a new version or updates one: types 2 and 1."""
     return [*spec.of_type(SCDType.VERSIONED), *spec.of_type(SCDType.OVERWRITE)]
@@ -70,18 +89,34 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
     side = batch.select(*nk, *compared, *extra).with_row_index("_row").with_columns(
         pl.col("_row").cast(pl.Int64))
     alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"
-    differs = ["c._inferred", *(f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared)]
+    hashed = wh.dialect == "duckdb"
+    differs = ["c._inferred", *(["b._h <> c._h"] if hashed else
+                               (f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared))]
     if spec.updated_at and spec.updated_at in extra:
         differs.append(f"b.{_q(spec.updated_at)} IS NULL")
     if spec.deleted_flag:
         differs.append(f"coalesce(CAST(b.{_q(spec.deleted_flag)} AS BOOLEAN), FALSE)")
-    cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])
-    current = (f"SELECT {cols}, c.is_inferred AS _inferred FROM main.{_q(table)} c"
+    if hashed:  # each side reduced to its key and one hash before the join
+        types = _types(wh, table, compared)
+        cast = {a: f"TRY_CAST(b.{_q(a)} AS {types[a]})" for a in compared}
+        # a value the stored type cannot hold hashes as NULL: such a record goes on as changed
+        lost = " OR ".join(f"({cast[a]} IS NULL AND b.{_q(a)} IS NOT NULL)" for a in compared)
+        b_cols = ", ".join([*(f"b.{_q(c)}" for c in ["_row", *nk, *extra]),
+                            _hash(list(cast.values())) + " AS _h",
+                            f"coalesce({lost or 'FALSE'}, FALSE) AS _lost"])
+        b_side = f"(SELECT {b_cols} FROM _b b)"
+        differs.append("b._lost")
+        c_cols = ", ".join([*(f"c.{_q(c)}" for c in nk),
+                            _hash([f"c.{_q(a)}" for a in compared]) + " AS _h"])
+    else:
+        b_side = "_b"
+        c_cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])
+    current = (f"SELECT {c_cols}, c.is_inferred AS _inferred FROM main.{_q(table)} c"
                f" WHERE c.is_current AND {alive} AND c.{_q(sk)} >= 0")
     first = _q(nk[0])
     keys = ", ".join(f"CASE WHEN b._row IS NULL THEN c.{_q(c)} END AS {_q(c)}" for c in nk)
     found = wh.query(
-        f"SELECT b._row, {keys} FROM _b b FULL JOIN ({current}) c ON {_on(nk, 'b', 'c')}"
+        f"SELECT b._row, {keys} FROM {b_side} b FULL JOIN ({current}) c ON {_on(nk, 'b', 'c')}"
         f" WHERE b._row IS NULL OR c.{first} IS NULL OR " + " OR ".join(differs), _b=side)
     # Every record of a key sent twice goes on: the builder judges duplicates as a whole.
     # (Counting distinct keys first is ~3x cheaper than marking duplicates, and most days

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 from sqlglot import exp
 
-from starsmith.contract import BuildContext, Model, Strategy, Window
+from starsmith.contract import Model, Strategy, Window
 from starsmith.errors import DataError, StarsmithError
 from starsmith.loaders import sql
 from starsmith.loaders.connect import open_warehouse
@@ -33,9 +33,10 @@ from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
 from starsmith.orchestration.fact_step import build_fact
 from starsmith.orchestration.failures import typed as _typed
-from starsmith.orchestration.inputs import day_inputs, input_days
+from starsmith.orchestration.inputs import input_days
+from starsmith.orchestration.many_days import transformed
 from starsmith.orchestration.messages import WARNINGS, StepRequest, StepResult
-from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
+from starsmith.orchestration.output import StepOutput
 from starsmith.orchestration.scd_step import build_scd
 from starsmith.quality.contract import audit_staged
 from starsmith.quality.gate import judge, refuse
@@ -270,13 +271,10 @@ def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: d
                          accept_changes=req.accept_changes)
     days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)
     parts, bad, read = [], [], 0
-    for d in days or [day]:
-        inputs, n = day_inputs(model, cat, wh, landing, d)
+    for good, rejected, n in transformed(model, cat, wh, landing, days or [day], req.run_id):
         read += n
-        good, rejected = split_quarantine(
-            run_transform(model, inputs, BuildContext(d, req.run_id)), model)
-        parts.append(conform(good, model))
-        bad.append(rejected.with_columns(logical_date=pl.lit(d)))
+        parts.append(good)
+        bad.append(rejected)
     rows = pl.concat(parts)
     quarantine = pl.concat(bad, how="diagonal_relaxed")
     cols = model.schema.names()

@@ -205,7 +205,12 @@ class DuckDBWarehouse(SqlReads):
         """Open the file, waiting for another process's lock a while, and close it after."""
         config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": self.memory_limit,
                                         "temp_directory": str(self.temp_dir),
-                                        "max_vacuum_tasks": 0}
+                                        "max_vacuum_tasks": 0,
+                                        # query results as Arrow string views: Polars takes
+                                        # them without rewriting every string (10M rows x 8
+                                        # texts: 0.04 s against 0.5 s, and one copy in memory)
+                                        "produce_arrow_string_view": True,
+                                        "arrow_output_version": "1.5"}
         if self.threads:
             config["threads"] = self.threads
         for attempt in range(attempts):

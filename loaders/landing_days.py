@@ -1,0 +1,131 @@
+"""Many days of a source read in one pass: a full refresh of years of daily landings.
+
+Day by day, each landing costs a lookup of its folder, a footer read for its schema, a count of
+its rows and a scan of its own: for 2,409 days of order lines that was ~4 s of overhead around
+0.6 s of reading. Here the folders are listed once, each landing's footer read once, and every
+file of the days that share a schema is scanned in one pass with its path, then split back into
+days. Each check of the day-by-day read (:func:`starsmith.loaders.landing.scan_source`) still
+runs for each landing: its manifest's checksums and row counts, schema drift against the
+contract (and against the landing before it), an empty day refused. Only the reading is shared;
+the transform still runs day by day, with each day's context.
+
+Parquet in a local folder only: anything else (CSV, NDJSON, Avro, an object store), a day that
+is missing or incomplete, or files whose schemas a single scan cannot take, is read day by day,
+which names the problem precisely.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from starsmith.contract import Source
+from starsmith.loaders.landed import LandedDay, landed, verify
+from starsmith.loaders.landing import (
+    check_drift,
+    check_rows,
+    complete_before,
+    earlier_columns,
+    to_contract,
+)
+from starsmith.loaders.store import Landing
+from starsmith.log import get_logger
+
+log = get_logger(__name__)
+_PATH = "__starsmith_file"
+
+
+def landing_of_each(source: Source, days: Sequence[date], complete: Sequence[date]
+                    ) -> dict[date, date] | None:
+    """The landing each day reads (a daily source: its own; reference data: the latest landed on
+    or before it), or None when a day has none (the day-by-day read says why)."""
+    done = sorted(complete)
+    chosen: dict[date, date] = {}
+    if source.cadence.daily:
+        have = set(done)
+        for d in days:
+            if d not in have:
+                return None
+            chosen[d] = d
+        return chosen
+    for d in days:
+        earlier = [x for x in done if x <= d]
+        if not earlier:
+            return None
+        chosen[d] = earlier[-1]
+    return chosen
+
+
+def listing(landing: Landing, source: Source) -> dict[date, LandedDay] | None:
+    """The source's landings, listed once for every chunk of days :func:`read_days` reads;
+    None when its days must be read one by one (see the module's docstring)."""
+    if source.format != "parquet" or not isinstance(landing, Path):
+        return None
+    return {d.day: d for d in landed(landing, source)}
+
+
+def read_days(landing: Landing, source: Source, days: Sequence[date],
+              listed: dict[date, LandedDay] | None) -> dict[date, pl.DataFrame] | None:
+    """Each day's rows as the day-by-day read gives them (cast to the contract), read in one pass
+    from the landings ``listed``; None when they must be read day by day."""
+    if listed is None or not days:
+        return None
+    chosen = landing_of_each(source, days, [d for d, x in listed.items() if x.complete])
+    if chosen is None:
+        return None
+    wanted = [listed[d] for d in sorted(set(chosen.values()))]
+    try:
+        frames = _read_landings(landing, source, wanted)
+    except pl.exceptions.PolarsError as err:  # e.g. files of one day with different schemas
+        log.debug("%s: read day by day (%s)", source.name, str(err).splitlines()[0])
+        return None
+    return {d: frames[chosen[d]] for d in days}
+
+
+def _read_landings(landing: Landing, source: Source, wanted: list[LandedDay]
+                   ) -> dict[date, pl.DataFrame]:
+    """Every landing's rows, checked as ``_scan_one`` checks them, files scanned by schema."""
+    schema = source.schema
+    groups: dict[tuple[tuple[str, str], ...], list[Path]] = {}
+    shapes: dict[tuple[tuple[str, str], ...], pl.Schema] = {}
+    files_of: dict[date, list[Path]] = {}
+    declared = set(schema.names())
+    for found in wanted:
+        verify(found)
+        files = [Path(str(f)) for f in found.files if f.stat().st_size > 0]
+        files_of[found.day] = files
+        if not files:
+            continue
+        shape = pl.read_parquet_schema(files[0])  # what a scan of the day's files would take
+        key = tuple((c, str(t)) for c, t in shape.items())
+        # A shape seen before passes again; a day lacking a declared column is checked on its
+        # own (a snapshot's verdict then depends on the landing before it, and it is warned of)
+        if key not in shapes or declared - set(shape):
+            shapes[key] = pl.Schema(shape)
+            check_drift(source, shapes[key], str(found.folder), earlier=earlier_columns(
+                source, functools.partial(complete_before, landing, source, found.day)))
+        groups.setdefault(key, []).extend(files)
+    pieces: dict[str, pl.DataFrame] = {}
+    for key, paths in groups.items():
+        rows = pl.scan_parquet([str(p) for p in paths], include_file_paths=_PATH).select(
+            *to_contract(schema, shapes[key]), pl.col(_PATH)).collect()
+        # each file's rows come in one run, in the order scanned: sliced, not hashed apart
+        offset = 0
+        for n, path in rows.select(pl.col(_PATH).rle()).unnest(_PATH).iter_rows():
+            if path in pieces:
+                raise pl.exceptions.ComputeError(f"{path} read in two runs")
+            pieces[path] = rows.slice(offset, n).drop(_PATH)
+            offset += n
+    empty = pl.DataFrame(schema=schema)
+    out: dict[date, pl.DataFrame] = {}
+    for found in wanted:
+        parts = [pieces.get(str(f), empty) for f in files_of[found.day]]
+        frame = pl.concat(parts) if len(parts) > 1 else (parts[0] if parts else empty)
+        check_rows(source, found, frame.lazy(), counted={
+            f.name: pieces[str(f)].height if str(f) in pieces else 0 for f in found.files})
+        out[found.day] = frame
+    return out
