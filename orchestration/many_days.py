@@ -50,8 +50,11 @@ def transformed(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, d
                        n)
             continue
         good, rejected = split_quarantine(whole, model)
-        yield (conform(good.drop(_DAY), model),
-               rejected.drop("logical_date", strict=False).rename({_DAY: "logical_date"}), read)
+        if _DAY in rejected.columns:  # the days of the rows held back
+            rejected = rejected.drop("logical_date", strict=False).rename({_DAY: "logical_date"})
+        else:  # a model that quarantines nothing
+            rejected = rejected.with_columns(logical_date=pl.lit(None, dtype=pl.Date()))
+        yield conform(good.drop(_DAY), model), rejected, read
 
 
 def _split(model: Model, out: pl.DataFrame, day: date) -> tuple[pl.DataFrame, pl.DataFrame]:

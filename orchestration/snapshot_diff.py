@@ -70,6 +70,13 @@ def _types(wh: Warehouse, table: str, columns: list[str]) -> dict[str, str]:
     return {c: types[c] for c in columns}
 
 
+def _sent_types(wh: Warehouse, side: pl.DataFrame) -> dict[str, str]:
+    """The snapshot's columns as the engine types them (read from no rows)."""
+    found = wh.query("SELECT column_name AS c, column_type AS t FROM (DESCRIBE SELECT * FROM _s)",
+                     _s=side.clear())
+    return dict(zip(found["c"].to_list(), found["t"].to_list(), strict=True))
+
+
 def compared_columns(spec: DimensionSpec) -> list[str]:
     """The attributes whose change makes a new version or updates one: types 2 and 1."""
     return [*spec.of_type(SCDType.VERSIONED), *spec.of_type(SCDType.OVERWRITE)]
@@ -98,9 +105,13 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
         differs.append(f"coalesce(CAST(b.{_q(spec.deleted_flag)} AS BOOLEAN), FALSE)")
     if hashed:  # each side reduced to its key and one hash before the join
         types = _types(wh, table, compared)
-        cast = {a: f"TRY_CAST(b.{_q(a)} AS {types[a]})" for a in compared}
-        # a value the stored type cannot hold hashes as NULL: such a record goes on as changed
-        lost = " OR ".join(f"({cast[a]} IS NULL AND b.{_q(a)} IS NOT NULL)" for a in compared)
+        sent = _sent_types(wh, side)
+        moved = [a for a in compared if sent[a] != types[a]]
+        cast = {a: f"TRY_CAST(b.{_q(a)} AS {types[a]})" if a in moved else f"b.{_q(a)}"
+                for a in compared}
+        # A value the stored type cannot hold as sent (NULL, or rounded: 1.2301 into
+        # DECIMAL(12,2)) is not what the hash compares: such a record goes on as changed.
+        lost = " OR ".join(f"({cast[a]} IS DISTINCT FROM b.{_q(a)})" for a in moved)
         b_cols = ", ".join([*(f"b.{_q(c)}" for c in ["_row", *nk, *extra]),
                             _hash(list(cast.values())) + " AS _h",
                             f"coalesce({lost or 'FALSE'}, FALSE) AS _lost"])
