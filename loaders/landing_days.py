@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from starsmith.contract import Source
+from starsmith.errors import DataError
 from starsmith.loaders.landed import LandedDay, landed, verify
 from starsmith.loaders.landing import (
     check_drift,
@@ -80,7 +81,9 @@ def read_days(landing: Landing, source: Source, days: Sequence[date],
     wanted = [listed[d] for d in sorted(set(chosen.values()))]
     try:
         frames = _read_landings(landing, source, wanted)
-    except pl.exceptions.PolarsError as err:  # e.g. files of one day with different schemas
+    except (pl.exceptions.PolarsError, DataError) as err:
+        # files of one day with different schemas; or a bad landing, which the day-by-day read
+        # names as a nightly build does: the first bad day, whatever is wrong with a later one
         log.debug("%s: read day by day (%s)", source.name, str(err).splitlines()[0])
         return None
     return {d: frames[chosen[d]] for d in days}

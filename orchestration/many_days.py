@@ -43,18 +43,19 @@ def transformed(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, d
             outs = pl.collect_all([model.transform(frames, BuildContext(d, run_id))
                                    .with_columns(pl.lit(d, dtype=pl.Date()).alias(_DAY))
                                    for d, frames, _ in chunk])
-            whole = pl.concat(outs)
-        except Exception:  # day by day, for the error a nightly build would give
+            good, rejected = split_quarantine(pl.concat(outs), model)
+            good = conform(good.drop(_DAY), model)
+        except Exception:  # day by day, for the error a nightly build would give (a value
+            # that does not fit is counted in its day, not across the chunk)
             for d, frames, n in chunk:
                 yield (*_split(model, run_transform(model, frames, BuildContext(d, run_id)), d),
                        n)
             continue
-        good, rejected = split_quarantine(whole, model)
         if _DAY in rejected.columns:  # the days of the rows held back
             rejected = rejected.drop("logical_date", strict=False).rename({_DAY: "logical_date"})
         else:  # a model that quarantines nothing
             rejected = rejected.with_columns(logical_date=pl.lit(None, dtype=pl.Date()))
-        yield conform(good.drop(_DAY), model), rejected, read
+        yield good, rejected, read
 
 
 def _split(model: Model, out: pl.DataFrame, day: date) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -140,10 +140,11 @@ def project(root: Path, days: list[pl.DataFrame], policy: str) -> Path:
     return root
 
 
-def build(root: Path, *args: str) -> None:
+def build(root: Path, *args: str) -> int:
     done = subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=root, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode in (0, 1), done.stdout + done.stderr
+    return done.returncode
 
 
 def dimension(root: Path) -> pl.DataFrame:
@@ -173,7 +174,8 @@ def test_nightly_change_feed_equals_a_full_refresh(tmp_path: Path, policy: str) 
     build(nightly, "--date", (FIRST + timedelta(DAYS - 1)).isoformat())
     refreshed = tmp_path / "refreshed"
     shutil.copytree(nightly, refreshed)
-    build(refreshed, "--full-refresh", "--date", (FIRST + timedelta(DAYS - 1)).isoformat())
+    # it must succeed: a failed refresh would leave the copy's tables equal by construction
+    assert build(refreshed, "--full-refresh", "--date", (FIRST + timedelta(DAYS - 1)).isoformat()) == 0
 
     got, want = dimension(nightly), dimension(refreshed)
     assert got.height > KEYS + 100  # the days made many versions
