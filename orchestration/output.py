@@ -43,11 +43,11 @@ def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:
                          where=f"model {model.name}",
                          fix="Produce every declared column, or remove it from the spec")
     for name, declared in model.schema.items():
-        _refuse_lossy(frame[name], declared, model)
+        refuse_lossy(frame[name], declared, model)
     return frame.select(pl.col(c).cast(t) for c, t in model.schema.items())
 
 
-def _refuse_lossy(col: pl.Series, declared: pl.DataType, model: Model) -> None:
+def refuse_lossy(col: pl.Series, declared: pl.DataType, model: Model) -> None:
     if col.dtype == declared:
         return
     where = f"model {model.name}, column {col.name!r}"

@@ -26,7 +26,7 @@ from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
 from starsmith.orchestration.late import place_late
-from starsmith.orchestration.output import StepOutput, run_transform
+from starsmith.orchestration.output import StepOutput, refuse_lossy, run_transform
 from starsmith.orchestration.plan import run_id_for
 from starsmith.orchestration.snapshot_diff import snapshot_diff
 from starsmith.registry import Catalogue
@@ -150,6 +150,8 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
         # A replay dates each day's rows with that day's run, as the nightly build did.
         day_run = run_id_for(d) if full_refresh else run_id
         batch = run_transform(model, inputs, BuildContext(d, day_run))
+        for name in (c for c in batch.columns if c in schema):  # refused as a publish would
+            refuse_lossy(batch[name], schema[name], model)  # (a replay's concat would round)
         if dim is None:
             live = None
             if spec.snapshot and wh.exists(model.name):  # only what can change goes on

@@ -288,16 +288,22 @@ def test_a_repeated_snapshot_is_all_unchanged(tmp_path: Path, flip: bool) -> Non
 
 
 def test_a_value_the_table_cannot_hold_is_not_dropped(tmp_path: Path) -> None:
-    """A price beyond DECIMAL(12,2) casts to NULL, as the stored NULL: the record is still sent
-    on (flagged lost), so the night fails on it instead of dropping it as unchanged."""
+    """A price beyond DECIMAL(12,2) would cast to NULL, as the stored NULL, and hash alike: the
+    night must fail naming the column instead of dropping the record as unchanged, and a full
+    refresh must refuse it the same way (its in-memory replay would have published NULL)."""
     day = snapshots(3)[0].head(2).with_columns(price=pl.lit(None, pl.Decimal(16, 4)))
     huge = day.with_columns(price=pl.when(pl.col("item_id") == day["item_id"][0])
                             .then(pl.lit(Decimal("100000000000.0000"), pl.Decimal(16, 4))))
     root = project(tmp_path / "p", [day, huge])
     done = build(root, "--date", FIRST.isoformat())
     assert done.returncode == 0, done.stdout + done.stderr
+    before = rows(root, "dim_item")
     done = build(root, "--date", (FIRST + timedelta(1)).isoformat())
     assert done.returncode != 0, done.stdout + done.stderr
-    status, found, message = run_log(root)[1]
+    status, _, message = run_log(root)[1]
     assert status == "failed" and "price" in message, message  # refused, naming the column
-    assert json.loads(found)["unchanged"] == 1, found  # the other key, really unchanged
+    assert rows(root, "dim_item") == before  # nothing published
+    refreshed = build(root, "--full-refresh", "--date", (FIRST + timedelta(1)).isoformat())
+    assert refreshed.returncode != 0, refreshed.stdout + refreshed.stderr
+    assert run_log(root)[-1][2] == message
+    assert rows(root, "dim_item") == before
