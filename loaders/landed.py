@@ -15,6 +15,11 @@ and a day dated beyond the source's tolerance after today is refused, not built.
 
 The landing zone is a local folder or an object store prefix (``s3://``, ``gs://``): the same
 rules hold in both, read through the part of :class:`Path` that ``loaders/store.py`` provides.
+
+A build asks about the same days many times (its plan, each publish of a full refresh, each
+read): a local source's list of day folders, and each complete day's verdict, are remembered
+with the state of what they were read from, and reused only while that state is unchanged
+(:func:`inspect_day`); a changed day is inspected again, so a day re-landed is noticed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -69,16 +75,7 @@ def day_folders(landing: Landing, source: Source, *, today: date | None = None
         return {}
     limit = (today or date.today()) + timedelta(days=source.future_days)
     days: dict[date, Landing] = {}
-    for folder in root.iterdir():
-        if not folder.is_dir() or folder.name.startswith((".", "_")):
-            continue
-        match = DAY_FOLDER.fullmatch(folder.name)
-        day = None
-        if match:
-            try:
-                day = date.fromisoformat(match.group(1))
-            except ValueError:
-                day = None
+    for day, folder in _named_folders(root):
         if day is None:
             _report_once(str(folder), "skipped %s: a day's folder is named date=YYYY-MM-DD "
                          "(rename it to build it)", folder)
@@ -89,7 +86,53 @@ def day_folders(landing: Landing, source: Source, *, today: date | None = None
                          source.future_days)
             continue
         days[day] = folder
-    return dict(sorted(days.items()))
+    return days
+
+
+def _named_folders(root: Landing) -> list[tuple[date | None, Landing]]:
+    """The source's folders that are not hidden, each with the day it is named for (None: not
+    named ``date=YYYY-MM-DD``), oldest first. A local one's are remembered while the source's
+    folder is unchanged (a day folder added, removed or renamed changes its times, see
+    :func:`_stamp`), so that asking again costs one stat, not a scan of thousands."""
+    if not isinstance(root, Path):
+        return _named(_subfolders(root))
+    key = (str(root),)
+    seen = _FOLDERS.get(key[0])
+    if seen is not None and _stamp(key) == seen[0]:
+        return seen[1]
+    started = time.time_ns()
+    found = _named(_subfolders(root))
+    stamp = _stamp(key)
+    if _settled(stamp, started):
+        if len(_FOLDERS) >= _SEEN_MAX:
+            _FOLDERS.clear()
+        _FOLDERS[key[0]] = (stamp, found)
+    return found
+
+
+def _named(folders: list[Landing]) -> list[tuple[date | None, Landing]]:
+    found: list[tuple[date | None, Landing]] = []
+    for folder in folders:
+        if folder.name.startswith((".", "_")):
+            continue
+        match = DAY_FOLDER.fullmatch(folder.name)
+        day = None
+        if match:
+            try:
+                day = date.fromisoformat(match.group(1))
+            except ValueError:
+                day = None
+        found.append((day, folder))
+    return sorted(found, key=lambda f: (f[0] or date.min, str(f[1])))
+
+
+def _subfolders(root: Landing) -> list[Landing]:
+    """The folders in ``root``; a local one's from one scan of its entries (their types come
+    with the names: no stat per day folder)."""
+    if isinstance(root, Path):
+        with os.scandir(root) as entries:
+            return [root / e.name for e in entries if e.is_dir()]
+    return [f for f in root.iterdir() if f.is_dir()]
 
 
 def _manifest(folder: Landing) -> dict[str, Any] | None:
@@ -137,18 +180,20 @@ def first_marker_day(landing: Landing, source: Source) -> date | None:
 
 @functools.lru_cache(maxsize=256)
 def _first_marker_day(root: str, _mtime: int, _bucket: int) -> date | None:
-    days: list[tuple[date, Landing]] = []
-    for folder in landing_root(root).iterdir():
-        match = DAY_FOLDER.fullmatch(folder.name)
-        if match:
-            try:
-                days.append((date.fromisoformat(match.group(1)), folder))
-            except ValueError:
-                continue
-    for day, folder in sorted(days, key=lambda d: d[0]):
-        if (folder / MARKER).exists() or (folder / MANIFEST).exists():
+    for day, folder in _named_folders(landing_root(root)):
+        if day is not None and _marked(folder):
             return day
     return None
+
+
+def _marked(folder: Landing) -> bool:
+    """Has the day folder a ``_SUCCESS`` or a manifest? (A local one's asked of the OS by name,
+    without a path object each: thousands of days are asked about.)"""
+    if isinstance(folder, Path):
+        where = str(folder)
+        return os.path.exists(os.path.join(where, MARKER)) or os.path.exists(
+            os.path.join(where, MANIFEST))
+    return (folder / MARKER).exists() or (folder / MANIFEST).exists()
 
 
 def marker_rules(first: date | None, day: date) -> bool:
@@ -173,7 +218,83 @@ class LandedDay:
 def inspect_day(source: Source, day: date, folder: Landing, *, markers: bool) -> LandedDay:
     """Is the day complete, by the source's convention? Cheap: names and sizes only (checksums
     and row counts are checked when the day is read, see :func:`verify`). ``markers``: under
-    ``Completion.AUTO``, does this day need a marker (see :func:`marker_rules`)?"""
+    ``Completion.AUTO``, does this day need a marker (see :func:`marker_rules`)?
+
+    A local day found complete is remembered with the state of what its verdict read (see
+    :func:`_remember`): a build asks about the same thousands of days several times (its plan,
+    each publish of a full refresh, each read), and a day whose folder and files are as they
+    were then is the same day; any other is inspected again."""
+    if not isinstance(folder, Path):  # an object store folder lists itself once per lookup
+        return _inspect(source, day, folder, markers=markers)
+    key = (str(folder), day, source.format, source.completion, markers)
+    seen = _SEEN.get(key)
+    if seen is not None and _stamp(seen.paths) == seen.stamp:
+        return seen.day
+    started = time.time_ns()
+    found = _inspect(source, day, folder, markers=markers)
+    if found.complete:
+        _remember(key, found, started)
+    return found
+
+
+RACY_SECONDS = 2  # a change this recent may share its time stamp with a later one
+_SEEN_MAX = 50_000  # days remembered (~1 KiB each; a worker serving many sources), then cleared
+_Stamp = tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Seen:
+    paths: tuple[str, ...]  # the day's folder, its files and its manifest (if it has one)
+    stamp: _Stamp
+    day: LandedDay
+
+
+_SEEN: dict[tuple[str, date, str, Completion, bool], _Seen] = {}
+_FOLDERS: dict[str, tuple[_Stamp, list[tuple[date | None, Landing]]]] = {}  # by source folder
+
+
+def _stamp(paths: tuple[str, ...]) -> _Stamp:
+    """Each path's device, inode, size, mtime and ctime (``()`` if it is gone). A file added to,
+    renamed in or removed from the folder changes the folder's times; a file written in place
+    changes its own; a copy that keeps a file's mtime (``cp -p``, rsync) still changes its
+    ctime, which nothing can set back."""
+    found: list[tuple[int, ...]] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append(())
+            continue
+        found.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(found)
+
+
+def _remember(key: tuple[str, date, str, Completion, bool], day: LandedDay,
+              started: int) -> None:
+    """Remember a complete day with the state of its folder, its files and its manifest (a
+    manifest or marker added or removed later changes the folder's times)."""
+    paths = (str(day.folder), *(str(p) for p in day.files))
+    if (day.folder / MANIFEST).is_file():
+        paths += (str(day.folder / MANIFEST),)
+    stamp = _stamp(paths)
+    if not _settled(stamp, started):
+        return
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    _SEEN[key] = _Seen(paths, stamp, day)
+
+
+def _settled(stamp: _Stamp, started: int) -> bool:
+    """Did everything stamped exist, and last change at least :data:`RACY_SECONDS` before the
+    look at it ``started``? Else what was seen is not remembered: a change made after the look
+    could get the same time stamp (a file system's clock ticks in milliseconds) and go
+    unnoticed. A day landed a while ago is remembered; a fresh one is looked at again."""
+    recent = started - RACY_SECONDS * 1_000_000_000
+    return all(s and max(s[3], s[4]) < recent for s in stamp)
+
+
+def _inspect(source: Source, day: date, folder: Landing, *, markers: bool) -> LandedDay:
+    """:func:`inspect_day`, from the folder as it is now."""
     files = tuple(data_files(folder, source))
     mode = source.completion
     if mode is Completion.AUTO:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from starsmith.contract import Window
-from starsmith.loaders.landed import incomplete, landed_dates
+from starsmith.loaders.landed import LandedDay, landed
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan, PlannedModel
@@ -63,27 +63,43 @@ class Readiness:
         return explain(self.held, limit)
 
 
-def readiness(cat: Catalogue, models: list[str], landing: Landing) -> Readiness:
+Listing = dict[str, list[LandedDay]]  # source -> every day folder, complete or not
+
+
+def list_sources(cat: Catalogue, models: list[str], landing: Landing) -> Listing:
+    """Every source the models need, listed once: what :func:`readiness` judges. A caller with
+    several questions about one landing (the whole catalogue's ready days, then one model's)
+    passes the same listing to each, so that they agree and the days are not listed again."""
+    daily, other = needed_sources(cat, models)
+    return {s: landed(landing, cat.sources[s]) for s in sorted(daily | other)}
+
+
+def readiness(cat: Catalogue, models: list[str], landing: Landing,
+              listing: Listing | None = None) -> Readiness:
     """Days on which every daily source the models need has landed, and every reference source
     has landed on or before. A day that is not ready holds back every later day too, naming the
-    source: SCD history is built in order, so a gap is waited for, never skipped."""
+    source: SCD history is built in order, so a gap is waited for, never skipped. ``listing``:
+    the sources as :func:`list_sources` found them (listed now when not given)."""
     daily, other = needed_sources(cat, models)
-    landed = {s: landed_dates(landing, cat.sources[s]) for s in daily | other}
-    partial = {s: incomplete(landing, cat.sources[s]) for s in daily}
-    seen = set().union(*(landed[s] for s in daily), *(partial[s] for s in daily)) if daily \
-        else set().union(*(landed[s] for s in other)) if other else set()
+    if listing is None or not (daily | other) <= listing.keys():
+        listing = list_sources(cat, models, landing)
+    complete = {s: [d.day for d in listing[s] if d.complete] for s in daily | other}
+    partial = {s: {d.day: d.problem for d in listing[s] if not d.complete} for s in daily}
+    seen = set().union(*(complete[s] for s in daily), *(partial[s] for s in daily)) if daily \
+        else set().union(*(complete[s] for s in other)) if other else set()
     # Every day from the first landing to the last: a day no daily source landed is a gap
     candidates = date_range(min(seen), max(seen)) if seen else []
     ready: list[date] = []
     held: dict[date, str] = {}
     blocker = ""
+    landed_on = {s: set(complete[s]) for s in daily}
     for day in candidates:
         missing = [f"source {cat.sources[s].name!r}'s extract is not complete: {partial[s][day]}"
                    if day in partial[s] else f"source {cat.sources[s].name!r} "
                    f"({cat.sources[s].cadence.value}) has not landed that day"
-                   for s in sorted(daily) if day not in landed[s]]
+                   for s in sorted(daily) if day not in landed_on[s]]
         missing += [f"reference source {cat.sources[s].name!r} has not landed on or before it"
-                    for s in sorted(other) if not landed[s] or landed[s][0] > day]
+                    for s in sorted(other) if not complete[s] or complete[s][0] > day]
         if blocker:
             held[day] = blocker
         elif missing:
@@ -94,9 +110,10 @@ def readiness(cat: Catalogue, models: list[str], landing: Landing) -> Readiness:
     return Readiness(ready, held)
 
 
-def landed_days(cat: Catalogue, models: list[str], landing: Landing) -> list[date]:
+def landed_days(cat: Catalogue, models: list[str], landing: Landing,
+                listing: Listing | None = None) -> list[date]:
     """Days that can be built: see :func:`readiness`."""
-    return readiness(cat, models, landing).ready
+    return readiness(cat, models, landing, listing).ready
 
 
 @dataclass(frozen=True)

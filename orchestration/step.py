@@ -155,12 +155,15 @@ def _built_days(model: Model, cat: Catalogue, req: StepRequest, day: date,
     would run every day since again, to replay what the refresh already holds."""
     if not req.full_refresh:
         return read
-    from starsmith.orchestration.plan import landed_days
+    from starsmith.orchestration.plan import landed_days, list_sources
 
     root = landing_root(req.landing)
     # The days a build of the whole catalogue is ready on (what a restatement checks against),
-    # and those of the model's own sources (a model may be ready where others wait)
-    ready = {*landed_days(cat, list(cat.order), root), *landed_days(cat, [model.name], root)}
+    # and those of the model's own sources (a model may be ready where others wait): both
+    # judged from one listing of the sources (the catalogue's include the model's)
+    listing = list_sources(cat, list(cat.order), root)
+    ready = {*landed_days(cat, list(cat.order), root, listing),
+             *landed_days(cat, [model.name], root, listing)}
     return sorted({*read, *(d for d in ready if d <= day), day})
 
 

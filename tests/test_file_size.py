@@ -215,3 +215,50 @@ def test_the_workflow_ends_with_the_upkeep(temporal_server: LocalServer, landing
     assert wh.stat().st_size <= MAX_RATIO * fresh_copy_bytes(wh, tmp_path)
     rewrites = DuckDBWarehouse(wh).query("SELECT count(*) AS n FROM _starsmith.file_upkeep")
     assert rewrites["n"][0] == 1
+
+
+# -- the first upkeep of a file never rewritten: judged by an estimate of its copy ---------------
+
+
+def _small_commits(wh: DuckDBWarehouse, n: int) -> None:
+    """``n`` bookkeeping commits of a row or two, each its own open, commit and close (each
+    checkpoint writes its own blocks), as the steps of builds leave them."""
+    for i in range(n):
+        wh.log_failure({"run_id": f"step-{i}", "model": "dim_customer", "status": "failed",
+                        "logical_date": day(1), "message": f"attempt {i}"})
+
+
+def test_a_fresh_full_refresh_is_not_copied_by_its_first_upkeep(tmp_path: Path) -> None:
+    """A full refresh writes its tables in large row groups, beside one small commit a step:
+    its file is near a copy already, and copying it would cost seconds for nothing."""
+    path = tmp_path / "warehouse.duckdb"
+    wh = DuckDBWarehouse(path)
+    with wh.connect() as con:
+        con.execute("CREATE TABLE main.fact AS SELECT range AS id, range % 997 AS k, "
+                    "hash(range) AS h FROM range(1500000)")
+    _small_commits(wh, 6)
+    size, fresh = path.stat().st_size, fresh_copy_bytes(path, tmp_path)
+    assert size > upkeep_module.MIN_BYTES
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert upkeep_module._copy_estimate(con) <= fresh  # errs towards a rewrite
+    done = upkeep(DuckDBWarehouse(path))
+    assert not done.rewritten and done.reason == ""
+    assert size <= upkeep_module.REWRITE_AT * fresh  # what a rewrite would have kept it under
+    assert not DuckDBWarehouse(path).query(
+        "SELECT * FROM duckdb_tables() WHERE table_name = 'file_upkeep'").height
+
+
+def test_a_file_grown_by_small_commits_is_rewritten_by_its_first_upkeep(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    wh = DuckDBWarehouse(path)
+    with wh.connect() as con:
+        con.execute("CREATE TABLE main.fact AS SELECT range AS id FROM range(50000)")
+    _small_commits(wh, 60)
+    saved = tmp_path / "before.duckdb"
+    shutil.copyfile(path, saved)
+    size, fresh = path.stat().st_size, fresh_copy_bytes(path, tmp_path)
+    assert size > upkeep_module.REWRITE_AT * fresh  # grown well past its data
+    done = upkeep(DuckDBWarehouse(path))
+    assert done.rewritten and "(first upkeep)" in done.reason
+    assert path.stat().st_size <= MAX_RATIO * fresh_copy_bytes(path, tmp_path)
+    assert_same_database(path, saved)
