@@ -44,6 +44,9 @@ class Level:
 
     starts: np.ndarray  # (SLOTS, keys + 1) int64: version starts in microseconds, NEVER if empty
     sks: np.ndarray  # ((keys + 1) * SLOTS) int64: surrogate key of slot i of key g at g*SLOTS+i
+    # (keys + 1) int64: slot 0's surrogate keys, when no key of the level uses another slot (a
+    # dimension of one version per key): a fact is then one start and one key away
+    first: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Packed:
     keys: pl.DataFrame  # the natural key columns, one row per key
     levels: list[Level]
     versions: pl.DataFrame  # every version, for the facts the range pass answers
+    # one integer key column over a dense range: (its lowest value, each value's key row from
+    # there, -1 where none and in the last entry); built once, with the slots
+    dense: tuple[int, np.ndarray] | None = None
 
 
 def _numbers(series: pl.Series, null: int) -> np.ndarray:
@@ -101,8 +107,29 @@ def pack(versions: pl.DataFrame, nk: Sequence[str], sk: str) -> Packed:
         window = np.maximum(begin, hi - SLOTS)
         packed = (hi > begin) & (gaps[end] == gaps[np.minimum(window, end)])
         starts[d, 0, :k][~packed] = NEVER
-        levels.append(Level(starts[d], sks[d].ravel()))
-    return Packed(v[begin].select(nk), levels, v)
+        single = bool((starts[d, 1:] == NEVER).all())
+        levels.append(Level(starts[d], sks[d].ravel(),
+                            np.ascontiguousarray(sks[d, :, 0]) if single else None))
+    keyed = v[begin].select(nk)
+    return Packed(keyed, levels, v, _dense(keyed))
+
+
+def _dense(keys: pl.DataFrame) -> tuple[int, np.ndarray] | None:
+    """The direct-address table of one integer key column spanning up to DENSE x its count;
+    None for any other key (facts find theirs by a hash join)."""
+    cols = keys.columns
+    if len(cols) != 1 or not keys.height:
+        return None
+    dtype = keys[cols[0]].dtype
+    if not (dtype.is_signed_integer() or dtype in (pl.UInt8(), pl.UInt16(), pl.UInt32())):
+        return None
+    known = keys[cols[0]].cast(pl.Int64).to_numpy()
+    low, span = int(known.min()), int(known.max()) - int(known.min())
+    if span >= DENSE * len(known) + 65_536:
+        return None
+    table = np.full(span + 2, -1, np.int64)  # the last entry: outside the range
+    table[known - low] = np.arange(len(known))
+    return low, table
 
 
 Part = slice | np.ndarray  # a run of facts, or their positions
@@ -118,22 +145,17 @@ def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[Part], np.ndarray]
     cols = packed.keys.columns
     if not packed.keys.height:
         return lambda part: np.full(len(np.arange(facts.height)[part]), -1, np.int64)
-    dtype = packed.keys[cols[0]].dtype
-    fits = dtype.is_signed_integer() or dtype in (pl.UInt8(), pl.UInt16(), pl.UInt32())
-    if len(cols) == 1 and fits and facts[cols[0]].dtype.is_integer():
-        known = packed.keys[cols[0]].cast(pl.Int64).to_numpy()
-        low, span = int(known.min()), int(known.max()) - int(known.min())
-        if span < DENSE * len(known) + 65_536:
-            table = np.full(span + 2, -1, np.int64)  # the last entry: outside the range
-            table[known - low] = np.arange(len(known))
-            fk = _numbers(facts[cols[0]].cast(pl.Int64, strict=False), low - 1)
+    if packed.dense is not None and facts[cols[0]].dtype.is_integer():
+        low, table = packed.dense
+        last = len(table) - 1
+        fk = _numbers(facts[cols[0]].cast(pl.Int64, strict=False), low - 1)
 
-            def dense(part: Part) -> np.ndarray:
-                # NULL and outside the range land on the last entry (negatives wrap to huge)
-                offset = (fk[part] - low).view(np.uint64)
-                rows: np.ndarray = table[np.minimum(offset, span + 1).view(np.int64)]
-                return rows
-            return dense
+        def dense(part: Part) -> np.ndarray:
+            # NULL and outside the range land on the last entry (negatives wrap to huge)
+            offset = (fk[part] - low).view(np.uint64)
+            rows: np.ndarray = table[np.minimum(offset, last).view(np.int64)]
+            return rows
+        return dense
     index = packed.keys.with_row_index("_g").with_columns(pl.col("_g").cast(pl.Int64))
     found = facts.select(cols).join(index, on=cols, how="left", maintain_order="left",
                                     nulls_equal=False)
@@ -143,6 +165,8 @@ def locator(packed: Packed, facts: pl.DataFrame) -> Callable[[Part], np.ndarray]
 
 def _slots(level: Level, g: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(surrogate key, whether the slots answer) for facts at key rows g and times t."""
+    if level.first is not None:
+        return level.first[g], t >= level.starts[0][g]
     slot = (t >= level.starts[1][g]).astype(np.int64)
     for i in range(2, SLOTS):
         slot += t >= level.starts[i][g]
@@ -168,8 +192,11 @@ def find(packed: Packed, facts: pl.DataFrame, event: str) -> tuple[np.ndarray, n
         key[part], answered = _slots(packed.levels[0], locate(part), ts[part])
         how[part] = (~answered).view(np.uint8) * np.uint8(TODO)  # else EXACT (0)
 
-    with ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
-        list(pool.map(first, range(0, n, CHUNK)))
+    if n <= CHUNK:
+        first(0)  # one chunk: no threads to start
+    else:
+        with ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
+            list(pool.map(first, range(0, n, CHUNK)))
     left = np.flatnonzero(how == TODO)
     where = locate(left)  # found again for the few facts left, rather than kept for all
     for level in packed.levels[1:]:

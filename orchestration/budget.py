@@ -8,8 +8,14 @@ read, so the peak is one batch's working set plus what the process already holds
 The batch size is measured, not guessed: the first batch is one partition (a probe). Around each
 batch the process's peak resident memory is reset and read back (Linux ``clear_refs``), so the
 growth a partition caused is known; the next batch is as many partitions as fit between what the
-process holds now and the budget, less DuckDB's share (it spills past it) and a margin. Where
-the peak cannot be read, the batch's input and output frames times a working-set factor stand in.
+process holds now and the budget, less DuckDB's share (it spills past it) and a margin, and at
+most GROWTH times the largest batch measured so far: one partition can cost far less than those
+after it (the first event date of a history holds only the few rows that landed late onto it),
+so the figure is checked on batches growing toward the size it allows. A growth is read as at
+least FRAMES_FLOOR times the batch's input and output frames: memory the allocator kept from
+before serves a small batch without growing the process, so a small batch read low and the
+batch sized from it outgrew the budget. Where the peak cannot be read, the frames times a
+working-set factor stand in.
 A partition is never split (it is the unit a rebuild replaces atomically), so one larger than
 what the budget leaves is built alone, with a warning naming it.
 """
@@ -36,6 +42,16 @@ UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 WORKING_SET_FACTOR = 10
 DUCKDB_SHARE = 4  # DuckDB's memory_limit is a quarter of the budget; it spills past it
 MARGIN = 16  # a sixteenth of the budget is kept free for allocator slack
+GROWTH = 16  # a batch is at most this many times the largest one measured before it
+# A batch holds at least its input and output frames and a copy of one in flight: a growth
+# read below twice the frames is memory the allocator reused (benchmarks/star_build.py's fact
+# grew 1.7-1.9x its frames in batches of ~900 partitions; the demo facts 6-8x)
+FRAMES_FLOOR = 2
+# A step of many batches reads a looked-up dimension's versions once, whole, when they fit this
+# share of the budget (all its dimensions together), or WHOLE_VERSIONS bytes without a budget;
+# a larger one is read batch by batch, the versions of the batch's keys only.
+WHOLE_VERSIONS_SHARE = 8
+WHOLE_VERSIONS = 512 * 2**20
 
 
 def parse_size(text: str) -> int:
@@ -85,6 +101,12 @@ def peak_bytes() -> int:
     return 0
 
 
+def whole_versions_allowance(budget: int) -> int:
+    """Bytes a step may hold in dimension versions read once for all its batches; what they
+    hold is resident, so the batches after them are sized around it."""
+    return budget // WHOLE_VERSIONS_SHARE if budget else WHOLE_VERSIONS
+
+
 def duckdb_limit(budget: str, memory_limit: str) -> str:
     """DuckDB's memory_limit under a budget: its share, never above the configured limit."""
     if not budget:
@@ -103,6 +125,7 @@ class Batcher:
     per_partition: int = 0  # bytes a partition added at worst; 0: not measured yet
     probed: bool = False  # the probe is measured: it stands in until a batch after it is
     done: int = 0
+    largest: int = 0  # partitions in the largest batch measured so far
     before: int = 0  # resident bytes when the current batch started
     tracked: bool = False  # the current batch's peak can be read
     warned: bool = False
@@ -121,7 +144,7 @@ class Batcher:
         else:
             free = (self.budget - self.budget // DUCKDB_SHARE - self.budget // MARGIN
                     - self.resident())
-            size = max(1, free // self.per_partition)
+            size = min(max(1, free // self.per_partition), GROWTH * max(self.largest, 1))
             if self.probed and self.per_partition > free and left and not self.warned:
                 self.warned = True
                 log.warning("partition %s needs ~%d MiB, over what the budget leaves (%d MiB);"
@@ -139,9 +162,11 @@ class Batcher:
         """Record what the batch just built cost; later batches are sized from the worst."""
         if not self.budget or not partitions:
             return
+        self.largest = max(self.largest, partitions)
         grew = self.peak() - self.before if self.tracked else 0
-        cost = (int(grew / partitions) if grew > 0
-                else int((input_bytes + output_bytes) * WORKING_SET_FACTOR / partitions))
+        frames = input_bytes + output_bytes
+        cost = (int(max(grew, frames * FRAMES_FLOOR) / partitions) if grew > 0
+                else int(frames * WORKING_SET_FACTOR / partitions))
         # The probe also pays one-off costs (lazy imports, first reads, thread pools), so the
         # batches after it replace its figure; from then on the worst batch sizes the rest.
         self.per_partition = max(self.per_partition, cost) if self.probed else cost
