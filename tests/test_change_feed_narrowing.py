@@ -11,7 +11,6 @@ last day (every record is then a replay). The project is a user's, built through
 from __future__ import annotations
 
 import shutil
-import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -20,8 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from starsmith.loaders.landed import write_manifest
-from tests.user_projects import STARSMITH, starsmith_toml
+from tests.user_projects import build_in_process, land_daily, starsmith_toml
 
 FIRST = date(2024, 6, 1)
 DAYS = 6
@@ -132,17 +130,12 @@ def project(root: Path, days: list[pl.DataFrame], policy: str) -> Path:
     (root / "models").mkdir(parents=True)
     (root / "starsmith.toml").write_text(starsmith_toml("members"))
     (root / "models" / "members.py").write_text(MODELS.format(policy=policy))
-    for n, frame in enumerate(days):
-        folder = root / "landing" / "member_changes" / f"date={(FIRST + timedelta(n)).isoformat()}"
-        folder.mkdir(parents=True)
-        frame.write_parquet(folder / "part-0.parquet")
-        write_manifest(folder, {"part-0.parquet": frame.height})
+    land_daily(root, "member_changes", days, FIRST)
     return root
 
 
 def build(root: Path, *args: str) -> int:
-    done = subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=root, capture_output=True,
-                          text=True, timeout=300)
+    done = build_in_process(root, *args)
     assert done.returncode in (0, 1), done.stdout + done.stderr
     return done.returncode
 

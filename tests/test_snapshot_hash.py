@@ -31,8 +31,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from starsmith.loaders.landed import write_manifest
-from tests.user_projects import STARSMITH, starsmith_toml
+from tests.user_projects import build_in_process, land_daily, starsmith_toml
 
 FIRST = date(2024, 5, 1)
 DAYS = 6
@@ -174,17 +173,12 @@ def project(root: Path, frames: list[pl.DataFrame]) -> Path:
     (root / "models").mkdir(parents=True)
     (root / "starsmith.toml").write_text(starsmith_toml("items"))
     (root / "models" / "items.py").write_text(MODELS)
-    for n, frame in enumerate(frames):
-        folder = root / "landing" / "items" / f"date={(FIRST + timedelta(n)).isoformat()}"
-        folder.mkdir(parents=True)
-        frame.write_parquet(folder / "part-0.parquet")
-        write_manifest(folder, {"part-0.parquet": frame.height})
+    land_daily(root, "items", frames, FIRST)
     return root
 
 
 def build(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    return build_in_process(root, *args)
 
 
 def rows(root: Path, name: str) -> list[str]:

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from starsmith.loaders.landed import write_manifest
-from tests.user_projects import STARSMITH, starsmith_toml
+from tests.user_projects import build_in_process, starsmith_toml
 
 FIRST = date(2024, 5, 1)
 DAYS = 6
@@ -140,8 +140,7 @@ def project(root: Path, frames: list[pl.DataFrame], *, policy: str, latest: bool
 
 
 def build(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=root, capture_output=True,
-                          text=True, timeout=300)
+    return build_in_process(root, *args)
 
 
 def table(root: Path, name: str = "dim_account") -> pl.DataFrame:
