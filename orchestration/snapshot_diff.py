@@ -93,8 +93,9 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
     compared = compared_columns(spec)
     extra = [c for c in (spec.updated_at if spec.detection is ChangeDetection.TIMESTAMP else None,
                          spec.deleted_flag) if c and c not in (*nk, *compared)]
-    side = batch.select(*nk, *compared, *extra).with_row_index("_row").with_columns(
-        pl.col("_row").cast(pl.Int64))
+    # the batch's own columns, chunked as the batch is: handed to the engine without a copy (a
+    # row number would be one chunk against the batch's many, and cost a rechunk of them all)
+    side = batch.select(*nk, *compared, *extra)
     alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"
     hashed = wh.dialect == "duckdb"
     differs = ["c._inferred", *(["b._h <> c._h"] if hashed else
@@ -112,28 +113,34 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
         # A value the stored type cannot hold as sent (NULL, or rounded: 1.2301 into
         # DECIMAL(12,2)) is not what the hash compares: such a record goes on as changed.
         lost = " OR ".join(f"({cast[a]} IS DISTINCT FROM b.{_q(a)})" for a in moved)
-        b_cols = ", ".join([*(f"b.{_q(c)}" for c in ["_row", *nk, *extra]),
+        b_cols = ", ".join([*(f"b.{_q(c)}" for c in [*nk, *extra]),
                             _hash(list(cast.values())) + " AS _h",
-                            f"coalesce({lost or 'FALSE'}, FALSE) AS _lost"])
+                            f"coalesce({lost or 'FALSE'}, FALSE) AS _lost", "TRUE AS _in"])
         b_side = f"(SELECT {b_cols} FROM _b b)"
         differs.append("b._lost")
         c_cols = ", ".join([*(f"c.{_q(c)}" for c in nk),
                             _hash([f"c.{_q(a)}" for a in compared]) + " AS _h"])
     else:
-        b_side = "_b"
+        b_side = "(SELECT *, TRUE AS _in FROM _b)"
         c_cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])
     current = (f"SELECT {c_cols}, c.is_inferred AS _inferred FROM main.{_q(table)} c"
                f" WHERE c.is_current AND {alive} AND c.{_q(sk)} >= 0")
     first = _q(nk[0])
-    keys = ", ".join(f"CASE WHEN b._row IS NULL THEN c.{_q(c)} END AS {_q(c)}" for c in nk)
+    keys = ", ".join(f"CASE WHEN b._in THEN b.{_q(c)} ELSE c.{_q(c)} END AS {_q(c)}"
+                     for c in nk)
     found = wh.query(
-        f"SELECT b._row, {keys} FROM {b_side} b FULL JOIN ({current}) c ON {_on(nk, 'b', 'c')}"
-        f" WHERE b._row IS NULL OR c.{first} IS NULL OR " + " OR ".join(differs), _b=side)
+        f"SELECT b._in IS NOT NULL AS _sent, {keys} FROM {b_side} b FULL JOIN ({current}) c"
+        f" ON {_on(nk, 'b', 'c')} WHERE b._in IS NULL OR c.{first} IS NULL OR "
+        + " OR ".join(differs), _b=side)
+    # The records of the keys found changed (a NULL key never matches: it is found, and kept)
+    changed = found.filter(pl.col("_sent")).select(nk).unique().cast(
+        {k: batch.schema[k] for k in nk})
+    rows = side.select(nk).with_row_index("_i").join(changed, on=nk, how="semi",
+                                                     nulls_equal=True)["_i"]
+    keep = pl.zeros(batch.height, pl.Boolean, eager=True).scatter(rows, True)
     # Every record of a key sent twice goes on: the builder judges duplicates as a whole.
     # (Counting distinct keys first is ~3x cheaper than marking duplicates, and most days
     # have none.)
-    keep = pl.zeros(batch.height, pl.Boolean, eager=True).scatter(found["_row"].drop_nulls(),
-                                                                 True)
     if side.select(nk).n_unique() < side.height:
         twice = pl.struct(nk).is_duplicated() if len(nk) > 1 else pl.col(nk[0]).is_duplicated()
         keep = keep | side.select(twice).to_series()
@@ -141,7 +148,7 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
     needed = [records.select(nk).drop_nulls()]
     live = 0
     if spec.tracks_deletes:  # a snapshot's absent keys are deleted: their versions close
-        needed.append(found.filter(pl.col("_row").is_null()).select(nk))
+        needed.append(found.filter(~pl.col("_sent")).select(nk))
         live = int(wh.query(
             f"SELECT count(*) AS n FROM main.{_q(table)} c WHERE c.is_current AND NOT"
             f" c.is_deleted AND NOT c.is_inferred AND c.{_q(sk)} >= 0 AND c.{_q(sk)} < ?",
