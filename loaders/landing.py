@@ -9,9 +9,10 @@ any row is decoded (loaders/avro.py). The landing zone may be an object store pr
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import overload
@@ -186,14 +187,24 @@ def landings_for(landing: Landing, source: Source, day: date, *, whole: bool = F
     if whole:
         return [d.day for d in _landed_upto(landing, source, day)]
     if not source.cadence.daily:
-        earlier = [d for d in landed_dates(landing, source) if d <= day]
-        if not earlier:
+        found = landing_read(source, day, landed_dates(landing, source))
+        if found is None:
             raise SourceMissing(
                 f"reference source {source.name!r} has no extract landed on or before {day}",
                 where=str(landing / source.name),
                 fix="Land the reference data (any earlier day will do), then build again")
-        return [earlier[-1]]
+        return [found]
     return [day]
+
+
+def landing_read(source: Source, day: date, complete: Sequence[date]) -> date | None:
+    """Which of the ``complete`` landings (oldest first) a run of ``day`` reads: a daily
+    source's own day, reference data's latest on or before it; None when there is none."""
+    if source.cadence.daily:
+        at = bisect.bisect_left(complete, day)
+        return day if at < len(complete) and complete[at] == day else None
+    at = bisect.bisect_right(complete, day)
+    return complete[at - 1] if at else None
 
 
 def scan_source(landing: Landing, source: Source, day: date, *, whole: bool = False

@@ -31,6 +31,7 @@ from starsmith.loaders.landing import (
     check_rows,
     complete_before,
     earlier_columns,
+    landing_read,
     to_contract,
 )
 from starsmith.loaders.store import Landing
@@ -42,22 +43,15 @@ _PATH = "__starsmith_file"
 
 def landing_of_each(source: Source, days: Sequence[date], complete: Sequence[date]
                     ) -> dict[date, date] | None:
-    """The landing each day reads (a daily source: its own; reference data: the latest landed on
-    or before it), or None when a day has none (the day-by-day read says why)."""
+    """The landing each day reads (:func:`landing_read`, the day-by-day read's rule), or None
+    when a day has none (the day-by-day read says why)."""
     done = sorted(complete)
     chosen: dict[date, date] = {}
-    if source.cadence.daily:
-        have = set(done)
-        for d in days:
-            if d not in have:
-                return None
-            chosen[d] = d
-        return chosen
     for d in days:
-        earlier = [x for x in done if x <= d]
-        if not earlier:
+        found = landing_read(source, d, done)
+        if found is None:
             return None
-        chosen[d] = earlier[-1]
+        chosen[d] = found
     return chosen
 
 
