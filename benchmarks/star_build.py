@@ -11,6 +11,10 @@ generated once and kept (``--data``); every contender reads the same files, in a
 - starsmith: ``starsmith build --in-process --full-refresh --date LAST --landing ...`` run as the
   command runs it (``starsmith.cli.app``), every model; with ``--memory-budget X`` also a second
   contender ``starsmith@X`` with that flag;
+- starsmith_catchup (``--catch-up``): ``starsmith build --in-process --landing ...``, no
+  ``--full-refresh`` and no ``--date``: the catch-up a long backfill runs, every landed day not
+  yet built, one after the other, into the same fresh warehouse (the issue's goal: at most 2x the
+  full rebuild of those days);
 - duckdb_sql: CTAS of the three dimensions (row_number over the natural key, the same reserved
   -1/-2 members and SCD columns), of the date dimension, and of the fact from the landed Parquet
   files joined to the dimensions on their natural keys, with the same measures and types. It
@@ -22,13 +26,14 @@ whole life, interpreter start and imports included.
 Each contender must end with the same star: the same tables and column types, the same rows of
 every dimension (natural key and attributes), the same date dimension, and a fact with the same
 rows and measures whose keys resolve to the same customer, part, supplier and date.
-Prints each round, medians (rounds interleaved), the ratio and the peak RSS of each; ``--profile``
+Prints each round, medians (rounds interleaved), the ratios and the peak RSS of each (and the
+catch-up's time over the full refresh's); ``--profile``
 then builds once more under cProfile (and ``--verbose``) and prints each step's time, the time
 outside the steps, the slowest SQL statements of the publishes and the top functions
 (``--rounds 0 --profile``: the profile only).
 
 Usage: python benchmarks/star_build.py [--scale-down 1] [--days N] [--lines N] [--rounds 3]
-       [--memory-budget 2GB] [--memory-limit 1GB] [--profile] [--data DIR]
+       [--memory-budget 2GB] [--catch-up] [--memory-limit 1GB] [--profile] [--data DIR]
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ DIMS = {  # table: (surrogate key, natural key, attributes, landed source)
 }
 STAR = (*DIMS, "dim_date", "fact_lineorder")
 DATE_START = date(1992, 1, 1)
+CATCH_UP = "starsmith_catchup"  # the contender building day after day, not in one full refresh
 STATEMENT = re.compile(r"DEBUG starsmith\.loaders\.duckdb\.warehouse: ([0-9.]+) s: (.*)")
 
 
@@ -102,17 +108,21 @@ def files(landing: Path, source: str) -> str:
 
 
 # ---------------------------------------------------------------- the contenders (children)
-def starsmith_child(folder: Path, landing: str, last: str, budget: str, profile: str) -> None:
+def starsmith_child(kind: str, folder: Path, landing: str, last: str, budget: str,
+                    profile: str) -> None:
     """``starsmith build`` as the command runs it, in this fresh process: timed from the call of
     the command (after the imports a worker holds), to its end (its last act, ``exit_now``, would
-    end the process at once: it records the exit code instead)."""
+    end the process at once: it records the exit code instead). ``kind`` is the build's mode:
+    ``starsmith`` one full refresh as of ``last``, ``starsmith_catchup`` the catch-up (no date:
+    every landed day not yet built)."""
     import starsmith.cli as cli  # starsmith first: it sets Polars' allocator, as the command
     from starsmith.orchestration import local, step  # noqa: F401  (loaded before the clock)
 
     codes: list[int] = []
     vars(cli)["exit_now"] = codes.append
+    mode = [] if kind == CATCH_UP else ["--full-refresh", "--date", last]
     argv = [*(["--verbose"] if profile else []),  # the publishes' statements, timed
-            "--project", str(folder), "build", "--in-process", "--full-refresh", "--date", last,
+            "--project", str(folder), "build", "--in-process", *mode,
             "--landing", landing, *(["--memory-budget", budget] if budget else [])]
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
@@ -125,7 +135,7 @@ def starsmith_child(folder: Path, landing: str, last: str, budget: str, profile:
     seconds = time.perf_counter() - started
     if codes != [0]:
         raise SystemExit(f"starsmith build exited {codes}")
-    report(folder, "starsmith", seconds)
+    report(folder, kind, seconds)
 
 
 def sql_child(folder: Path, landing: Path, memory_limit: str, last: str) -> None:
@@ -224,6 +234,16 @@ def star_of(warehouse: Path) -> dict[str, object]:
     return got
 
 
+def step_summary(warehouse: Path) -> str:
+    """Each model's time over the build's steps, in run order, with how many steps when more than
+    one (a catch-up runs one a day: its run log has thousands of rows)."""
+    took: dict[str, list[float]] = {}
+    for model, seconds in run_steps(warehouse):
+        took.setdefault(model, []).append(seconds)
+    return ", ".join(f"{m} {sum(t):.1f}{f' ({len(t)} steps)' if len(t) > 1 else ''}"
+                     for m, t in took.items())
+
+
 def run_steps(warehouse: Path) -> list[tuple[str, float]]:
     """starsmith's own per-step durations (its run log)."""
     import duckdb
@@ -302,13 +322,16 @@ def compare(results: dict[str, list[tuple[float, float, float]]],
     print(f"\nmedians over {len(results['duckdb_sql'])} round(s):")
     for k, (seconds, process, rss) in med.items():
         budget = k.partition("@")[2]
-        print(f"  {k:>16}: build {seconds:6.2f} s, process {process:6.2f} s, peak RSS "
+        print(f"  {k:>17}: build {seconds:6.2f} s, process {process:6.2f} s, peak RSS "
               f"{rss:6.0f} MiB{f' (budget {budget})' if budget else ''}")
     sql = med["duckdb_sql"]
     for k in [k for k in med if k != "duckdb_sql"]:
         s = med[k]
         print(f"  {k} / duckdb_sql: build {s[0] / sql[0]:.2f}x, process {s[1] / sql[1]:.2f}x,"
               f" peak RSS {s[2] / sql[2]:.2f}x")
+    if CATCH_UP in med and "starsmith" in med:
+        print(f"  {CATCH_UP} / starsmith (full refresh): "
+              f"{med[CATCH_UP][0] / med['starsmith'][0]:.2f}x build time (goal: at most 2x)")
     reference = ends["duckdb_sql"][0]
     same = all(end == reference for runs in ends.values() for end in runs)
     fact = reference["fact_lineorder"][0]  # type: ignore[index]
@@ -340,6 +363,8 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB's, for every contender")
     parser.add_argument("--memory-budget", default="",
                         help="also run starsmith with --memory-budget SIZE")
+    parser.add_argument("--catch-up", action="store_true",
+                        help=f"also run {CATCH_UP}: build every landed day not yet built")
     parser.add_argument("--profile", action="store_true", help="then profile one starsmith build")
     parser.add_argument("--data", type=Path, default=None, help="landing cache folder")
     parser.add_argument("--child", nargs="+")
@@ -349,8 +374,8 @@ def main() -> None:
         with open(Path(folder).with_suffix(".log"), "w") as log:  # the parent's output stays terse
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-        if kind == "starsmith":
-            starsmith_child(Path(folder), *rest)
+        if kind.startswith("starsmith"):
+            starsmith_child(kind, Path(folder), *rest)
         else:
             sql_child(Path(folder), Path(rest[0]), rest[1], rest[2])
         return
@@ -362,7 +387,7 @@ def main() -> None:
         f"-{scale.lines_per_day}")
     project, landing, last = prepare(data, scale, args.memory_limit)
     kinds = ["starsmith", *([f"starsmith@{args.memory_budget}"] if args.memory_budget else []),
-             "duckdb_sql"]
+             *([CATCH_UP] if args.catch_up else []), "duckdb_sql"]
     work = Path(tempfile.mkdtemp(prefix="star_build-run-"))
     import duckdb
 
@@ -379,9 +404,9 @@ def main() -> None:
                 seconds, process, rss, warehouse = contend(kind, project, landing, last, work, args)
                 results[kind].append((seconds, process, rss))
                 ends[kind].append(star_of(warehouse))
-                steps = ("; steps " + ", ".join(f"{m} {s:.1f}" for m, s in run_steps(warehouse))
+                steps = ("; steps " + step_summary(warehouse)
                          if kind.startswith("starsmith") else "")
-                print(f"round {r + 1} {kind:>16}: build {seconds:6.2f} s, process {process:6.2f} s,"
+                print(f"round {r + 1} {kind:>17}: build {seconds:6.2f} s, process {process:6.2f} s,"
                       f" peak RSS {rss:6.0f} MiB{steps}", flush=True)
                 shutil.rmtree(work / kind.replace("@", "-"), ignore_errors=True)
         if args.rounds:

@@ -25,6 +25,7 @@ from starsmith.contract import BuildContext, Kind, Model, Window
 from starsmith.dimensions import dimension_schema, inferred_members
 from starsmith.dimensions.members import INFERRED_DAY_BITS, inferred_slot
 from starsmith.dimensions.spec import DimensionSpec
+from starsmith.errors import StarsmithError
 from starsmith.facts.grain import check_grain, grain_violations, split_grain_conflicts
 from starsmith.facts.keys import HOW, MATCH, KeyIndex, apply_missing, index_bytes, lookup_key
 from starsmith.facts.spec import FactSpec, FactType, KeyLookup, MissingKey
@@ -34,6 +35,7 @@ from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import Batcher, whole_versions_allowance
 from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
+from starsmith.orchestration.plan import run_id_for
 from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
@@ -233,9 +235,10 @@ def _grain_conflicts(model: Model, fs: FactSpec, cat: Catalogue, primary: pl.Dat
 def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
            day: date, bound: date, run_id: str, exists: bool, full_refresh: bool,
            counts: dict[str, int], inferred: dict[str, pl.DataFrame],
-           whole: dict[str, WholeVersions] | None = None
+           whole: dict[str, WholeVersions] | None = None, asof: pl.DataFrame | None = None
            ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
-    """Build the facts of one batch of partitions: transform, point-in-time keys, grain."""
+    """Build the facts of one batch of partitions: transform, point-in-time keys, grain.
+    ``asof`` (a catch-up's range): each partition's night, whose context transforms it."""
     primary, conflicts = _grain_conflicts(model, fs, cat, primary, counts)
     inputs = _inputs(model, fs, cat, wh, primary, bound)
     if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
@@ -244,7 +247,7 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
                                          _k=primary.select(model.unique_key).unique()), model.schema)
                    if exists and not full_refresh else pl.DataFrame(schema=model.schema))
         inputs[model.name] = current.lazy()
-    facts, bad = split_quarantine(run_transform(model, inputs, BuildContext(day, run_id)), model)
+    facts, bad = split_quarantine(_transformed(model, fs, inputs, day, run_id, asof), model)
     held = [bad, conflicts]
     for lk in fs.lookups:
         facts, q, new = _lookup(facts, lk, cat, wh, model, run_id, day, counts,
@@ -282,8 +285,77 @@ def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
     return marked.filter(pl.col("_published_in").is_null()).drop("_published_in"), held
 
 
+def _transformed(model: Model, fs: FactSpec, inputs: dict[str, pl.LazyFrame], day: date,
+                 run_id: str, asof: pl.DataFrame | None) -> pl.DataFrame:
+    """The transform's rows; in a range, each partition's under the context of its night (the
+    last night that rebuilt it), all in one engine call."""
+    if asof is None:
+        return run_transform(model, inputs, BuildContext(day, run_id))
+    event = event_input(model)
+    rows = inputs[event].collect().join(asof, left_on=fs.event_date, right_on="_p", how="left")
+    nights = rows.partition_by("_night", as_dict=True, include_key=False)
+    try:
+        outs = pl.collect_all([model.transform({**inputs, event: part.lazy()},
+                                               BuildContext(key[0], run_id_for(key[0])))
+                               for key, part in sorted(nights.items())])
+    except Exception:  # one night at a time, for the error its night would give
+        outs = [run_transform(model, {**inputs, event: part.lazy()},
+                              BuildContext(key[0], run_id_for(key[0])))
+                for key, part in sorted(nights.items())]
+    return pl.concat(outs, how="vertical_relaxed") if outs else run_transform(
+        model, inputs, BuildContext(day, run_id))
+
+
+class NotInOneGo(StarsmithError):
+    """A range's fact cannot be rebuilt in one go as its nights built it: built night by night."""
+
+
+def _range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load: str,
+                      span: list[date]) -> tuple[pl.DataFrame, int]:
+    """Each partition the range's nights rebuild, with the last of those nights (``_p``,
+    ``_night``): the nights' own rule (:func:`_partitions`), replayed over the range's landing
+    days; and how many rows landed older than the lookback."""
+    first, last = span[0], span[-1]
+    lookback = max(fs.lookback_days, 1) - 1
+    event = fs.event_date
+    pairs = wh.query(f'SELECT "{event}" AS p, "{load}" AS l, count(*) AS n FROM main."{table}" '
+                     f'WHERE "{load}" <= ? AND ("{load}" >= ? OR "{event}" >= ?) '
+                     f'AND "{event}" IS NOT NULL GROUP BY ALL', [last, first,
+                                                              first - timedelta(days=lookback)])
+    nights: dict[date, date] = {}
+    late = 0
+    landed: dict[date, date] = {}  # partition -> its first landing day
+    for p, landed_on, n in pairs.iter_rows():
+        landed[p] = min(landed.get(p, landed_on), landed_on)
+        if first <= landed_on:  # touched by that night
+            nights[p] = max(nights.get(p, landed_on), landed_on)
+            if p < landed_on - timedelta(days=lookback):
+                late += n
+    for p, since in landed.items():  # in the lookback window of the nights after it landed
+        end = min(p + timedelta(days=lookback), last)
+        if end >= max(first, since, p):
+            nights[p] = max(nights.get(p, end), end)
+    frame = pl.DataFrame({"_p": list(nights), "_night": list(nights.values())},
+                         schema={"_p": pl.Date(), "_night": pl.Date()}).sort("_p")
+    columns = set(wh.query(f'SELECT * FROM main."{table}" LIMIT 0').columns)
+    for key in {tuple(k) for k in (model.unique_key, fs.grain) if k}:
+        key = tuple(c for c in key if c != model.partition_by)
+        if not set(key) <= columns:
+            raise NotInOneGo(f"{model.name}: its key ({', '.join(key)}) is made by its transform")
+        # a key in two partitions: each night judged it against what was published then
+        cols = ", ".join(f'p."{c}"' for c in key)
+        split = wh.query(f'SELECT 1 AS x FROM main."{table}" p SEMI JOIN _parts d ON p."{event}"'
+                         f' = d._p WHERE p."{load}" <= ? GROUP BY {cols} '
+                         f'HAVING count(DISTINCT p."{event}") > 1 LIMIT 1', [last],
+                         _parts=frame.select("_p"))
+        if split.height:
+            raise NotInOneGo(f"{model.name}: a key ({', '.join(key)}) is in two partitions")
+    return frame, late
+
+
 def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
-               run_id: str, *, full_refresh: bool, budget: int = 0) -> StepOutput:
+               run_id: str, *, full_refresh: bool, budget: int = 0,
+               span: list[date] | None = None) -> StepOutput:
     """Build a fact for one logical date; many partitions are built a batch at a time.
 
     Batching bounds memory: a full rebuild of years of history holds one batch of partitions in
@@ -308,6 +380,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
     held: list[pl.DataFrame] = []
     staged_parts: list[str] = []
     read = 0
+    asof: pl.DataFrame | None = None  # a range's partitions and their nights
     if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
         cond = f'"{load}" <= ?' if full_refresh else f'"{load}" = ?'
         primary = wh.query(f'SELECT * FROM main."{primary_name}" WHERE {cond}',
@@ -317,8 +390,13 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                             full_refresh, counts, inferred)
         read = primary.height
     else:
-        parts, counts["late_beyond_lookback"] = _partitions(
-            wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
+        if span:  # a catch-up's range: the partitions its nights rebuilt, each as of its night
+            asof, counts["late_beyond_lookback"] = _range_partitions(
+                wh, model, fs, primary_name, load, span)
+            parts = asof["_p"].to_list()
+        else:
+            parts, counts["late_beyond_lookback"] = _partitions(
+                wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
         batcher = Batcher(parts, fs.batch_days, budget)
         # Many batches read each dimension once (before the first: what it holds is resident,
         # and the budget's batches are sized around it); a night's one batch reads its keys'.
@@ -335,7 +413,13 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                                _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
             read += primary.height
             rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
-                               full_refresh, counts, inferred, whole)
+                               full_refresh, counts, inferred, whole, asof)
+            if asof is not None and exists and model.partition_by and model.unique_key \
+                    and model.partition_by not in model.unique_key:
+                rows, clashed = _outside_partitions(wh, model, rows, parts)
+                bad.append(clashed)
+                counts["grain_in_other_partition"] = (
+                    counts.get("grain_in_other_partition", 0) + clashed.height)
             sizes = primary.estimated_size(), rows.estimated_size()
             held += bad
             if staged_parts or batcher.remaining:  # stage each batch now: one is in memory
@@ -349,7 +433,8 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         if budget:
             log.info("%s: %d partitions in %d batches under a %d MiB budget", model.name,
                      len(parts), counts["batches"], budget >> 20)
-    if (exists and not full_refresh and parts and not staged_parts and model.partition_by
+    if (exists and not full_refresh and not span and parts and not staged_parts
+            and model.partition_by
             and model.unique_key and model.partition_by not in model.unique_key):
         rows, clashed = _outside_partitions(wh, model, rows, parts)
         held.append(clashed)
@@ -375,8 +460,12 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
     scope = None if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT else (fs.event_date, parts)
     if scope and fs.event_date not in quarantine.columns:
         quarantine = quarantine.with_columns(pl.lit(None, dtype=pl.Date()).alias(fs.event_date))
+    if asof is not None and scope:  # a row was held back by its partition's night
+        quarantine = quarantine.join(asof.rename({"_p": fs.event_date}), on=fs.event_date,
+                                     how="left").with_columns(
+            logical_date=pl.coalesce("_night", pl.lit(day))).drop("_night")
     # A full refresh rebuilt every day landed so far: each is built (a watermark apiece).
-    days = [day]
+    days = list(span or [day])
     if full_refresh:
         found = wh.query(f'SELECT DISTINCT "{load}" AS d FROM main."{primary_name}" '
                          f'WHERE "{load}" <= ?', [day])["d"].to_list()

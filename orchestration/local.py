@@ -25,7 +25,7 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
     """Run every model of the plan for one day; a failure skips only its dependants."""
     cat = catalogue
     job_key = job_key or uuid.uuid4().hex
-    outcome = DayOutcome(day)
+    outcome = DayOutcome(day, first_date=plan.ranges.get(day, ""))
     for planned in plan.models:
         blocked = [n for n in planned.needs if n in outcome.failed or n in outcome.skipped]
         if blocked:
@@ -38,7 +38,8 @@ def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_l
         request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
                               full_refresh=plan.full_refresh, memory_limit=memory_limit,
                               staging=staging, job_key=job_key, memory_budget=memory_budget,
-                              project=cat.project, accept_changes=plan.accept_changes)
+                              project=cat.project, accept_changes=plan.accept_changes,
+                              first_date=plan.ranges.get(day, ""))
         try:
             outcome.built.append(run_step(request, cat))
         except StarsmithError as err:

@@ -29,18 +29,29 @@ _DAY = "__starsmith_logical_date"
 
 
 def transformed(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, days: list[date],
-                run_id: str) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, int]]:
+                run_id: str, *, day_runs: bool = False
+                ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, int]]:
     """The model's rows for ``days``, a chunk at a time: (rows kept, conformed to the contract;
-    rows quarantined, with their reason and logical date; rows read)."""
+    rows quarantined, with their reason and logical date; rows read). ``day_runs``: each day's
+    context carries that day's run id, as its night's did (a catch-up's range); otherwise
+    ``run_id`` (a full refresh is one run)."""
+    if day_runs:
+        from starsmith.orchestration.plan import run_id_for
+
+        def run(d: date) -> str:
+            return run_id_for(d)
+    else:
+        def run(d: date) -> str:
+            return run_id
     if len(days) == 1:
         inputs, n = day_inputs(model, cat, wh, landing, days[0])
-        yield (*_split(model, run_transform(model, inputs, BuildContext(days[0], run_id)),
+        yield (*_split(model, run_transform(model, inputs, BuildContext(days[0], run(days[0]))),
                        days[0]), n)
         return
     for chunk in many_day_inputs(model, cat, wh, landing, days, CHUNK_DAYS):
         read = sum(n for _, _, n in chunk)
         try:
-            outs = pl.collect_all([model.transform(frames, BuildContext(d, run_id))
+            outs = pl.collect_all([model.transform(frames, BuildContext(d, run(d)))
                                    .with_columns(pl.lit(d, dtype=pl.Date()).alias(_DAY))
                                    for d, frames, _ in chunk])
             good, rejected = split_quarantine(pl.concat(outs), model)
@@ -48,7 +59,7 @@ def transformed(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, d
         except Exception:  # day by day, for the error a nightly build would give (a value
             # that does not fit is counted in its day, not across the chunk)
             for d, frames, n in chunk:
-                yield (*_split(model, run_transform(model, frames, BuildContext(d, run_id)), d),
+                yield (*_split(model, run_transform(model, frames, BuildContext(d, run(d))), d),
                        n)
             continue
         if _DAY in rejected.columns:  # the days of the rows held back

@@ -8,6 +8,7 @@ table data: a step reads and writes by reference, so payloads stay far below Tem
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,21 @@ class BuildPlan:
     # A restatement to run first, in order (orchestration/restate.py), and what it is for.
     phases: tuple[BuildPlan, ...] = ()
     notes: tuple[str, ...] = ()
+    # A catch-up in ranges (orchestration/ranges.py): a date of ``dates`` that ends a range,
+    # and the range's first day; each model is built once for the range.
+    ranges: dict[str, str] = field(default_factory=dict)
+
+    def all_days(self) -> tuple[str, ...]:
+        """Every day the plan builds, a range's days included (what a request re-plans)."""
+        out: list[str] = []
+        for day in self.dates:
+            if day in self.ranges:
+                first, last = date.fromisoformat(self.ranges[day]), date.fromisoformat(day)
+                out += [(first + timedelta(days=i)).isoformat()
+                        for i in range((last - first).days + 1)]
+            else:
+                out.append(day)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,7 @@ class StepRequest:
     project: str = ""  # the project's name, for messages
     fingerprint: str = ""  # the project fingerprint the build was planned with
     accept_changes: bool = False  # a change beyond a source's guard is applied, not refused
+    first_date: str = ""  # a range's first day: the step builds first_date..logical_date
 
 
 WARNINGS = "quality_warnings"  # a step's details key: how many rules of severity warn failed
@@ -101,6 +118,12 @@ class DayOutcome:
     built: list[StepResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # model -> reason
     skipped: dict[str, str] = field(default_factory=dict)  # model -> the failed input
+    first_date: str = ""  # a range's first day (logical_date is its last)
+
+    @property
+    def label(self) -> str:
+        """The day, or the range of days, as people read it."""
+        return f"{self.first_date}..{self.logical_date}" if self.first_date else self.logical_date
 
     @property
     def ok(self) -> bool:

@@ -32,6 +32,7 @@ from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan
 from starsmith.orchestration.plan import landed_days, make_plan
+from starsmith.orchestration.ranges import ranged
 from starsmith.registry import Catalogue
 
 
@@ -160,8 +161,8 @@ def with_restatement(cat: Catalogue, models: list[str], dates: list[date], wh: W
         return plan(models, dates, True)
     ready = landed_days(cat, list(cat.order), landing)
     found = find_restatement(cat, models, ready, wh, landing, forced=forced, mark=mark)
-    if found is None:
-        return plan(models, dates)
+    if found is None:  # a catch-up of many days: in ranges where they equal the nights
+        return ranged(plan(models, dates), cat, models, wh, landing)
     phases = []
     # The models the restatement leaves alone come up to its last day first: a rebuilt model
     # reads them as of that day (they are never downstream of a restated one).

@@ -130,8 +130,30 @@ def _seed(dim: pl.DataFrame, seeds: pl.DataFrame | None, spec: DimensionSpec, *,
     return pl.concat([dim, due]) if due.height else dim
 
 
+def _range_start(wh: Warehouse, model: Model, schema: pl.Schema, reserved: pl.DataFrame
+                 ) -> pl.DataFrame:
+    """What a range's replay starts from: the dimension as the night before the range left it."""
+    if not wh.exists(model.name):
+        return reserved
+    return conform_read(wh.read(model.name).select(schema.names()), schema)
+
+
+def _range_replays(model: Model, cat: Catalogue, landing: Landing, span: list[date]
+                   ) -> list[date]:
+    """The days of a range whose input can differ from the day before (and its first): a day
+    that reads what the day before read changes nothing, as a full refresh's replay assumes."""
+    from starsmith.orchestration.plan import list_sources
+    from starsmith.orchestration.ranges import change_days
+
+    changes = change_days(cat, model.name, list_sources(cat, [model.name], landing), span)
+    return [d for d in span if d == span[0] or d in changes]
+
+
 def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
-              run_id: str, *, full_refresh: bool, accept_changes: bool = False) -> StepOutput:
+              run_id: str, *, full_refresh: bool, accept_changes: bool = False,
+              span: list[date] | None = None) -> StepOutput:
+    """The dimension's changes for ``day``; a full refresh replays every landed day from an
+    empty dimension, a catch-up's range (``span``) its own days from the stored one."""
     spec = model.dimension
     assert spec is not None
     schema = dimension_schema(spec, model.schema)
@@ -142,13 +164,17 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
     read = 0
     seeds = _placeholders(wh, model, spec, schema) if full_refresh else None
     dim = reserved if full_refresh else None
+    replay = full_refresh or bool(span)
+    if span:
+        days, dim = _range_replays(model, cat, landing, span), _range_start(wh, model, schema,
+                                                                              reserved)
     changed = pl.DataFrame(schema=schema)
     late_keys: list[pl.DataFrame] = []
     for d in days:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
         # A replay dates each day's rows with that day's run, as the nightly build did.
-        day_run = run_id_for(d) if full_refresh else run_id
+        day_run = run_id_for(d) if replay else run_id
         batch = run_transform(model, inputs, BuildContext(d, day_run))
         for name in (c for c in batch.columns if c in schema):  # refused as a publish would
             refuse_lossy(batch[name], schema[name], model)  # (a replay's concat would round)
@@ -212,7 +238,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
 
     def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
-        if full_refresh:
+        if replay:
             return sql.replace_all(qualified, staged)
         gone = [sql.replace_keys(qualified, moved, spec.natural_key, [])[0]] if moved else []
         return [sql.create_like(qualified, staged), *gone,

@@ -13,7 +13,8 @@ import json
 import os
 import signal
 import time
-from datetime import date, datetime
+from dataclasses import replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from starsmith.loaders.store import Landing, landing_root
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
-from starsmith.orchestration.fact_step import build_fact
+from starsmith.orchestration.fact_step import NotInOneGo, build_fact
 from starsmith.orchestration.failures import typed as _typed
 from starsmith.orchestration.inputs import input_days
 from starsmith.orchestration.many_days import transformed
@@ -89,6 +90,9 @@ def run_step(req: StepRequest, cat: Catalogue) -> StepResult:
     try:
         with wh.session():
             counts = _run(model, cat, wh, req, day, log_row, clock)
+    except NotInOneGo as why:  # nothing published: the range's nights, one after another
+        log.info("%s: %s; built night by night", model.name, why)
+        return _night_by_night(req, cat)
     except Exception as err:  # recorded in the run log, then surfaced typed
         _log_failure(wh, log_row, clock, err)
         typed = _typed(err, model, req, cat)
@@ -103,13 +107,32 @@ def run_step(req: StepRequest, cat: Catalogue) -> StepResult:
                       details={k: v for k, v in counts.items() if k not in core})
 
 
+def _night_by_night(req: StepRequest, cat: Catalogue) -> StepResult:
+    """A range's days as nights, each its own step and publish; one result for them all."""
+    from starsmith.orchestration.plan import run_id_for
+
+    results = [run_step(replace(req, first_date="", logical_date=d.isoformat(),
+                                run_id=run_id_for(d)), cat) for d in range_days(req)]
+    sums = {k: sum(getattr(r, k) for r in results)
+            for k in ("rows_read", "rows_written", "rows_inserted", "rows_updated", "rows_closed",
+                      "rows_quarantined", "duration_s")}
+    details: dict[str, int] = {}
+    for r in results:
+        for k, v in r.details.items():
+            details[k] = details.get(k, 0) + v
+    return StepResult(req.model, req.logical_date, "success", **sums, details=details)
+
+
 def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: date,
          log_row: dict[str, Any], clock: float) -> dict[str, int]:
     """Build, stage, audit, publish; returns the counts that went into the run log."""
     wh.check_schema(model, full_refresh=req.full_refresh)  # fail before any data moves
-    read = _landings(model, cat, landing_root(req.landing), day, full_refresh=req.full_refresh,
-                     known=_known(wh, model, cat))
-    out = _build(model, cat, wh, landing_root(req.landing), day, req)
+    span = range_days(req)
+    read = _landings(model, cat, landing_root(req.landing), day,
+                     full_refresh=req.full_refresh or bool(span), known=_known(wh, model, cat))
+    out = _build(model, cat, wh, landing_root(req.landing), day, req, span)
+    if span and out.quarantine_scope is None:  # the range's days' held rows are replaced
+        out.quarantine_scope = ("logical_date", span)
     staged = wh.union(out.parts) if out.parts else wh.stage(model.name, req.run_id, out.rows,
                                                             in_memory=True)
     if out.parts:  # built batch by batch: the rows are on disk, read them only if a rule must
@@ -138,7 +161,9 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     wh.publish(Publish(
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
-        watermark_dates=_built_days(model, cat, req, day, out.days), also_staged=out.also_staged,
+        watermark_dates=(span if span and model.inputs  # a model of no inputs marks none
+                         else _built_days(model, cat, req, day, out.days)),
+        also_staged=out.also_staged,
         quality=quality,
         quarantine_scope=out.quarantine_scope, model=model, full_refresh=req.full_refresh,
         landings=read,
@@ -260,21 +285,40 @@ def _quarantine_frame(rows: pl.DataFrame, model: Model, req: StepRequest, day: d
         return None
     if "logical_date" not in rows.columns:
         rows = rows.with_columns(logical_date=pl.lit(day))
+    if req.first_date:  # a range: each row as the night of its logical date held it back
+        return rows.with_columns(
+            model=pl.lit(model.name),
+            run_id=pl.lit("build-") + pl.col("logical_date").cast(pl.Date()).dt.to_string(),
+            quarantined_at=pl.col("logical_date").cast(pl.Date()).cast(pl.Datetime("us")))
     return rows.with_columns(model=pl.lit(model.name), run_id=pl.lit(req.run_id),
                              quarantined_at=pl.lit(datetime(day.year, day.month, day.day)))
 
 
+def range_days(req: StepRequest) -> list[date]:
+    """The days of a range step (orchestration/ranges.py), first to last; [] for one day."""
+    if not req.first_date:
+        return []
+    first = date.fromisoformat(req.first_date)
+    return [first + timedelta(days=i)
+            for i in range((date.fromisoformat(req.logical_date) - first).days + 1)]
+
+
 def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
-           req: StepRequest) -> StepOutput:
+           req: StepRequest, span: list[date]) -> StepOutput:
     if model.fact is not None:
         return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
-                          budget=parse_size(req.memory_budget) if req.memory_budget else 0)
+                          budget=parse_size(req.memory_budget) if req.memory_budget else 0,
+                          span=span)
     if model.strategy is Strategy.SCD:
         return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
-                         accept_changes=req.accept_changes)
+                         accept_changes=req.accept_changes, span=span)
     days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)
+    if span and model.strategy is not Strategy.FULL:  # a range: each of its days, as a night
+        days = [d for d in input_days(model, cat, wh, landing, day, full_refresh=True)
+                if d >= span[0]]
     parts, bad, read = [], [], 0
-    for good, rejected, n in transformed(model, cat, wh, landing, days or [day], req.run_id):
+    for good, rejected, n in transformed(model, cat, wh, landing, days or [day], req.run_id,
+                                         day_runs=bool(span)):
         read += n
         parts.append(good)
         bad.append(rejected)

@@ -137,7 +137,7 @@ class BuildWorkflow:
 
     async def _run_day(self, plan: BuildPlan, req: BuildRequest, day: str, key: str
                        ) -> DayOutcome:
-        outcome = DayOutcome(day)
+        outcome = DayOutcome(day, first_date=plan.ranges.get(day, ""))
         states = self._states[key]
         needs = {m.name: set(m.needs) for m in plan.models}
         order = [m.name for m in plan.models]
@@ -174,7 +174,8 @@ class BuildWorkflow:
                            full_refresh=plan.full_refresh, memory_limit=req.paths.memory_limit,
                            staging=req.paths.staging, job_key=workflow.info().run_id,
                            memory_budget=req.paths.memory_budget, project=req.project,
-                           fingerprint=req.fingerprint, accept_changes=plan.accept_changes)
+                           fingerprint=req.fingerprint, accept_changes=plan.accept_changes,
+                           first_date=plan.ranges.get(day, ""))
         result: StepResult = await workflow.execute_activity(
             "build_model", step, result_type=StepResult, start_to_close_timeout=STEP_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT, retry_policy=STEP_RETRY,

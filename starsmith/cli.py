@@ -222,9 +222,10 @@ def _build_leased(cfg: ProjectConfig, select: list[str] | None, day: str | None,
         return run_in_process(plan, cfg, console, cat)
     from starsmith.temporal_cli import run_with_temporal
 
-    # A range runs as a backfill: one child workflow per day, and a re-run after a failure
-    # resumes from the first day not built. Anything to restate runs inside the workflow, first.
-    ranged = bool(start or end) and not full_refresh
+    # --from/--to runs as a backfill: one child workflow per day, and a re-run after a failure
+    # resumes from the first day not built (days built in ranges run as one workflow).
+    # Anything to restate runs inside the workflow, first.
+    ranged = bool(start or end) and not full_refresh and not plan.ranges
     return run_with_temporal(plan, cfg, console, address=address, wait=not no_wait,
                              backfill=ranged, catalogue=cat,
                              forced=forced.isoformat() if forced else "")

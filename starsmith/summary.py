@@ -60,11 +60,11 @@ def outcome_rows(days: Sequence[DayOutcome], not_started: Iterable[str] = ()
     for o in days:
         for r in o.built:
             warned = r.details.get(WARNINGS, 0)
-            rows.append((o.logical_date, r.model, "warned" if warned else "built",
+            rows.append((o.label, r.model, "warned" if warned else "built",
                          f"{r.rows_written} written, {r.rows_quarantined} quarantined"
                          + (f", {warned} warning(s)" if warned else "")))
-        rows += [(o.logical_date, m, "failed", _first_line(why)) for m, why in o.failed.items()]
-        rows += [(o.logical_date, m, "skipped", f"input {why} did not build")
+        rows += [(o.label, m, "failed", _first_line(why)) for m, why in o.failed.items()]
+        rows += [(o.label, m, "skipped", f"input {why} did not build")
                  for m, why in o.skipped.items()]
     rows += [(d, "-", "skipped", "an earlier day did not build") for d in not_started]
     return rows

@@ -62,7 +62,7 @@ def build_id(cfg: ProjectConfig, plan: BuildPlan, kind: str = "build") -> str:
     build of other models or with other flags never joins a running one by accident."""
     import hashlib
 
-    dates = sorted({d for stage in (*plan.phases, plan) for d in stage.dates}) or ["none"]
+    dates = sorted({d for stage in (*plan.phases, plan) for d in stage.all_days()}) or ["none"]
     span = dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"
     models = hashlib.sha256(",".join(m.name for m in plan.models).encode()).hexdigest()[:8]
     refresh = "-full-refresh" if plan.full_refresh else ""
@@ -74,7 +74,7 @@ def request_for(cfg: ProjectConfig, plan: BuildPlan, cat: Catalogue,
     paths = Paths(str(cfg.landing.resolve()), cfg.warehouse_ref, cfg.memory_limit,
                   str(cfg.staging.resolve()), cfg.memory_budget)
     return BuildRequest(paths, select if select else tuple(m.name for m in plan.models),
-                        plan.dates, plan.full_refresh, plan.max_parallel, project=cat.project,
+                        plan.all_days(), plan.full_refresh, plan.max_parallel, project=cat.project,
                         fingerprint=cat.fingerprint, accept_changes=plan.accept_changes)
 
 

@@ -1,0 +1,177 @@
+"""Catch-up in ranges: many pending days built with one step per model, equal to the nights.
+
+A warehouse that is weeks behind (a new project over a year of landings, a pause, a long outage)
+used to run one workflow step per model per day: ~0.1 s of fixed cost a step, 2,406 days x 5
+models of it, against seconds for one full rebuild. Here the pending days are cut into ranges,
+and each model is built once per range, as nightly builds of those days, one after another,
+would have left it:
+
+- a staging table partitioned by landing day writes each day's partition from that day's
+  inputs, with that day's context (``many_days.transformed``);
+- a full-replace model is built once, for the range's last day (what the last night leaves);
+- an SCD dimension replays the range's days in order, from what it holds, each day with its
+  own run id, and only the days whose input can differ (a reference source's landing days);
+- a fact rebuilds the partitions the nights would have, each keyed and transformed as of the
+  last night that rebuilt it.
+
+What makes a fact's range equal to its nights is that the dimensions it looks up do not change
+inside the range: a range is cut where a looked-up dimension's input can change (a reference
+source's landing day; every day for a daily feed). A looked-up dimension fed every day therefore
+means ranges of a day: the nights as they were. The other conditions, each named when a catch-up
+runs day by day instead: no fact adds inferred members (the nights complete a placeholder in
+place, a range built after the dimension would not have made it), every model is of a kind
+above, its rules are absolute (a ``mostly`` or a rate other than 0 is judged per night), and no
+model has built any day of the range yet (a range starts where every model stands).
+
+Like a full refresh, a range assumes a dimension's transform depends on its inputs, not on the
+logical date: a day whose inputs are the same as the day before is not replayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+
+import polars as pl
+
+from starsmith.contract import Kind, Model, Strategy, Window
+from starsmith.facts.spec import FactType, MissingKey
+from starsmith.loaders.store import Landing
+from starsmith.loaders.target import Warehouse
+from starsmith.orchestration.messages import BuildPlan
+from starsmith.orchestration.plan import Listing, list_sources, run_id_for
+from starsmith.quality.checks import References
+from starsmith.registry import Catalogue
+
+MAX_RANGE_DAYS = 366  # a range's inputs and outputs are read a chunk or a batch at a time
+
+
+def _absolute(model: Model) -> str:
+    """Why the model's rules must be judged night by night ('' when a range may judge them)."""
+    for e in model.expectations:
+        if float(e.kwargs.get("mostly", 1.0)) < 1.0:
+            return f"its rule {e.type} has mostly={e.kwargs['mostly']}"
+    for check in model.checks:
+        if not isinstance(check, References) or check.max_unknown_rate > 0:
+            return f"its check {type(check).__name__} is judged per night"
+    return ""
+
+
+def per_day(cat: Catalogue, name: str) -> bool:
+    """A staging table partitioned by landing day, each day's partition from that day's inputs
+    (sources or other such tables, read by day)."""
+    model = cat.models[name]
+    return (model.strategy is Strategy.PARTITION and model.fact is None
+            and model.dimension is None and bool(model.inputs)
+            and all(i.window is Window.DAY and (i.name in cat.sources or per_day(cat, i.name))
+                    for i in model.inputs))
+
+
+def not_batchable(cat: Catalogue, name: str) -> str:
+    """Why ``name`` must be built night by night in a catch-up ('' when a range may build it)."""
+    model = cat.models[name]
+    rules = _absolute(model)
+    if rules:
+        return rules
+    if per_day(cat, name):
+        return ""
+    if model.strategy is Strategy.FULL and model.fact is None and model.dimension is None:
+        return ""
+    if model.strategy is Strategy.SCD and model.dimension is not None:
+        inferring = [m.name for m in cat.models.values() if m.fact is not None and any(
+            lk.dimension.name == name and lk.missing is MissingKey.INFERRED
+            for lk in m.fact.lookups)]
+        if inferring:
+            return f"{inferring[0]} adds inferred members to it"
+        return ""
+    fs = model.fact
+    if fs is None:
+        return f"its strategy ({model.strategy.value}) merges night by night"
+    if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT or model.strategy is not Strategy.PARTITION:
+        return "an accumulating snapshot merges night by night"
+    if any(lk.missing is MissingKey.INFERRED for lk in fs.lookups):
+        return "it adds inferred members to a dimension"
+    primary = fs.event_input or model.inputs[0].name
+    for inp in model.inputs:
+        if inp.name == primary:
+            continue
+        other = cat.models.get(inp.name)
+        if other is None or other.kind is not Kind.DIMENSION or inp.window is not Window.DAY:
+            return f"its transform reads {inp.name} as of each night"
+    return ""
+
+
+def change_days(cat: Catalogue, name: str, listing: Listing, days: list[date]) -> set[date]:
+    """Of ``days``, those on which ``name``'s inputs can differ from the day before: a reference
+    source's landing days, every day for a daily source or a model read by day."""
+    found: set[date] = set()
+    model = cat.models[name]
+    for inp in model.inputs:
+        if inp.name in cat.sources:
+            source = cat.sources[inp.name]
+            if source.cadence.daily and inp.window is Window.DAY:
+                return set(days)
+            landed = {d.day for d in listing.get(inp.name, []) if d.complete}
+            found |= landed & set(days)
+        elif inp.window is Window.DAY and cat.models[inp.name].partition_by:
+            return set(days)
+        else:
+            found |= change_days(cat, inp.name, listing, days)
+    return found
+
+
+def why_not_ranges(cat: Catalogue, models: list[str]) -> str:
+    """Why a catch-up of these models runs night by night ('' when it may run in ranges)."""
+    for name in models:
+        if not cat.models[name].inputs:
+            continue  # built every day from nothing: a range builds it once, as the last night
+        why = not_batchable(cat, name)
+        if why:
+            return f"{name}: {why}"
+    return ""
+
+
+def cut(cat: Catalogue, models: list[str], days: list[date], listing: Listing
+        ) -> list[list[date]]:
+    """The pending ``days`` cut into ranges: consecutive days, at most MAX_RANGE_DAYS, a new
+    one wherever a dimension a fact looks up can change (the range's facts see it as it is)."""
+    looked = {lk.dimension.name for m in models if (fs := cat.models[m].fact) is not None
+              for lk in fs.lookups}
+    starts: set[date] = set()
+    for dim in sorted(looked):
+        if dim in cat.models:
+            starts |= change_days(cat, dim, listing, days)
+    ranges: list[list[date]] = []
+    for day in days:
+        if (not ranges or day in starts or day - ranges[-1][-1] != timedelta(days=1)
+                or len(ranges[-1]) >= MAX_RANGE_DAYS):
+            ranges.append([day])
+        else:
+            ranges[-1].append(day)
+    return ranges
+
+
+def ranged(plan: BuildPlan, cat: Catalogue, models: list[str], wh: Warehouse, landing: Landing
+           ) -> BuildPlan:
+    """The plan with its pending days in ranges where that equals the nights (see the module),
+    and a note saying which; the plan as it was otherwise."""
+    days = [date.fromisoformat(d) for d in plan.dates]
+    if len(days) < 2 or plan.full_refresh or plan.phases:
+        return plan
+    why = why_not_ranges(cat, models)
+    marks = wh.watermarks()
+    if not why and marks.height:
+        started = marks.filter(pl.col("model").is_in(models) & (pl.col("logical_date") >= days[0]))
+        if started.height:
+            first = started.sort("logical_date").row(0, named=True)
+            why = f"{first['model']} has built {first['logical_date']} already"
+    if why:
+        return replace(plan, notes=(*plan.notes, f"{len(days)} days built night by night ({why})"))
+    ranges = cut(cat, models, days, list_sources(cat, models, landing))
+    if len(ranges) == len(days):
+        return replace(plan, notes=(*plan.notes, f"{len(days)} days built night by night (a "
+                                    "dimension the facts look up can change every day)"))
+    last = tuple(r[-1].isoformat() for r in ranges)
+    return replace(plan, dates=last, run_ids={d: run_id_for(d) for d in last},
+                   ranges={r[-1].isoformat(): r[0].isoformat() for r in ranges if len(r) > 1},
+                   notes=(*plan.notes, f"{len(days)} days built in {len(ranges)} range(s)"))
