@@ -161,7 +161,7 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
     wh.publish(Publish(
         target=model.name, staged=staged, statements=out.statements(model.name, staged),
         run_log=log_row, quarantine=_quarantine_frame(out.quarantine, model, req, day),
-        watermark_dates=(span if span and model.inputs  # a model of no inputs marks none
+        watermark_dates=(span if span and model.inputs  # what the nights would have marked
                          else _built_days(model, cat, req, day, out.days)),
         also_staged=out.also_staged,
         quality=quality,
@@ -178,8 +178,8 @@ def _built_days(model: Model, cat: Catalogue, req: StepRequest, day: date,
     every day the model could be built on up to ``day`` (its sources' ready days). A model of
     reference data reads one landing but is built for every day: without these, the next build
     would run every day since again, to replay what the refresh already holds."""
-    if not req.full_refresh:
-        return read
+    if not req.full_refresh:  # a model reading its inputs whole built the day all the same
+        return read or ([day] if model.inputs else [])
     from starsmith.orchestration.plan import landed_days, list_sources
 
     root = landing_root(req.landing)

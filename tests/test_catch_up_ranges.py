@@ -1,0 +1,381 @@
+"""A catch-up builds many pending days with one step per model per range
+(orchestration/ranges.py); it must leave every table exactly as the nights would have.
+
+The reference is the nights themselves: the same user project, landed one day at a time and
+built after each landing. The ranges' build lands everything first and builds once. The project
+is messy where ranges could go wrong:
+
+- the product list (a reference source) lands on the first day, again on day 5 (a category
+  changes, a product is added) and on day 9 (the added product is dropped, another changes): a
+  range is cut at each, so the facts see the dimension as their nights did;
+- sales name the added product from day 2, before it lands: the nights key them Unknown (-1);
+- a sale lands six days after it happened (past the fact's three-day lookback), sales are sent
+  twice, and sales with a negative quantity are quarantined by the staging transform;
+- the staging table and the fact stamp the run that built each row (``ctx.run_id``), and a
+  full-replace model stamps its logical date: each must be the night's.
+
+Then two projects a range must not build in one go: a key that moves to another partition (the
+fact rebuilds that range night by night in its step) and a merge model (the whole catch-up runs
+night by night, and says why). Each is compared with its nights the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from tests.user_projects import STARSMITH, build_in_process, starsmith_toml
+
+FIRST = date(2025, 1, 6)
+DAYS = 12
+
+SOURCES = '''\
+"""Daily sales, and the product list landed now and then."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from starsmith import Cadence, Column, Source
+
+SALES = Source("sales", "parquet", (
+    Column("sale_id", pl.Int64(), "sale", nullable=False),
+    Column("line", pl.Int32(), "line of the sale", nullable=False),
+    Column("product", pl.String(), "product code"),
+    Column("sold_on", pl.Date(), "the day of the sale", nullable=False),
+    Column("qty", pl.Int64(), "units"),
+    Column("amount", pl.Decimal(12, 2), "value"),
+), "Sales, exported each night.", cadence=Cadence.DAILY)
+
+PRODUCTS = Source("products", "parquet", (
+    Column("code", pl.String(), "product code", nullable=False),
+    Column("name", pl.String(), "name"),
+    Column("category", pl.String(), "category"),
+), "The product list, exported now and then.", cadence=Cadence.REFERENCE)
+'''
+
+STG = '''\
+"""Sales as landed, one partition per landing day, stamped with the run that built them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import BuildContext, Column, Input, Kind, Model, Strategy, quarantine_when
+
+from .sources import SALES
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    rows = inputs["landing.sales"].unique(maintain_order=True).with_columns(
+        landed_on=pl.lit(ctx.logical_date), loaded_by=pl.lit(ctx.run_id))
+    return quarantine_when(rows, [(pl.col("qty") < 0, "sale {sale_id} has a negative qty")])
+
+
+MODEL = Model(
+    name="stg_sales", kind=Kind.STAGING, inputs=(Input("landing.sales"),),
+    columns=(*SALES.columns, Column("landed_on", pl.Date(), "landing day", nullable=False),
+             Column("loaded_by", pl.String(), "the run that staged it", nullable=False)),
+    transform=transform, strategy=Strategy.PARTITION, partition_by="landed_on",
+    description="Sales as landed.")
+'''
+
+DIM = '''\
+"""Products: the category is history, the name is overwritten; a dropped product is closed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import (BuildContext, ChangeDetection, DimensionSpec, Input, Kind, Model,
+                       SCDType, Strategy, dimension_columns)
+
+from .sources import PRODUCTS
+
+SPEC = DimensionSpec(
+    name="dim_product", surrogate_key="product_key", natural_key=("code",),
+    columns=(("name", SCDType.OVERWRITE), ("category", SCDType.VERSIONED)),
+    detection=ChangeDetection.CHECK, snapshot=True)
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["landing.products"].select("code", "name", "category")
+
+
+MODEL = Model(
+    name="dim_product", kind=Kind.DIMENSION, inputs=(Input("landing.products"),),
+    columns=dimension_columns(SPEC, PRODUCTS.columns), transform=transform,
+    strategy=Strategy.SCD, dimension=SPEC, unique_key=("product_key",),
+    description="One row per version of a product.")
+'''
+
+FACT = '''\
+"""Sale lines keyed to the product as it was on the day of the sale."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import (Additivity, BuildContext, Column, FactSpec, FactType, Input, KeyLookup,
+                       Kind, MissingKey, Model, Strategy)
+
+from . import dim_product
+
+FACT = FactSpec(
+    name="fact_sales", fact_type=FactType.TRANSACTION, grain=("sale_id", "line"),
+    event_date="sold_on", lookback_days=3,
+    lookups=(KeyLookup(dim_product.SPEC, ("product",), "sold_on", MissingKey.UNKNOWN),),
+    measures=(("qty", Additivity.ADDITIVE), ("amount", Additivity.ADDITIVE)))
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["stg_sales"].unique(subset=["sale_id", "line"], keep="last",
+                                      maintain_order=True).with_columns(built_by=pl.lit(ctx.run_id))
+
+
+MODEL = Model(
+    name="fact_sales", kind=Kind.FACT, inputs=(Input("stg_sales"), Input("dim_product")),
+    columns=(Column("sale_id", pl.Int64(), "sale", nullable=False),
+             Column("line", pl.Int32(), "line", nullable=False),
+             Column("sold_on", pl.Date(), "the partition", nullable=False),
+             Column("product_key", pl.Int64(), "the product then", nullable=False),
+             Column("qty", pl.Int64(), "units"),
+             Column("amount", pl.Decimal(12, 2), "value"),
+             Column("built_by", pl.String(), "the run that keyed it", nullable=False)),
+    transform=transform, strategy=Strategy.PARTITION, partition_by="sold_on",
+    unique_key=("sale_id", "line"), fact=FACT, description="Sale lines.")
+'''
+
+TOTALS = '''\
+"""Units sold so far, replaced each night and stamped with its logical date."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import BuildContext, Column, Input, Kind, Model, Strategy, Window
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["stg_sales"].group_by("product").agg(units=pl.col("qty").sum()).with_columns(
+        as_of=pl.lit(ctx.logical_date))
+
+
+MODEL = Model(
+    name="product_totals", kind=Kind.STAGING, inputs=(Input("stg_sales", Window.ALL),),
+    columns=(Column("product", pl.String(), "product code"),
+             Column("units", pl.Int64(), "units so far"),
+             Column("as_of", pl.Date(), "the night it was built", nullable=False)),
+    transform=transform, strategy=Strategy.FULL, description="Units so far.")
+'''
+
+MERGED = '''\
+"""The latest line of each sale, merged night by night."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import BuildContext, Column, Input, Kind, Model, Strategy
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["stg_sales"].select("sale_id", "qty").unique("sale_id", keep="last")
+
+
+MODEL = Model(
+    name="latest_sale", kind=Kind.STAGING, inputs=(Input("stg_sales"),),
+    columns=(Column("sale_id", pl.Int64(), "sale", nullable=False),
+             Column("qty", pl.Int64(), "units")),
+    transform=transform, strategy=Strategy.MERGE, unique_key=("sale_id",),
+    description="Latest line of each sale.")
+'''
+
+
+def _product_landings() -> dict[int, pl.DataFrame]:
+    """The product list by landing day (day offsets from FIRST)."""
+    base = {"code": ["P1", "P2", "P3"], "name": ["bolt", "nut", "gear"],
+            "category": ["metal", "metal", "parts"]}
+    day5 = {"code": ["P1", "P2", "P3", "P9"], "name": ["bolt", "nut", "gear wheel", "spring"],
+            "category": ["metal", "fasteners", "parts", "parts"]}
+    day9 = {"code": ["P1", "P2", "P3"], "name": ["bolt", "nut", "gear wheel"],
+            "category": ["hardware", "fasteners", "parts"]}
+    return {0: pl.DataFrame(base), 5: pl.DataFrame(day5), 9: pl.DataFrame(day9)}
+
+
+def _sales(day: int, *, moved_key: bool) -> pl.DataFrame:
+    """The sales landed on FIRST + day: messy on purpose."""
+    today = FIRST + timedelta(day)
+    codes = ["P1", "P2", "P3"] + (["P9"] if day >= 2 else [])
+    rows = [(day * 100 + i, 1, code, today, i + 1, Decimal(f"{i + 1}.50"))
+            for i, code in enumerate(codes)]
+    if day >= 1:  # a sale of the day before, landed a day late (inside the lookback)
+        rows.append((day * 100 + 50, 1, "P2", today - timedelta(1), 2, Decimal("3.00")))
+    if day == 8:  # a sale of day 1, landed a week late (past the lookback)
+        rows.append((8850, 1, "P3", FIRST + timedelta(1), 4, Decimal("8.00")))
+    if day == 6:  # a negative quantity: quarantined by staging
+        rows.append((660, 1, "P1", today, -1, Decimal("1.00")))
+    if moved_key and day == 7:  # sale 301 again, dated another day: a key in two partitions
+        rows.append((301, 1, "P2", today, 9, Decimal("9.00")))
+    frame = pl.DataFrame(rows, orient="row", schema={
+        "sale_id": pl.Int64(), "line": pl.Int32(), "product": pl.String(), "sold_on": pl.Date(),
+        "qty": pl.Int64(), "amount": pl.Decimal(12, 2)})
+    if day % 4 == 3:  # sent twice
+        frame = pl.concat([frame, frame])
+    return frame
+
+
+def _write(root: Path, *, merged: bool) -> None:
+    models = root / "models"
+    models.mkdir(parents=True)
+    (root / "starsmith.toml").write_text(starsmith_toml("shop"))
+    for name, text in {"sources": SOURCES, "stg_sales": STG, "dim_product": DIM,
+                       "fact_sales": FACT, "product_totals": TOTALS,
+                       **({"latest_sale": MERGED} if merged else {})}.items():
+        (models / f"{name}.py").write_text(text)
+
+
+def _land(root: Path, day: int, *, moved_key: bool) -> None:
+    when = (FIRST + timedelta(day)).isoformat()
+    folder = root / "landing" / "sales" / f"date={when}"
+    folder.mkdir(parents=True)
+    _sales(day, moved_key=moved_key).write_parquet(folder / "part-0.parquet")
+    (folder / "_SUCCESS").touch()
+    products = _product_landings().get(day)
+    if products is not None:
+        folder = root / "landing" / "products" / f"date={when}"
+        folder.mkdir(parents=True)
+        products.write_parquet(folder / "part-0.parquet")
+        (folder / "_SUCCESS").touch()
+
+
+def _tables(warehouse: Path) -> dict[str, pl.DataFrame]:
+    """Every table of the warehouse (and the days each model built), rows sorted."""
+    out: dict[str, pl.DataFrame] = {}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        names = con.sql("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
+                        ).fetchall()
+        for (name,) in names:
+            frame = con.sql(f'SELECT * FROM main."{name}"').pl()
+            out[name] = frame.sort(frame.columns, nulls_last=True)
+        out["_watermarks"] = con.sql("SELECT model, logical_date FROM _starsmith.watermarks "
+                                     "ORDER BY ALL").pl()
+    return out
+
+
+def _project(tmp: Path, name: str, *, merged: bool = False, moved_key: bool = False
+             ) -> tuple[Path, Path]:
+    """(the nights' project, built after each landing; the catch-up's, all landed, unbuilt)."""
+    nights, catch_up = tmp / f"{name}-nights", tmp / f"{name}-catch-up"
+    for root in (nights, catch_up):
+        _write(root, merged=merged)
+    for day in range(DAYS):
+        _land(nights, day, moved_key=moved_key)
+        done = build_in_process(nights)
+        assert done.returncode == 0, done.stdout + done.stderr
+        _land(catch_up, day, moved_key=moved_key)
+    return nights, catch_up
+
+
+def _assert_same(nights: Path, catch_up: Path) -> None:
+    want = _tables(nights / ".state" / "warehouse.duckdb")
+    got = _tables(catch_up / ".state" / "warehouse.duckdb")
+    assert sorted(got) == sorted(want)
+    for name, frame in want.items():
+        mine = got[name]
+        if name.endswith("__quarantine"):
+            # a quarantine table gains the columns of whatever rows were ever held (a night's
+            # empty frame may carry a lookup's): the same rows, extra columns empty
+            shared = [c for c in frame.columns if c in mine.columns]
+            extra = [c for c in (*frame.columns, *mine.columns) if c not in shared]
+            both = pl.concat([frame, mine], how="diagonal_relaxed")
+            assert all(both[c].null_count() == both.height for c in extra), (name, extra)
+            frame, mine = (f.select(shared).sort(shared, nulls_last=True) for f in (frame, mine))
+        assert mine.equals(frame), (name, mine, frame)
+
+
+def _steps(warehouse: Path, model: str) -> int:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return int(con.sql("SELECT count(*) FROM _starsmith.run_log WHERE model = ?",
+                           params=[model]).fetchall()[0][0])
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _project(tmp_path_factory.mktemp("ranges"), "shop")
+
+
+def test_ranges_through_temporal_equal_the_nights(shop: tuple[Path, Path]) -> None:
+    nights, catch_up = shop
+    root = catch_up.parent / "shop-temporal"
+    shutil.copytree(catch_up, root)
+    done = subprocess.run([str(STARSMITH), "build"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # cut where the product list lands (days 5 and 9): three ranges, one step each per model
+    assert f"{DAYS} days built in 3 range(s)" in done.stdout, done.stdout
+    warehouse = root / ".state" / "warehouse.duckdb"
+    assert _steps(warehouse, "fact_sales") == 3
+    assert _steps(warehouse, "stg_sales") == 3
+    _assert_same(nights, root)
+    facts = _tables(warehouse)["fact_sales"]
+    spring = facts.filter(pl.col("sale_id") % 100 == 3)  # the P9 sales of each day
+    # Unknown while its list had not landed: the sale of day 2, whose partition's last night
+    # was day 4; those of days 3 and 4 were keyed again by nights 5 and 6 (the lookback)
+    keys = spring.sort("sold_on")["product_key"].to_list()
+    assert keys[0] == -1 and min(keys[1:9]) > 0, keys
+    assert set(facts["built_by"].to_list()) > {f"build-{FIRST + timedelta(DAYS - 1)}"}
+
+
+def test_ranges_in_process_equal_the_nights(shop: tuple[Path, Path]) -> None:
+    nights, catch_up = shop
+    root = catch_up.parent / "shop-in-process"
+    shutil.copytree(catch_up, root)
+    done = build_in_process(root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "in 3 range(s)" in done.stdout
+    _assert_same(nights, root)
+    quarantined = _tables(root / ".state" / "warehouse.duckdb")["stg_sales__quarantine"]
+    assert quarantined["sale_id"].to_list() == [660]
+    # a re-run builds nothing and changes nothing
+    again = build_in_process(root)
+    assert again.returncode == 0 and "nothing to build" in again.stdout, again.stdout
+    _assert_same(nights, root)
+
+
+def test_a_key_in_two_partitions_rebuilds_that_range_night_by_night(tmp_path: Path) -> None:
+    nights, catch_up = _project(tmp_path, "moved", moved_key=True)
+    done = build_in_process(catch_up)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "in 3 range(s)" in done.stdout
+    _assert_same(nights, catch_up)
+    quarantined = _tables(catch_up / ".state" / "warehouse.duckdb")["fact_sales__quarantine"]
+    assert quarantined["sale_id"].to_list() == [301]  # held back by its night, as published
+    # the fact's range of days 5..8 (the moved key's) ran as its four nights
+    assert _steps(catch_up / ".state" / "warehouse.duckdb", "fact_sales") == 1 + 4 + 1
+
+
+def test_a_merge_model_keeps_the_catch_up_night_by_night(tmp_path: Path) -> None:
+    nights, catch_up = _project(tmp_path, "merged", merged=True)
+    done = build_in_process(catch_up)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{DAYS} days built night by night (latest_sale: its strategy (merge)" in " ".join(
+        done.stdout.split()), done.stdout
+    _assert_same(nights, catch_up)
