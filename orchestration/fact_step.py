@@ -33,6 +33,7 @@ from starsmith.loaders import sql
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
+from starsmith.orchestration.asof import keyed_as_of, night_log
 from starsmith.orchestration.budget import Batcher, whole_versions_allowance
 from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
 from starsmith.orchestration.plan import run_id_for
@@ -87,6 +88,16 @@ def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: 
             f"WHERE {cond}", [day] if other.partition_by else None,
             _k=primary.select(shared).unique()), other.schema).lazy()
     return frames
+
+
+@dataclass(frozen=True)
+class Nights:
+    """A catch-up range's facts: each partition's night, and the states of the dimensions
+    their replays changed after the range's first night (orchestration/asof.py)."""
+
+    of: pl.DataFrame  # _p (partition) -> _night
+    logs: dict[str, pl.DataFrame]  # dimension -> its NightLog
+    contexts: bool = True  # transform each partition under its night's context (a range's)
 
 
 @dataclass
@@ -150,7 +161,7 @@ def _read_versions(wh: Warehouse, spec: DimensionSpec, schema: pl.Schema,
 
 def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, model: Model,
             run_id: str, day: date, counts: dict[str, int], pending: pl.DataFrame | None,
-            whole: WholeVersions | None = None
+            whole: WholeVersions | None = None, nights: Nights | None = None
             ) -> tuple[pl.DataFrame, pl.DataFrame, tuple[str, pl.DataFrame] | None]:
     """Key the facts; ``pending`` holds inferred members an earlier batch of this run made.
 
@@ -160,7 +171,17 @@ def _lookup(facts: pl.DataFrame, lk: KeyLookup, cat: Catalogue, wh: Warehouse, m
     """
     spec = lk.dimension
     schema = dimension_schema(spec, cat.models[spec.name].schema)
-    if whole is not None:
+    log = nights.logs.get(spec.name) if nights is not None else None
+    if nights is not None and log is not None:  # a range: each fact as its night keyed it
+        if whole is not None:
+            versions = whole.versions
+        else:
+            keys = facts.select([pl.col(a).alias(b) for a, b in zip(
+                lk.fact_columns, spec.natural_key, strict=True)]).drop_nulls().unique()
+            versions = _read_versions(wh, spec, schema, keys)
+        found = keyed_as_of(facts, lk, versions, log, nights.of, model.fact.event_date
+                            if model.fact else "")
+    elif whole is not None:
         versions, index = whole.with_members(pending)
         found = index.lookup(facts, lk)
     else:
@@ -235,7 +256,7 @@ def _grain_conflicts(model: Model, fs: FactSpec, cat: Catalogue, primary: pl.Dat
 def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
            day: date, bound: date, run_id: str, exists: bool, full_refresh: bool,
            counts: dict[str, int], inferred: dict[str, pl.DataFrame],
-           whole: dict[str, WholeVersions] | None = None, asof: pl.DataFrame | None = None
+           whole: dict[str, WholeVersions] | None = None, asof: Nights | None = None
            ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """Build the facts of one batch of partitions: transform, point-in-time keys, grain.
     ``asof`` (a catch-up's range): each partition's night, whose context transforms it."""
@@ -247,12 +268,14 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
                                          _k=primary.select(model.unique_key).unique()), model.schema)
                    if exists and not full_refresh else pl.DataFrame(schema=model.schema))
         inputs[model.name] = current.lazy()
-    facts, bad = split_quarantine(_transformed(model, fs, inputs, day, run_id, asof), model)
+    facts, bad = split_quarantine(_transformed(model, fs, inputs, day, run_id,
+                                               asof.of if asof and asof.contexts else None),
+                                  model)
     held = [bad, conflicts]
     for lk in fs.lookups:
         facts, q, new = _lookup(facts, lk, cat, wh, model, run_id, day, counts,
                                 inferred.get(lk.dimension.name),
-                                (whole or {}).get(lk.dimension.name))
+                                (whole or {}).get(lk.dimension.name), asof)
         held.append(q)
         if new is not None:
             name, frame = new
@@ -302,7 +325,8 @@ def _transformed(model: Model, fs: FactSpec, inputs: dict[str, pl.LazyFrame], da
         outs = [run_transform(model, {**inputs, event: part.lazy()},
                               BuildContext(key[0], run_id_for(key[0])))
                 for key, part in sorted(nights.items())]
-    return pl.concat(outs, how="vertical_relaxed") if outs else run_transform(
+    # one chunk: keys set beside multi-chunk string views made Polars 2.1 panic in a filter
+    return pl.concat(outs, how="vertical_relaxed", rechunk=True) if outs else run_transform(
         model, inputs, BuildContext(day, run_id))
 
 
@@ -355,7 +379,8 @@ def _range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, loa
 
 def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
                run_id: str, *, full_refresh: bool, budget: int = 0,
-               span: list[date] | None = None) -> StepOutput:
+               span: list[date] | None = None, within: list[date] | None = None
+               ) -> StepOutput:
     """Build a fact for one logical date; many partitions are built a batch at a time.
 
     Batching bounds memory: a full rebuild of years of history holds one batch of partitions in
@@ -381,6 +406,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
     staged_parts: list[str] = []
     read = 0
     asof: pl.DataFrame | None = None  # a range's partitions and their nights
+    logs: dict[str, pl.DataFrame] = {}  # and the states their dimensions' replays logged
     if fs.fact_type is FactType.ACCUMULATING_SNAPSHOT:
         cond = f'"{load}" <= ?' if full_refresh else f'"{load}" = ?'
         primary = wh.query(f'SELECT * FROM main."{primary_name}" WHERE {cond}',
@@ -394,9 +420,21 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
             asof, counts["late_beyond_lookback"] = _range_partitions(
                 wh, model, fs, primary_name, load, span)
             parts = asof["_p"].to_list()
+            for lk in fs.lookups:  # the states their dimensions' replays changed after
+                states = night_log(wh, lk.dimension.name, span)  # the range's first night
+                if states is not None:
+                    logs[lk.dimension.name] = states
         else:
             parts, counts["late_beyond_lookback"] = _partitions(
                 wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
+            for lk in fs.lookups:  # a range's night built on its own: as that night saw them
+                states = night_log(wh, lk.dimension.name, within) if within else None
+                if states is not None:
+                    logs[lk.dimension.name] = states
+        nights = (Nights(asof, logs) if asof is not None
+                  else Nights(pl.DataFrame({"_p": parts, "_night": [day] * len(parts)},
+                                           schema={"_p": pl.Date(), "_night": pl.Date()}),
+                              logs, contexts=False) if logs else None)
         batcher = Batcher(parts, fs.batch_days, budget)
         # Many batches read each dimension once (before the first: what it holds is resident,
         # and the budget's batches are sized around it); a night's one batch reads its keys'.
@@ -413,7 +451,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                                _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
             read += primary.height
             rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
-                               full_refresh, counts, inferred, whole, asof)
+                               full_refresh, counts, inferred, whole, nights)
             if asof is not None and exists and model.partition_by and model.unique_key \
                     and model.partition_by not in model.unique_key:
                 rows, clashed = _outside_partitions(wh, model, rows, parts)

@@ -11,17 +11,17 @@ would have left it:
 - a full-replace model is built once, for the range's last day (what the last night leaves);
 - an SCD dimension replays the range's days in order, from what it holds, each day with its
   own run id, and only the days whose input can differ (a reference source's landing days);
-- a fact rebuilds the partitions the nights would have, each keyed and transformed as of the
-  last night that rebuilt it.
+- a fact rebuilds the partitions the nights would have, each transformed and keyed as of the
+  last night that rebuilt it: against the dimensions as that night left them, from the states
+  the dimensions' replays logged when a later night of the range changed a key (asof.py).
 
-What makes a fact's range equal to its nights is that the dimensions it looks up do not change
-inside the range: a range is cut where a looked-up dimension's input can change (a reference
-source's landing day; every day for a daily feed). A looked-up dimension fed every day therefore
-means ranges of a day: the nights as they were. The other conditions, each named when a catch-up
-runs day by day instead: no fact adds inferred members (the nights complete a placeholder in
-place, a range built after the dimension would not have made it), every model is of a kind
-above, its rules are absolute (a ``mostly`` or a rate other than 0 is judged per night), and no
-model has built any day of the range yet (a range starts where every model stands).
+The conditions, each named when a catch-up runs night by night instead: no fact adds inferred
+members (the nights complete a placeholder in place: a range built after the dimension would
+not have made it), every model is of a kind above, its rules are absolute (a ``mostly`` or a
+rate other than 0 is judged per night), and no model has built any day of the range yet (a
+range starts where every model stands). A fact whose key sits in two partitions of a range
+(each night judged it against what was published then) rebuilds that range night by night, in
+its step.
 
 Like a full refresh, a range assumes a dimension's transform depends on its inputs, not on the
 logical date: a day whose inputs are the same as the day before is not replayed.
@@ -36,10 +36,9 @@ import polars as pl
 
 from starsmith.contract import Kind, Model, Strategy, Window
 from starsmith.facts.spec import FactType, MissingKey
-from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan
-from starsmith.orchestration.plan import Listing, list_sources, run_id_for
+from starsmith.orchestration.plan import Listing, run_id_for
 from starsmith.quality.checks import References
 from starsmith.registry import Catalogue
 
@@ -131,19 +130,11 @@ def why_not_ranges(cat: Catalogue, models: list[str]) -> str:
     return ""
 
 
-def cut(cat: Catalogue, models: list[str], days: list[date], listing: Listing
-        ) -> list[list[date]]:
-    """The pending ``days`` cut into ranges: consecutive days, at most MAX_RANGE_DAYS, a new
-    one wherever a dimension a fact looks up can change (the range's facts see it as it is)."""
-    looked = {lk.dimension.name for m in models if (fs := cat.models[m].fact) is not None
-              for lk in fs.lookups}
-    starts: set[date] = set()
-    for dim in sorted(looked):
-        if dim in cat.models:
-            starts |= change_days(cat, dim, listing, days)
+def cut(days: list[date]) -> list[list[date]]:
+    """The pending ``days`` cut into ranges: consecutive days, at most MAX_RANGE_DAYS each."""
     ranges: list[list[date]] = []
     for day in days:
-        if (not ranges or day in starts or day - ranges[-1][-1] != timedelta(days=1)
+        if (not ranges or day - ranges[-1][-1] != timedelta(days=1)
                 or len(ranges[-1]) >= MAX_RANGE_DAYS):
             ranges.append([day])
         else:
@@ -151,8 +142,7 @@ def cut(cat: Catalogue, models: list[str], days: list[date], listing: Listing
     return ranges
 
 
-def ranged(plan: BuildPlan, cat: Catalogue, models: list[str], wh: Warehouse, landing: Landing
-           ) -> BuildPlan:
+def ranged(plan: BuildPlan, cat: Catalogue, models: list[str], wh: Warehouse) -> BuildPlan:
     """The plan with its pending days in ranges where that equals the nights (see the module),
     and a note saying which; the plan as it was otherwise."""
     days = [date.fromisoformat(d) for d in plan.dates]
@@ -167,10 +157,7 @@ def ranged(plan: BuildPlan, cat: Catalogue, models: list[str], wh: Warehouse, la
             why = f"{first['model']} has built {first['logical_date']} already"
     if why:
         return replace(plan, notes=(*plan.notes, f"{len(days)} days built night by night ({why})"))
-    ranges = cut(cat, models, days, list_sources(cat, models, landing))
-    if len(ranges) == len(days):
-        return replace(plan, notes=(*plan.notes, f"{len(days)} days built night by night (a "
-                                    "dimension the facts look up can change every day)"))
+    ranges = cut(days)
     last = tuple(r[-1].isoformat() for r in ranges)
     return replace(plan, dates=last, run_ids={d: run_id_for(d) for d in last},
                    ranges={r[-1].isoformat(): r[0].isoformat() for r in ranges if len(r) > 1},

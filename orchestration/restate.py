@@ -162,7 +162,7 @@ def with_restatement(cat: Catalogue, models: list[str], dates: list[date], wh: W
     ready = landed_days(cat, list(cat.order), landing)
     found = find_restatement(cat, models, ready, wh, landing, forced=forced, mark=mark)
     if found is None:  # a catch-up of many days: in ranges where they equal the nights
-        return ranged(plan(models, dates), cat, models, wh, landing)
+        return ranged(plan(models, dates), cat, models, wh)
     phases = []
     # The models the restatement leaves alone come up to its last day first: a rebuilt model
     # reads them as of that day (they are never downstream of a restated one).

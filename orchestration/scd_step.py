@@ -23,6 +23,7 @@ from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END, Change
 from starsmith.loaders import sql
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
+from starsmith.orchestration.asof import FIRST, LOGGED, NightLog, asof_table
 from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
 from starsmith.orchestration.late import place_late
@@ -165,9 +166,13 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
     seeds = _placeholders(wh, model, spec, schema) if full_refresh else None
     dim = reserved if full_refresh else None
     replay = full_refresh or bool(span)
+    log = None
     if span:
         days, dim = _range_replays(model, cat, landing, span), _range_start(wh, model, schema,
                                                                               reserved)
+        if any(m.fact is not None and any(lk.dimension.name == model.name for lk in m.fact.lookups)
+               for m in cat.models.values()):  # facts key against it: log what they saw
+            log = NightLog(spec, schema, span[0])
     changed = pl.DataFrame(schema=schema)
     late_keys: list[pl.DataFrame] = []
     for d in days:
@@ -219,6 +224,10 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
                 changed = pl.concat([changed, placed.rows])
                 late_keys.append(placed.keys)
         else:
+            if log is not None:
+                touched = frames.changes().select(spec.natural_key)
+                log.before(dim, pl.concat([touched, placed.keys.cast(touched.schema)])
+                           if placed is not None else touched, d)
             dim = frames.apply(dim, spec.surrogate_key)
             if placed is not None:
                 dim = pl.concat([dim.join(placed.keys, on=list(spec.natural_key), how="anti"),
@@ -235,11 +244,17 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
     # valid_from moved (its surrogate key is not among the staged rows).
     moved = (wh.stage(f"{model.name}__late_keys", run_id, pl.concat(late_keys))
              if late_keys else None)
+    logged = log.frame() if log is not None else None
+    states = (wh.stage(f"{model.name}__asof", run_id, logged)
+              if logged is not None and logged.height else None)
+    if span and log is not None:  # the run log says which range the states are for
+        counts |= {LOGGED: logged.height if logged is not None else 0, FIRST: span[0].toordinal()}
 
     def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
         if replay:
-            return sql.replace_all(qualified, staged)
+            kept = sql.replace_all(asof_table(model.name), states) if states else []
+            return [*sql.replace_all(qualified, staged), *kept]
         gone = [sql.replace_keys(qualified, moved, spec.natural_key, [])[0]] if moved else []
         return [sql.create_like(qualified, staged), *gone,
                 *sql.replace_keys(qualified, staged, (spec.surrogate_key,), schema.names())]
@@ -249,4 +264,4 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
     # In (natural key, valid_from) order, as the builder left them: deterministic, so a re-run
     # stages the same file.
     return StepOutput(rows, quarantine, statements, read, counts, days,
-                      also_staged=[moved] if moved else [])
+                      also_staged=[r for r in (moved, states) if r])

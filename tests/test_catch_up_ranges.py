@@ -2,28 +2,32 @@
 (orchestration/ranges.py); it must leave every table exactly as the nights would have.
 
 The reference is the nights themselves: the same user project, landed one day at a time and
-built after each landing. The ranges' build lands everything first and builds once. The project
-is messy where ranges could go wrong:
+built after each landing. The catch-up lands everything first and builds once. The project is
+messy where a range could go wrong:
 
-- the product list (a reference source) lands on the first day, again on day 5 (a category
-  changes, a product is added) and on day 9 (the added product is dropped, another changes): a
-  range is cut at each, so the facts see the dimension as their nights did;
-- sales name the added product from day 2, before it lands: the nights key them Unknown (-1);
-- a sale lands six days after it happened (past the fact's three-day lookback), sales are sent
-  twice, and sales with a negative quantity are quarantined by the staging transform;
-- the staging table and the fact stamp the run that built each row (``ctx.run_id``), and a
-  full-replace model stamps its logical date: each must be the night's.
+- customers come as a daily change feed: C3 and C6 arrive on days 4 and 6, named by sales since
+  days 2 and 1 (the nights quarantined those sales as missing until a night rebuilt their
+  partition after the arrival); C1's change of day 2 is told on day 6, and a change of C2 older
+  than one already built arrives on day 7 (its history is re-derived); a sale names C9, whom
+  the feed never sends;
+- the product list (reference data) lands on days 0, 5 and 9: a category changes, P9 is added
+  (sold since day 2: Unknown until then), then dropped;
+- sales land a day late (inside the fact's three-day lookback) and a week late (past it), some
+  days are sent twice, and a negative quantity is quarantined by staging;
+- staging and the fact stamp the run that built each row (``ctx.run_id``), and a full-replace
+  model stamps its logical date: each must be the night's.
 
 Then two projects a range must not build in one go: a key that moves to another partition (the
-fact rebuilds that range night by night in its step) and a merge model (the whole catch-up runs
-night by night, and says why). Each is compared with its nights the same way.
+fact rebuilds that range night by night in its step, each night keyed as of itself) and a merge
+model (the whole catch-up runs night by night, and says why). Each is compared with its nights
+the same way.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -49,10 +53,17 @@ SALES = Source("sales", "parquet", (
     Column("sale_id", pl.Int64(), "sale", nullable=False),
     Column("line", pl.Int32(), "line of the sale", nullable=False),
     Column("product", pl.String(), "product code"),
+    Column("customer", pl.String(), "customer code"),
     Column("sold_on", pl.Date(), "the day of the sale", nullable=False),
     Column("qty", pl.Int64(), "units"),
     Column("amount", pl.Decimal(12, 2), "value"),
 ), "Sales, exported each night.", cadence=Cadence.DAILY)
+
+CUSTOMERS = Source("customers", "parquet", (
+    Column("customer", pl.String(), "customer code", nullable=False),
+    Column("segment", pl.String(), "market segment"),
+    Column("updated_at", pl.Datetime("us"), "when the change happened", nullable=False),
+), "The day's changes to customers.", cadence=Cadence.CHANGE_FEED)
 
 PRODUCTS = Source("products", "parquet", (
     Column("code", pl.String(), "product code", nullable=False),
@@ -120,6 +131,62 @@ MODEL = Model(
     description="One row per version of a product.")
 '''
 
+STG_CUSTOMERS = '''\
+"""Customer changes as landed, one partition per landing day."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import BuildContext, Column, Input, Kind, Model, Strategy
+
+from .sources import CUSTOMERS
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["landing.customers"].with_columns(landed_on=pl.lit(ctx.logical_date))
+
+
+MODEL = Model(
+    name="stg_customers", kind=Kind.STAGING, inputs=(Input("landing.customers"),),
+    columns=(*CUSTOMERS.columns, Column("landed_on", pl.Date(), "landing day", nullable=False)),
+    transform=transform, strategy=Strategy.PARTITION, partition_by="landed_on",
+    description="Customer changes as landed.")
+'''
+
+DIM_CUSTOMER = '''\
+"""Customers: the segment is history, dated by the change; late changes are placed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import (BuildContext, ChangeDetection, DimensionSpec, Input, Kind, Model,
+                       SCDType, Strategy, dimension_columns)
+
+from .sources import CUSTOMERS
+
+SPEC = DimensionSpec(
+    name="dim_customer", surrogate_key="customer_key", natural_key=("customer",),
+    columns=(("segment", SCDType.VERSIONED),), detection=ChangeDetection.TIMESTAMP,
+    updated_at="updated_at")
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["stg_customers"].select("customer", "segment", "updated_at")
+
+
+MODEL = Model(
+    name="dim_customer", kind=Kind.DIMENSION, inputs=(Input("stg_customers"),),
+    columns=dimension_columns(SPEC, CUSTOMERS.columns[:2]), transform=transform,
+    strategy=Strategy.SCD, dimension=SPEC, unique_key=("customer_key",),
+    description="One row per version of a customer.")
+'''
+
 FACT = '''\
 """Sale lines keyed to the product as it was on the day of the sale."""
 
@@ -132,12 +199,13 @@ import polars as pl
 from starsmith import (Additivity, BuildContext, Column, FactSpec, FactType, Input, KeyLookup,
                        Kind, MissingKey, Model, Strategy)
 
-from . import dim_product
+from . import dim_customer, dim_product
 
 FACT = FactSpec(
     name="fact_sales", fact_type=FactType.TRANSACTION, grain=("sale_id", "line"),
     event_date="sold_on", lookback_days=3,
-    lookups=(KeyLookup(dim_product.SPEC, ("product",), "sold_on", MissingKey.UNKNOWN),),
+    lookups=(KeyLookup(dim_product.SPEC, ("product",), "sold_on", MissingKey.UNKNOWN),
+             KeyLookup(dim_customer.SPEC, ("customer",), "sold_on", MissingKey.QUARANTINE)),
     measures=(("qty", Additivity.ADDITIVE), ("amount", Additivity.ADDITIVE)))
 
 
@@ -147,11 +215,13 @@ def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyF
 
 
 MODEL = Model(
-    name="fact_sales", kind=Kind.FACT, inputs=(Input("stg_sales"), Input("dim_product")),
+    name="fact_sales", kind=Kind.FACT,
+    inputs=(Input("stg_sales"), Input("dim_product"), Input("dim_customer")),
     columns=(Column("sale_id", pl.Int64(), "sale", nullable=False),
              Column("line", pl.Int32(), "line", nullable=False),
              Column("sold_on", pl.Date(), "the partition", nullable=False),
              Column("product_key", pl.Int64(), "the product then", nullable=False),
+             Column("customer_key", pl.Int64(), "the customer then", nullable=False),
              Column("qty", pl.Int64(), "units"),
              Column("amount", pl.Decimal(12, 2), "value"),
              Column("built_by", pl.String(), "the run that keyed it", nullable=False)),
@@ -220,23 +290,44 @@ def _product_landings() -> dict[int, pl.DataFrame]:
     return {0: pl.DataFrame(base), 5: pl.DataFrame(day5), 9: pl.DataFrame(day9)}
 
 
+def _customers(day: int) -> pl.DataFrame:
+    """The customer changes landed on FIRST + day (most days none)."""
+    def at(d: int, hour: int) -> datetime:
+        return datetime.combine(FIRST + timedelta(d), time(hour))
+
+    changes = {
+        0: [("C1", "retail", at(0, 10)), ("C2", "retail", at(0, 11))],
+        3: [("C2", "trade", at(3, 9))],
+        4: [("C3", "retail", at(4, 8))],
+        # C6 arrives, named by sales since day 1; C1 changed on day 2, told only now
+        6: [("C6", "trade", at(6, 7)), ("C1", "trade", at(2, 12))],
+        # older than a change of C2 already built: its history is re-derived
+        7: [("C2", "wholesale", at(1, 15))],
+    }.get(day, [])
+    return pl.DataFrame(changes, orient="row", schema={
+        "customer": pl.String(), "segment": pl.String(), "updated_at": pl.Datetime("us")})
+
+
 def _sales(day: int, *, moved_key: bool) -> pl.DataFrame:
     """The sales landed on FIRST + day: messy on purpose."""
     today = FIRST + timedelta(day)
     codes = ["P1", "P2", "P3"] + (["P9"] if day >= 2 else [])
-    rows = [(day * 100 + i, 1, code, today, i + 1, Decimal(f"{i + 1}.50"))
+    who = ["C1", "C2", "C6" if day >= 1 else "C2", "C3"]  # C6 and C3 before they arrive
+    rows = [(day * 100 + i, 1, code, who[i], today, i + 1, Decimal(f"{i + 1}.50"))
             for i, code in enumerate(codes)]
-    if day >= 1:  # a sale of the day before, landed a day late (inside the lookback)
-        rows.append((day * 100 + 50, 1, "P2", today - timedelta(1), 2, Decimal("3.00")))
+    if day >= 1:  # a sale of the day before, landed a day late (inside the lookback), by a
+        # customer the feed never sends (quarantined by the lookup)
+        rows.append((day * 100 + 50, 1, "P2", "C9", today - timedelta(1), 2, Decimal("3.00")))
     if day == 8:  # a sale of day 1, landed a week late (past the lookback)
-        rows.append((8850, 1, "P3", FIRST + timedelta(1), 4, Decimal("8.00")))
+        rows.append((8850, 1, "P3", "C1", FIRST + timedelta(1), 4, Decimal("8.00")))
     if day == 6:  # a negative quantity: quarantined by staging
-        rows.append((660, 1, "P1", today, -1, Decimal("1.00")))
+        rows.append((660, 1, "P1", "C1", today, -1, Decimal("1.00")))
     if moved_key and day == 7:  # sale 301 again, dated another day: a key in two partitions
-        rows.append((301, 1, "P2", today, 9, Decimal("9.00")))
+        rows.append((301, 1, "P2", "C2", today, 9, Decimal("9.00")))
     frame = pl.DataFrame(rows, orient="row", schema={
-        "sale_id": pl.Int64(), "line": pl.Int32(), "product": pl.String(), "sold_on": pl.Date(),
-        "qty": pl.Int64(), "amount": pl.Decimal(12, 2)})
+        "sale_id": pl.Int64(), "line": pl.Int32(), "product": pl.String(),
+        "customer": pl.String(), "sold_on": pl.Date(), "qty": pl.Int64(),
+        "amount": pl.Decimal(12, 2)})
     if day % 4 == 3:  # sent twice
         frame = pl.concat([frame, frame])
     return frame
@@ -247,6 +338,7 @@ def _write(root: Path, *, merged: bool) -> None:
     models.mkdir(parents=True)
     (root / "starsmith.toml").write_text(starsmith_toml("shop"))
     for name, text in {"sources": SOURCES, "stg_sales": STG, "dim_product": DIM,
+                       "stg_customers": STG_CUSTOMERS, "dim_customer": DIM_CUSTOMER,
                        "fact_sales": FACT, "product_totals": TOTALS,
                        **({"latest_sale": MERGED} if merged else {})}.items():
         (models / f"{name}.py").write_text(text)
@@ -257,6 +349,10 @@ def _land(root: Path, day: int, *, moved_key: bool) -> None:
     folder = root / "landing" / "sales" / f"date={when}"
     folder.mkdir(parents=True)
     _sales(day, moved_key=moved_key).write_parquet(folder / "part-0.parquet")
+    (folder / "_SUCCESS").touch()
+    folder = root / "landing" / "customers" / f"date={when}"
+    folder.mkdir(parents=True)
+    _customers(day).write_parquet(folder / "part-0.parquet")
     (folder / "_SUCCESS").touch()
     products = _product_landings().get(day)
     if products is not None:
@@ -329,11 +425,11 @@ def test_ranges_through_temporal_equal_the_nights(shop: tuple[Path, Path]) -> No
     done = subprocess.run([str(STARSMITH), "build"], cwd=root, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    # cut where the product list lands (days 5 and 9): three ranges, one step each per model
-    assert f"{DAYS} days built in 3 range(s)" in done.stdout, done.stdout
+    # one range: one step per model
+    assert f"{DAYS} days built in 1 range(s)" in done.stdout, done.stdout
     warehouse = root / ".state" / "warehouse.duckdb"
-    assert _steps(warehouse, "fact_sales") == 3
-    assert _steps(warehouse, "stg_sales") == 3
+    assert _steps(warehouse, "fact_sales") == 1
+    assert _steps(warehouse, "stg_sales") == 1
     _assert_same(nights, root)
     facts = _tables(warehouse)["fact_sales"]
     spring = facts.filter(pl.col("sale_id") % 100 == 3)  # the P9 sales of each day
@@ -342,6 +438,11 @@ def test_ranges_through_temporal_equal_the_nights(shop: tuple[Path, Path]) -> No
     keys = spring.sort("sold_on")["product_key"].to_list()
     assert keys[0] == -1 and min(keys[1:9]) > 0, keys
     assert set(facts["built_by"].to_list()) > {f"build-{FIRST + timedelta(DAYS - 1)}"}
+    # C6 is in the dimension now, yet the sales of days 2 and 3 stay held back: the last nights
+    # of their partitions (4 and 5) came before C6 arrived (day 6)
+    held = _tables(warehouse)["fact_sales__quarantine"]
+    assert held.filter(pl.col("customer") == "C6")["sale_id"].to_list() == [202, 302]
+    assert _tables(warehouse)["dim_customer"].filter(pl.col("customer") == "C6").height == 1
 
 
 def test_ranges_in_process_equal_the_nights(shop: tuple[Path, Path]) -> None:
@@ -350,7 +451,7 @@ def test_ranges_in_process_equal_the_nights(shop: tuple[Path, Path]) -> None:
     shutil.copytree(catch_up, root)
     done = build_in_process(root)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "in 3 range(s)" in done.stdout
+    assert "in 1 range(s)" in done.stdout
     _assert_same(nights, root)
     quarantined = _tables(root / ".state" / "warehouse.duckdb")["stg_sales__quarantine"]
     assert quarantined["sale_id"].to_list() == [660]
@@ -364,12 +465,14 @@ def test_a_key_in_two_partitions_rebuilds_that_range_night_by_night(tmp_path: Pa
     nights, catch_up = _project(tmp_path, "moved", moved_key=True)
     done = build_in_process(catch_up)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "in 3 range(s)" in done.stdout
+    assert "in 1 range(s)" in done.stdout
     _assert_same(nights, catch_up)
     quarantined = _tables(catch_up / ".state" / "warehouse.duckdb")["fact_sales__quarantine"]
-    assert quarantined["sale_id"].to_list() == [301]  # held back by its night, as published
-    # the fact's range of days 5..8 (the moved key's) ran as its four nights
-    assert _steps(catch_up / ".state" / "warehouse.duckdb", "fact_sales") == 1 + 4 + 1
+    moved = quarantined.filter(pl.col("sale_id") == 301)  # held back by its night
+    assert moved["reason"].to_list() == ["key (sale_id, line) already published in partition "
+                                         f"{FIRST + timedelta(3)}"], moved
+    # the fact's range ran as its nights, in its step
+    assert _steps(catch_up / ".state" / "warehouse.duckdb", "fact_sales") == DAYS
 
 
 def test_a_merge_model_keeps_the_catch_up_night_by_night(tmp_path: Path) -> None:
