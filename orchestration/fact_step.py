@@ -21,11 +21,10 @@ import numpy as np
 import polars as pl
 from sqlglot import exp
 
-from starsmith.contract import BuildContext, Kind, Model, Window
+from starsmith.contract import Kind, Model, Window
 from starsmith.dimensions import dimension_schema, inferred_members
 from starsmith.dimensions.members import INFERRED_DAY_BITS, inferred_slot
 from starsmith.dimensions.spec import DimensionSpec
-from starsmith.errors import StarsmithError
 from starsmith.facts.grain import check_grain, grain_violations, split_grain_conflicts
 from starsmith.facts.keys import HOW, MATCH, KeyIndex, apply_missing, index_bytes, lookup_key
 from starsmith.facts.spec import FactSpec, FactType, KeyLookup, MissingKey
@@ -33,10 +32,10 @@ from starsmith.loaders import sql
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
-from starsmith.orchestration.asof import keyed_as_of, night_log
+from starsmith.orchestration.asof import keyed_as_of
 from starsmith.orchestration.budget import Batcher, whole_versions_allowance
-from starsmith.orchestration.output import StepOutput, conform, run_transform, split_quarantine
-from starsmith.orchestration.plan import run_id_for
+from starsmith.orchestration.fact_range import Nights, night_logs, per_night, range_partitions
+from starsmith.orchestration.output import StepOutput, conform, split_quarantine
 from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
@@ -88,16 +87,6 @@ def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: 
             f"WHERE {cond}", [day] if other.partition_by else None,
             _k=primary.select(shared).unique()), other.schema).lazy()
     return frames
-
-
-@dataclass(frozen=True)
-class Nights:
-    """A catch-up range's facts: each partition's night, and the states of the dimensions
-    their replays changed after the range's first night (orchestration/asof.py)."""
-
-    of: pl.DataFrame  # _p (partition) -> _night
-    logs: dict[str, pl.DataFrame]  # dimension -> its NightLog
-    contexts: bool = True  # transform each partition under its night's context (a range's)
 
 
 @dataclass
@@ -268,7 +257,7 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
                                          _k=primary.select(model.unique_key).unique()), model.schema)
                    if exists and not full_refresh else pl.DataFrame(schema=model.schema))
         inputs[model.name] = current.lazy()
-    facts, bad = split_quarantine(_transformed(model, fs, inputs, day, run_id,
+    facts, bad = split_quarantine(per_night(model, fs, event_input(model), inputs, day, run_id,
                                                asof.of if asof and asof.contexts else None),
                                   model)
     held = [bad, conflicts]
@@ -306,75 +295,6 @@ def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
         f"key ({', '.join(key)}) already published in partition {{}}",
         pl.col("_published_in").cast(pl.String))).drop("_published_in")
     return marked.filter(pl.col("_published_in").is_null()).drop("_published_in"), held
-
-
-def _transformed(model: Model, fs: FactSpec, inputs: dict[str, pl.LazyFrame], day: date,
-                 run_id: str, asof: pl.DataFrame | None) -> pl.DataFrame:
-    """The transform's rows; in a range, each partition's under the context of its night (the
-    last night that rebuilt it), all in one engine call."""
-    if asof is None:
-        return run_transform(model, inputs, BuildContext(day, run_id))
-    event = event_input(model)
-    rows = inputs[event].collect().join(asof, left_on=fs.event_date, right_on="_p", how="left")
-    nights = rows.partition_by("_night", as_dict=True, include_key=False)
-    try:
-        outs = pl.collect_all([model.transform({**inputs, event: part.lazy()},
-                                               BuildContext(key[0], run_id_for(key[0])))
-                               for key, part in sorted(nights.items())])
-    except Exception:  # one night at a time, for the error its night would give
-        outs = [run_transform(model, {**inputs, event: part.lazy()},
-                              BuildContext(key[0], run_id_for(key[0])))
-                for key, part in sorted(nights.items())]
-    # one chunk: keys set beside multi-chunk string views made Polars 2.1 panic in a filter
-    return pl.concat(outs, how="vertical_relaxed", rechunk=True) if outs else run_transform(
-        model, inputs, BuildContext(day, run_id))
-
-
-class NotInOneGo(StarsmithError):
-    """A range's fact cannot be rebuilt in one go as its nights built it: built night by night."""
-
-
-def _range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load: str,
-                      span: list[date]) -> tuple[pl.DataFrame, int]:
-    """Each partition the range's nights rebuild, with the last of those nights (``_p``,
-    ``_night``): the nights' own rule (:func:`_partitions`), replayed over the range's landing
-    days; and how many rows landed older than the lookback."""
-    first, last = span[0], span[-1]
-    lookback = max(fs.lookback_days, 1) - 1
-    event = fs.event_date
-    pairs = wh.query(f'SELECT "{event}" AS p, "{load}" AS l, count(*) AS n FROM main."{table}" '
-                     f'WHERE "{load}" <= ? AND ("{load}" >= ? OR "{event}" >= ?) '
-                     f'AND "{event}" IS NOT NULL GROUP BY ALL', [last, first,
-                                                              first - timedelta(days=lookback)])
-    nights: dict[date, date] = {}
-    late = 0
-    landed: dict[date, date] = {}  # partition -> its first landing day
-    for p, landed_on, n in pairs.iter_rows():
-        landed[p] = min(landed.get(p, landed_on), landed_on)
-        if first <= landed_on:  # touched by that night
-            nights[p] = max(nights.get(p, landed_on), landed_on)
-            if p < landed_on - timedelta(days=lookback):
-                late += n
-    for p, since in landed.items():  # in the lookback window of the nights after it landed
-        end = min(p + timedelta(days=lookback), last)
-        if end >= max(first, since, p):
-            nights[p] = max(nights.get(p, end), end)
-    frame = pl.DataFrame({"_p": list(nights), "_night": list(nights.values())},
-                         schema={"_p": pl.Date(), "_night": pl.Date()}).sort("_p")
-    columns = set(wh.query(f'SELECT * FROM main."{table}" LIMIT 0').columns)
-    for key in {tuple(k) for k in (model.unique_key, fs.grain) if k}:
-        key = tuple(c for c in key if c != model.partition_by)
-        if not set(key) <= columns:
-            raise NotInOneGo(f"{model.name}: its key ({', '.join(key)}) is made by its transform")
-        # a key in two partitions: each night judged it against what was published then
-        cols = ", ".join(f'p."{c}"' for c in key)
-        split = wh.query(f'SELECT 1 AS x FROM main."{table}" p SEMI JOIN _parts d ON p."{event}"'
-                         f' = d._p WHERE p."{load}" <= ? GROUP BY {cols} '
-                         f'HAVING count(DISTINCT p."{event}") > 1 LIMIT 1', [last],
-                         _parts=frame.select("_p"))
-        if split.height:
-            raise NotInOneGo(f"{model.name}: a key ({', '.join(key)}) is in two partitions")
-    return frame, late
 
 
 def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
@@ -417,20 +337,14 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         read = primary.height
     else:
         if span:  # a catch-up's range: the partitions its nights rebuilt, each as of its night
-            asof, counts["late_beyond_lookback"] = _range_partitions(
+            asof, counts["late_beyond_lookback"] = range_partitions(
                 wh, model, fs, primary_name, load, span)
             parts = asof["_p"].to_list()
-            for lk in fs.lookups:  # the states their dimensions' replays changed after
-                states = night_log(wh, lk.dimension.name, span)  # the range's first night
-                if states is not None:
-                    logs[lk.dimension.name] = states
+            logs = night_logs(wh, fs, span)
         else:
             parts, counts["late_beyond_lookback"] = _partitions(
                 wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
-            for lk in fs.lookups:  # a range's night built on its own: as that night saw them
-                states = night_log(wh, lk.dimension.name, within) if within else None
-                if states is not None:
-                    logs[lk.dimension.name] = states
+            logs = night_logs(wh, fs, within) if within else {}  # a range's night, alone
         nights = (Nights(asof, logs) if asof is not None
                   else Nights(pl.DataFrame({"_p": parts, "_night": [day] * len(parts)},
                                            schema={"_p": pl.Date(), "_night": pl.Date()}),

@@ -32,7 +32,8 @@ from starsmith.loaders.store import Landing, landing_root
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse
 from starsmith.log import get_logger
 from starsmith.orchestration.budget import duckdb_limit, parse_size
-from starsmith.orchestration.fact_step import NotInOneGo, build_fact
+from starsmith.orchestration.fact_range import NotInOneGo
+from starsmith.orchestration.fact_step import build_fact
 from starsmith.orchestration.failures import typed as _typed
 from starsmith.orchestration.inputs import input_days
 from starsmith.orchestration.many_days import transformed

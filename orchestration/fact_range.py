@@ -1,0 +1,113 @@
+"""A fact's catch-up range: the partitions its nights rebuilt, each under its night.
+
+A night rebuilds the partitions its landed rows touch and those within the lookback, keyed and
+transformed as of that night; a partition's rows in the warehouse are those of the last night
+that rebuilt it. A range replays that rule over its landing days (:func:`range_partitions`),
+transforms each partition under its night's context (:func:`per_night`), and keys it against its
+dimensions as that night left them (``Nights``, orchestration/asof.py). Where the nights' result
+hangs on their order (a key in two partitions: each night judged it against what was published
+then), the range says so (:class:`NotInOneGo`) and its step builds the nights one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import polars as pl
+
+from starsmith.contract import BuildContext, Model
+from starsmith.errors import StarsmithError
+from starsmith.facts.spec import FactSpec
+from starsmith.loaders.target import Warehouse
+from starsmith.orchestration.asof import night_log
+from starsmith.orchestration.output import run_transform
+from starsmith.orchestration.plan import run_id_for
+
+
+@dataclass(frozen=True)
+class Nights:
+    """A catch-up range's facts: each partition's night, and the states of the dimensions
+    their replays changed after the range's first night (orchestration/asof.py)."""
+
+    of: pl.DataFrame  # _p (partition) -> _night
+    logs: dict[str, pl.DataFrame]  # dimension -> its NightLog
+    contexts: bool = True  # transform each partition under its night's context (a range's)
+
+
+def per_night(model: Model, fs: FactSpec, event: str, inputs: dict[str, pl.LazyFrame],
+              day: date, run_id: str, asof: pl.DataFrame | None) -> pl.DataFrame:
+    """The transform's rows; in a range, each partition's under the context of its night (the
+    last night that rebuilt it), all in one engine call."""
+    if asof is None:
+        return run_transform(model, inputs, BuildContext(day, run_id))
+    rows = inputs[event].collect().join(asof, left_on=fs.event_date, right_on="_p", how="left")
+    nights = rows.partition_by("_night", as_dict=True, include_key=False)
+    try:
+        outs = pl.collect_all([model.transform({**inputs, event: part.lazy()},
+                                               BuildContext(key[0], run_id_for(key[0])))
+                               for key, part in sorted(nights.items())])
+    except Exception:  # one night at a time, for the error its night would give
+        outs = [run_transform(model, {**inputs, event: part.lazy()},
+                              BuildContext(key[0], run_id_for(key[0])))
+                for key, part in sorted(nights.items())]
+    # one chunk: keys set beside multi-chunk string views made Polars 2.1 panic in a filter
+    return pl.concat(outs, how="vertical_relaxed", rechunk=True) if outs else run_transform(
+        model, inputs, BuildContext(day, run_id))
+
+
+class NotInOneGo(StarsmithError):
+    """A range's fact cannot be rebuilt in one go as its nights built it: built night by night."""
+
+
+def range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load: str,
+                      span: list[date]) -> tuple[pl.DataFrame, int]:
+    """Each partition the range's nights rebuild, with the last of those nights (``_p``,
+    ``_night``): the nights' own rule (:func:`_partitions`), replayed over the range's landing
+    days; and how many rows landed older than the lookback."""
+    first, last = span[0], span[-1]
+    lookback = max(fs.lookback_days, 1) - 1
+    event = fs.event_date
+    pairs = wh.query(f'SELECT "{event}" AS p, "{load}" AS l, count(*) AS n FROM main."{table}" '
+                     f'WHERE "{load}" <= ? AND ("{load}" >= ? OR "{event}" >= ?) '
+                     f'AND "{event}" IS NOT NULL GROUP BY ALL', [last, first,
+                                                              first - timedelta(days=lookback)])
+    nights: dict[date, date] = {}
+    late = 0
+    landed: dict[date, date] = {}  # partition -> its first landing day
+    for p, landed_on, n in pairs.iter_rows():
+        landed[p] = min(landed.get(p, landed_on), landed_on)
+        if first <= landed_on:  # touched by that night
+            nights[p] = max(nights.get(p, landed_on), landed_on)
+            if p < landed_on - timedelta(days=lookback):
+                late += n
+    for p, since in landed.items():  # in the lookback window of the nights after it landed
+        end = min(p + timedelta(days=lookback), last)
+        if end >= max(first, since, p):
+            nights[p] = max(nights.get(p, end), end)
+    frame = pl.DataFrame({"_p": list(nights), "_night": list(nights.values())},
+                         schema={"_p": pl.Date(), "_night": pl.Date()}).sort("_p")
+    columns = set(wh.query(f'SELECT * FROM main."{table}" LIMIT 0').columns)
+    for key in {tuple(k) for k in (model.unique_key, fs.grain) if k}:
+        key = tuple(c for c in key if c != model.partition_by)
+        if not set(key) <= columns:
+            raise NotInOneGo(f"{model.name}: its key ({', '.join(key)}) is made by its transform")
+        # a key in two partitions: each night judged it against what was published then
+        cols = ", ".join(f'p."{c}"' for c in key)
+        split = wh.query(f'SELECT 1 AS x FROM main."{table}" p SEMI JOIN _parts d ON p."{event}"'
+                         f' = d._p WHERE p."{load}" <= ? GROUP BY {cols} '
+                         f'HAVING count(DISTINCT p."{event}") > 1 LIMIT 1', [last],
+                         _parts=frame.select("_p"))
+        if split.height:
+            raise NotInOneGo(f"{model.name}: a key ({', '.join(key)}) is in two partitions")
+    return frame, late
+
+
+def night_logs(wh: Warehouse, fs: FactSpec, span: list[date]) -> dict[str, pl.DataFrame]:
+    """The states the looked-up dimensions' replays of this range logged, by dimension."""
+    logs: dict[str, pl.DataFrame] = {}
+    for lk in fs.lookups:
+        states = night_log(wh, lk.dimension.name, span)
+        if states is not None:
+            logs[lk.dimension.name] = states
+    return logs
