@@ -50,6 +50,8 @@ def _absolute(model: Model) -> str:
     for e in model.expectations:
         if float(e.kwargs.get("mostly", 1.0)) < 1.0:
             return f"its rule {e.type} has mostly={e.kwargs['mostly']}"
+        if not e.type.startswith("expect_column_values_to_") or "unique" in e.type:
+            return f"its rule {e.type} is judged over each night's rows"  # a count, a mean
     for check in model.checks:
         if not isinstance(check, References) or check.max_unknown_rate > 0:
             return f"its check {type(check).__name__} is judged per night"

@@ -324,9 +324,8 @@ def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: d
         return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
                          accept_changes=req.accept_changes, span=span)
     days = input_days(model, cat, wh, landing, day, full_refresh=req.full_refresh)
-    if span and model.strategy is not Strategy.FULL:  # a range: each of its days, as a night
-        days = [d for d in input_days(model, cat, wh, landing, day, full_refresh=True)
-                if d >= span[0]]
+    if span and days and model.strategy is not Strategy.FULL:  # a range: each night's day
+        days = span  # (a reference source is read as of each day, landed that day or not)
     parts, bad, read = [], [], 0
     for good, rejected, n in transformed(model, cat, wh, landing, days or [day], req.run_id,
                                          day_runs=bool(span)):

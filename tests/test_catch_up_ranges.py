@@ -14,8 +14,9 @@ messy where a range could go wrong:
   (sold since day 2: Unknown until then), then dropped;
 - sales land a day late (inside the fact's three-day lookback) and a week late (past it), some
   days are sent twice, and a negative quantity is quarantined by staging;
-- staging and the fact stamp the run that built each row (``ctx.run_id``), and a full-replace
-  model stamps its logical date: each must be the night's.
+- staging and the fact stamp the run that built each row (``ctx.run_id``), a full-replace
+  model stamps its logical date, and a model keeps the product list of every day (a partition
+  a day, whether the list landed that day or not): each must be the night's.
 
 Then two projects a range must not build in one go: a key that moves to another partition (the
 fact rebuilds that range night by night in its step, each night keyed as of itself) and a merge
@@ -254,6 +255,31 @@ MODEL = Model(
     transform=transform, strategy=Strategy.FULL, description="Units so far.")
 '''
 
+PRODUCT_DAYS = '''\
+"""The product list as each day reads it (the latest landed on or before), one partition a day."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from starsmith import BuildContext, Column, Input, Kind, Model, Strategy
+
+from .sources import PRODUCTS
+
+
+def transform(inputs: Mapping[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+    return inputs["landing.products"].with_columns(as_of=pl.lit(ctx.logical_date))
+
+
+MODEL = Model(
+    name="product_days", kind=Kind.STAGING, inputs=(Input("landing.products"),),
+    columns=(*PRODUCTS.columns, Column("as_of", pl.Date(), "the day", nullable=False)),
+    transform=transform, strategy=Strategy.PARTITION, partition_by="as_of",
+    description="The product list of each day.")
+'''
+
 MERGED = '''\
 """The latest line of each sale, merged night by night."""
 
@@ -339,7 +365,7 @@ def _write(root: Path, *, merged: bool) -> None:
     (root / "starsmith.toml").write_text(starsmith_toml("shop"))
     for name, text in {"sources": SOURCES, "stg_sales": STG, "dim_product": DIM,
                        "stg_customers": STG_CUSTOMERS, "dim_customer": DIM_CUSTOMER,
-                       "fact_sales": FACT, "product_totals": TOTALS,
+                       "fact_sales": FACT, "product_totals": TOTALS, "product_days": PRODUCT_DAYS,
                        **({"latest_sale": MERGED} if merged else {})}.items():
         (models / f"{name}.py").write_text(text)
 
