@@ -45,11 +45,19 @@ from starsmith.registry import Catalogue
 MAX_RANGE_DAYS = 366  # a range's inputs and outputs are read a chunk or a batch at a time
 
 
-def _absolute(model: Model) -> str:
+def judged_per_night(model: Model) -> str:
     """Why the model's rules must be judged night by night ('' when a range may judge them)."""
+    dim = model.dimension
+    keys = [set(k) for k in (model.unique_key, model.fact.grain if model.fact else (),
+                             (dim.surrogate_key,) if dim else (),
+                             (*dim.natural_key, "valid_from") if dim else ()) if k]
     for e in model.expectations:
-        if float(e.kwargs.get("mostly", 1.0)) < 1.0:
-            return f"its rule {e.type} has mostly={e.kwargs['mostly']}"
+        kw = e.kwargs
+        if float(kw.get("mostly", 1.0)) < 1.0:
+            return f"its rule {e.type} has mostly={kw['mostly']}"
+        if "unique" in e.type and set(kw.get("column_list") or [kw.get("column")]) in keys:
+            continue  # the model's own key: unique in the range iff in each night (a key in
+            # two partitions rebuilds the fact's range night by night)
         if not e.type.startswith("expect_column_values_to_") or "unique" in e.type:
             return f"its rule {e.type} is judged over each night's rows"  # a count, a mean
     for check in model.checks:
@@ -69,11 +77,13 @@ def per_day(cat: Catalogue, name: str) -> bool:
 
 
 def not_batchable(cat: Catalogue, name: str) -> str:
-    """Why ``name`` must be built night by night in a catch-up ('' when a range may build it)."""
+    """Why ``name`` must be built night by night in a catch-up ('' when a range may build it):
+    what the model is first, then how its rules are judged."""
+    return _kind(cat, name) or judged_per_night(cat.models[name])
+
+
+def _kind(cat: Catalogue, name: str) -> str:
     model = cat.models[name]
-    rules = _absolute(model)
-    if rules:
-        return rules
     if per_day(cat, name):
         return ""
     if model.strategy is Strategy.FULL and model.fact is None and model.dimension is None:
@@ -82,9 +92,7 @@ def not_batchable(cat: Catalogue, name: str) -> str:
         inferring = [m.name for m in cat.models.values() if m.fact is not None and any(
             lk.dimension.name == name and lk.missing is MissingKey.INFERRED
             for lk in m.fact.lookups)]
-        if inferring:
-            return f"{inferring[0]} adds inferred members to it"
-        return ""
+        return f"{inferring[0]} adds inferred members to it" if inferring else ""
     fs = model.fact
     if fs is None:
         return f"its strategy ({model.strategy.value}) merges night by night"

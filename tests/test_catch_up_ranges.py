@@ -508,3 +508,30 @@ def test_a_merge_model_keeps_the_catch_up_night_by_night(tmp_path: Path) -> None
     assert f"{DAYS} days built night by night (latest_sale: its strategy (merge)" in " ".join(
         done.stdout.split()), done.stdout
     _assert_same(nights, catch_up)
+
+
+def test_each_reason_to_build_night_by_night_is_named() -> None:
+    """The demo's models, each judged: what keeps a catch-up night by night is named per model
+    (the first of them is the build's note), and the models a range can build are not."""
+    from starsmith.orchestration.ranges import judged_per_night, not_batchable, why_not_ranges
+    from starsmith.scaffold import demo_catalogue
+
+    cat = demo_catalogue()
+    why = {name: not_batchable(cat, name) for name in cat.order}
+    assert why["stg_orders"] == ""  # a staging table partitioned by landing day
+    assert why["dim_date"] == ""  # built from nothing: a range builds it as its last night
+    assert why["dim_product"] == ""  # an SCD no fact adds inferred members to
+    assert why["dim_customer"] == "fact_sales adds inferred members to it"
+    assert why["stg_order_lines"] == "its check Volume is judged per night"
+    assert why["stg_customers"] == ("its rule expect_table_row_count_to_be_between is judged "
+                                    "over each night's rows")
+    assert why["fact_order_fulfilment"] == "an accumulating snapshot merges night by night"
+    assert why["fact_inventory_daily"] == "its transform reads dim_product as of each night"
+    assert why["fact_sales"] == "it adds inferred members to a dimension"
+    assert judged_per_night(cat.models["fact_sales"]) == "its check References is judged per night"
+    assert judged_per_night(cat.models["fact_inventory_daily"]) == (
+        "its rule expect_column_proportion_of_unique_values_to_be_between is judged over each "
+        "night's rows")
+    assert judged_per_night(cat.models["dim_customer"]) == (  # its uniqueness rule is its own key's
+        "its rule expect_column_values_to_not_be_null has mostly=0.95")
+    assert why_not_ranges(cat, list(cat.order)) != ""
