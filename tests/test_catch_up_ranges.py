@@ -26,6 +26,7 @@ the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from datetime import date, datetime, time, timedelta
@@ -535,3 +536,35 @@ def test_each_reason_to_build_night_by_night_is_named() -> None:
     assert judged_per_night(cat.models["dim_customer"]) == (  # its uniqueness rule is its own key's
         "its rule expect_column_values_to_not_be_null has mostly=0.95")
     assert why_not_ranges(cat, list(cat.order)) != ""
+
+
+def test_nights_share_one_transform_only_when_the_context_changes_nothing(tmp_path: Path
+                                                                          ) -> None:
+    """A range's fact runs its transform once for the nights whose plans are the same (the
+    context unused), and once a night when the context is in the plan: a literal, or a frame
+    built from it."""
+    from starsmith.contract import BuildContext
+    from starsmith.discover import load_catalogue
+    from starsmith.orchestration.fact_range import _alike
+    from starsmith.project import load_project
+
+    _write(tmp_path, merged=False)
+    cat = load_catalogue(load_project(tmp_path))
+    nights = [FIRST + timedelta(n) for n in range(5)]
+
+    def groups(model: str, inp: str) -> int:
+        empty = pl.DataFrame(schema=cat.models[inp].schema if inp in cat.models
+                             else dict((c.name, c.dtype) for c in cat.sources[inp].columns))
+        return len(_alike(cat.models[model], {inp: empty.lazy()}, nights))
+
+    assert groups("fact_sales", "stg_sales") == 5  # stamps ctx.run_id
+    assert groups("product_totals", "stg_sales") == 5  # stamps ctx.logical_date
+    assert groups("dim_product", "landing.products") == 1  # never reads its context
+    assert groups("stg_customers", "landing.customers") == 5
+
+    def spine(inputs: dict[str, pl.LazyFrame], ctx: BuildContext) -> pl.LazyFrame:
+        day = pl.DataFrame({"code": ["P1"], "seen": [ctx.logical_date]})  # a frame, not a lit
+        return inputs["landing.products"].join(day.lazy(), on="code", how="left")
+
+    cat.models["dim_product"] = dataclasses.replace(cat.models["dim_product"], transform=spine)
+    assert groups("dim_product", "landing.products") == 5
