@@ -42,7 +42,8 @@ def _alike(model: Model, inputs: dict[str, pl.LazyFrame], nights: list[date]
     and one call over every night's rows gives what a call per night gives. The serialized plan
     holds every literal, a frame built from the context included; a plan that cannot be
     serialized (a Python function) keeps each night apart."""
-    empty = {name: frame.clear() for name, frame in inputs.items()}
+    # frames of no rows built from the schemas (``clear`` would keep the batch in the plan)
+    empty = {name: pl.LazyFrame(schema=frame.collect_schema()) for name, frame in inputs.items()}
     groups: dict[bytes, list[date]] = {}
     for night in nights:
         try:
