@@ -52,6 +52,16 @@ class Publish:
     model: Model | None = None  # the spec, for targets that create and evolve tables from it
     full_refresh: bool = False  # the model's watermarks and recorded landings are replaced
     landings: Sequence[tuple[str, date, str]] = ()  # (source, landed day, fingerprint) read
+    # A catch-up range's dimension: the states its replay replaced (ASOF_COLUMNS), which the
+    # range's facts key earlier nights against; they replace the dimension's previous ones.
+    asof: pl.DataFrame | None = None
+
+
+ASOF_SCHEMA = pl.Schema({
+    "dimension": pl.String(), "natural_key": pl.String(),  # the key's values, as JSON
+    "surrogate_key": pl.Int64(), "valid_from": pl.Datetime("us"),
+    "valid_to": pl.Datetime("us"), "until": pl.Date(),  # NULL key: not in the dimension yet
+})
 
 
 def safe_name(name: str) -> str:

@@ -7,8 +7,9 @@ against the dimension as it stood that night.
 
 So the dimension's range replay logs, for every key a night after the first changes, the key's
 versions as they stood before that night (surrogate key and validity only: what a lookup reads),
-and "absent" for a key that did not exist yet. The log is published with the dimension
-(``_starsmith.<dimension>__asof``) and the run log says which range it is for. The fact's range
+and "absent" for a key that did not exist yet. The log is published with the dimension (one
+metadata table, ``_starsmith.asof``, holds every dimension's) and the run log says which range
+it is for. The fact's range
 keys a partition whose night is before a key's change against the logged versions, every other
 fact against the dimension as it is: a lookup whose natural key is extended by the state
 (``_state``: the last night a logged state held, or FINAL), so the usual rules (exact, nearest,
@@ -27,17 +28,13 @@ import polars as pl
 from starsmith.dimensions.spec import DimensionSpec
 from starsmith.facts.keys import Lookup, lookup_key
 from starsmith.facts.spec import KeyLookup
-from starsmith.loaders.target import Warehouse
+from starsmith.loaders.target import ASOF_SCHEMA, Warehouse
 
 FINAL = date(9999, 12, 31)  # the state of a key the range did not change after the fact's night
 STATE = "_state"
 UNTIL = "_until"  # a logged state held until the end of this night
 LOGGED = "asof_rows"  # the dimension's run-log detail: how many states it logged
 FIRST = "range_first"  # and the range they are for (its first day's ordinal)
-
-
-def asof_table(dimension: str) -> str:
-    return f"_starsmith.{dimension}__asof"
 
 
 class NightLog:
@@ -64,21 +61,40 @@ class NightLog:
         self.parts.append(frame.cast(dict(self.schema)).select(self.schema.names()))  # type: ignore[arg-type]
 
     def frame(self) -> pl.DataFrame:
-        return (pl.concat(self.parts) if self.parts
-                else pl.DataFrame(schema=self.schema))
+        """The states, as the warehouse keeps every dimension's (``ASOF_SCHEMA``: the natural
+        key as JSON, so one table holds every dimension's, whatever its key)."""
+        states = pl.concat(self.parts) if self.parts else pl.DataFrame(schema=self.schema)
+        return states.select(
+            dimension=pl.lit(self.spec.name, dtype=pl.String()),
+            natural_key=pl.struct(list(self.spec.natural_key)).struct.json_encode(),
+            surrogate_key=pl.col(self.spec.surrogate_key).cast(pl.Int64()),
+            valid_from=pl.col("valid_from").cast(pl.Datetime("us")),
+            valid_to=pl.col("valid_to").cast(pl.Datetime("us")),
+            until=pl.col(UNTIL)).cast(dict(ASOF_SCHEMA))  # type: ignore[arg-type]
 
 
-def night_log(wh: Warehouse, dimension: str, span: list[date]) -> pl.DataFrame | None:
-    """The log the dimension's replay of this very range published, or None (nothing changed
-    after its first night, or the dimension was not built with this range)."""
+def night_log(wh: Warehouse, spec: DimensionSpec, schema: pl.Schema, span: list[date]
+              ) -> pl.DataFrame | None:
+    """The states the dimension's replay of this very range logged, with the dimension's key
+    columns and types (``schema``), or None: nothing changed after its first night, or the
+    dimension was not last built with this range."""
     last = wh.query("SELECT logical_date, details FROM _starsmith.run_log WHERE model = ? AND "
-                    "status = 'success' ORDER BY finished_at DESC LIMIT 1", [dimension])
+                    "status = 'success' ORDER BY finished_at DESC LIMIT 1", [spec.name])
     if not last.height or last["logical_date"][0] != span[-1] or last["details"][0] is None:
         return None
     details = json.loads(last["details"][0])
     if details.get(FIRST) != span[0].toordinal() or not details.get(LOGGED):
         return None
-    return wh.query(f"SELECT * FROM {asof_table(dimension)}")
+    nk = list(spec.natural_key)
+    found = wh.query("SELECT natural_key, surrogate_key, valid_from, valid_to, until "
+                     "FROM _starsmith.asof WHERE dimension = ?", [spec.name])
+    key = pl.Struct({c: schema[c] for c in nk})
+    return found.select(
+        pl.col("natural_key").str.json_decode(key).struct.unnest(),
+        pl.col("surrogate_key").cast(schema[spec.surrogate_key]).alias(spec.surrogate_key),
+        pl.col("valid_from").cast(schema["valid_from"]),
+        pl.col("valid_to").cast(schema["valid_to"]),
+        pl.col("until").cast(pl.Date()).alias(UNTIL))
 
 
 def keyed_as_of(facts: pl.DataFrame, lk: KeyLookup, versions: pl.DataFrame, log: pl.DataFrame,

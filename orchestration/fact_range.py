@@ -17,12 +17,14 @@ from datetime import date, timedelta
 import polars as pl
 
 from starsmith.contract import BuildContext, Model
+from starsmith.dimensions import dimension_schema
 from starsmith.errors import StarsmithError
 from starsmith.facts.spec import FactSpec
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.asof import night_log
 from starsmith.orchestration.output import run_transform
 from starsmith.orchestration.plan import run_id_for
+from starsmith.registry import Catalogue
 
 
 @dataclass(frozen=True)
@@ -125,11 +127,13 @@ def range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load
     return frame, late
 
 
-def night_logs(wh: Warehouse, fs: FactSpec, span: list[date]) -> dict[str, pl.DataFrame]:
+def night_logs(wh: Warehouse, cat: Catalogue, fs: FactSpec, span: list[date]
+               ) -> dict[str, pl.DataFrame]:
     """The states the looked-up dimensions' replays of this range logged, by dimension."""
     logs: dict[str, pl.DataFrame] = {}
     for lk in fs.lookups:
-        states = night_log(wh, lk.dimension.name, span)
+        spec = lk.dimension
+        states = night_log(wh, spec, dimension_schema(spec, cat.models[spec.name].schema), span)
         if states is not None:
-            logs[lk.dimension.name] = states
+            logs[spec.name] = states
     return logs

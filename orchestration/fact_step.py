@@ -340,11 +340,11 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
             asof, counts["late_beyond_lookback"] = range_partitions(
                 wh, model, fs, primary_name, load, span)
             parts = asof["_p"].to_list()
-            logs = night_logs(wh, fs, span)
+            logs = night_logs(wh, cat, fs, span)
         else:
             parts, counts["late_beyond_lookback"] = _partitions(
                 wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
-            logs = night_logs(wh, fs, within) if within else {}  # a range's night, alone
+            logs = night_logs(wh, cat, fs, within) if within else {}  # a range's night, alone
         nights = (Nights(asof, logs) if asof is not None
                   else Nights(pl.DataFrame({"_p": parts, "_night": [day] * len(parts)},
                                            schema={"_p": pl.Date(), "_night": pl.Date()}),

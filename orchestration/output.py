@@ -29,6 +29,7 @@ class StepOutput:
     parts: list[str] = field(default_factory=list)  # rows already staged batch by batch
     rows_written: int = 0  # set when the rows were staged in parts
     quarantine_scope: tuple[str, list[date]] | None = None  # default: the logical date
+    asof: pl.DataFrame | None = None  # a range's dimension: the states it replaced (asof.py)
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:

@@ -23,7 +23,7 @@ from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END, Change
 from starsmith.loaders import sql
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
-from starsmith.orchestration.asof import FIRST, LOGGED, NightLog, asof_table
+from starsmith.orchestration.asof import FIRST, LOGGED, NightLog
 from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
 from starsmith.orchestration.late import place_late
@@ -245,16 +245,13 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
     moved = (wh.stage(f"{model.name}__late_keys", run_id, pl.concat(late_keys))
              if late_keys else None)
     logged = log.frame() if log is not None else None
-    states = (wh.stage(f"{model.name}__asof", run_id, logged)
-              if logged is not None and logged.height else None)
-    if span and log is not None:  # the run log says which range the states are for
-        counts |= {LOGGED: logged.height if logged is not None else 0, FIRST: span[0].toordinal()}
+    if span and logged is not None:  # the run log says which range the states are for
+        counts |= {LOGGED: logged.height, FIRST: span[0].toordinal()}
 
     def statements(target: str, staged: str) -> list[exp.Expr]:
         qualified = f"main.{target}"
         if replay:
-            kept = sql.replace_all(asof_table(model.name), states) if states else []
-            return [*sql.replace_all(qualified, staged), *kept]
+            return sql.replace_all(qualified, staged)
         gone = [sql.replace_keys(qualified, moved, spec.natural_key, [])[0]] if moved else []
         return [sql.create_like(qualified, staged), *gone,
                 *sql.replace_keys(qualified, staged, (spec.surrogate_key,), schema.names())]
@@ -264,4 +261,4 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
     # In (natural key, valid_from) order, as the builder left them: deterministic, so a re-run
     # stages the same file.
     return StepOutput(rows, quarantine, statements, read, counts, days,
-                      also_staged=[r for r in (moved, states) if r])
+                      also_staged=[moved] if moved else [], asof=logged)

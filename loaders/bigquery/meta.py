@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from starsmith.loaders.bigquery.tables import bigquery_type
+from starsmith.loaders.target import ASOF_SCHEMA
 
 ROW = "_starsmith_row"  # the staged row's position: BigQuery tables have no order of their own
 
@@ -53,7 +54,7 @@ def quality_schema() -> pl.Schema:
 
 def meta_tables() -> dict[str, pl.Schema]:
     return {"run_log": RUN_LOG, "watermarks": WATERMARKS, "jobs": JOBS, "landings": LANDINGS,
-            "restatements": RESTATEMENTS,
+            "restatements": RESTATEMENTS, "asof": ASOF_SCHEMA,
             "quality_results": quality_schema()}
 
 

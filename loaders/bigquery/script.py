@@ -134,6 +134,11 @@ def publish_script(wh: BigQueryWarehouse, job: Publish, body: Sequence[str]
         s.lines.append(f"DELETE FROM {s.table(meta_ds, 'watermarks')} WHERE `model` = "
                        f"{_lit(job.target)} AND `logical_date` > "
                        f"{_lit(job.run_log['logical_date'])}")
+    if job.asof is not None:  # a range's dimension: the states it replaced
+        s.lines.append(f"DELETE FROM {s.table(meta_ds, 'asof')} WHERE `dimension` = "
+                       f"{_lit(job.target)}")
+        if job.asof.height:
+            s.values(s.table(meta_ds, "asof"), job.asof)
     if job.landings:
         read = pl.DataFrame([(job.target, src, d, f, job.run_log["run_id"], datetime.now())
                              for src, d, f in job.landings], schema=meta.LANDINGS, orient="row")

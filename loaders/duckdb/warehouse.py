@@ -65,6 +65,11 @@ RESTATE_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.restatements (
     model VARCHAR PRIMARY KEY, from_day DATE, reason VARCHAR, recorded_at TIMESTAMP
 )"""
+ASOF_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.asof (
+    dimension VARCHAR, natural_key VARCHAR, surrogate_key BIGINT, valid_from TIMESTAMP,
+    valid_to TIMESTAMP, until DATE
+)"""
 UPKEEP_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.table_upkeep (
     model VARCHAR PRIMARY KEY, deleted_rows BIGINT
@@ -246,6 +251,7 @@ class DuckDBWarehouse(SqlReads):
             con.execute(UPKEEP_DDL)
             con.execute(LANDINGS_DDL)
             con.execute(RESTATE_DDL)
+            con.execute(ASOF_DDL)
             _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
@@ -524,6 +530,10 @@ class DuckDBWarehouse(SqlReads):
             con.execute(f"DELETE FROM {META}.restatements WHERE model = ?", [job.target])
             con.execute(f"DELETE FROM {META}.watermarks WHERE model = ? AND logical_date > ?",
                         [job.target, job.run_log["logical_date"]])
+        if job.asof is not None:  # a range's dimension: the states it replaced
+            con.execute(f"DELETE FROM {META}.asof WHERE dimension = ?", [job.target])
+            con.register("_a", job.asof.to_arrow())
+            con.execute(f"INSERT INTO {META}.asof BY NAME SELECT * FROM _a")
         if job.landings:
             con.register("_l", pl.DataFrame(
                 [(job.target, s, d, f, job.run_log["run_id"]) for s, d, f in job.landings],
