@@ -42,7 +42,8 @@ from starsmith.orchestration.plan import Listing, run_id_for
 from starsmith.quality.checks import References
 from starsmith.registry import Catalogue
 
-MAX_RANGE_DAYS = 366  # a range's inputs and outputs are read a chunk or a batch at a time
+# A range's staging rows are in memory at once (a fact's are batched): two years of days.
+MAX_RANGE_DAYS = 731
 
 
 def judged_per_night(model: Model) -> str:

@@ -175,6 +175,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
             log = NightLog(spec, schema, span[0])
     changed = pl.DataFrame(schema=schema)
     late_keys: list[pl.DataFrame] = []
+    moves = 0  # rows a replay wrote
     for d in days:
         inputs, n = day_inputs(model, cat, wh, landing, d)
         read += n
@@ -224,6 +225,7 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
                 changed = pl.concat([changed, placed.rows])
                 late_keys.append(placed.keys)
         else:
+            moves += frames.changes().height + (placed.rows.height if placed is not None else 0)
             if log is not None:
                 touched = frames.changes().select(spec.natural_key)
                 log.before(dim, pl.concat([touched, placed.keys.cast(touched.schema)])
@@ -232,7 +234,12 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
             if placed is not None:
                 dim = pl.concat([dim.join(placed.keys, on=list(spec.natural_key), how="anti"),
                                  placed.rows])
-    if dim is not None:
+    # A range that changed nothing (a reference list landed before it) rewrites nothing.
+    unchanged = bool(span) and not moves and wh.exists(model.name)
+    replay = replay and not unchanged
+    if unchanged:
+        rows = changed
+    elif dim is not None:
         # replayed day by day: put in key order once
         rows = _seed(dim, seeds, spec, before=day + timedelta(days=1)).sort(spec.surrogate_key)
     elif wh.exists(model.name):

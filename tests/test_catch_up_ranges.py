@@ -568,3 +568,22 @@ def test_nights_share_one_transform_only_when_the_context_changes_nothing(tmp_pa
 
     cat.models["dim_product"] = dataclasses.replace(cat.models["dim_product"], transform=spine)
     assert groups("dim_product", "landing.products") == 5
+
+
+def test_catch_ups_one_after_another_equal_the_nights(shop: tuple[Path, Path]) -> None:
+    """Three catch-ups (days 0-5, 6-8, 9-11): each starts where the last one stopped; in the
+    second the product list does not change (its replay writes nothing) while customers do."""
+    nights, catch_up = shop
+    root = catch_up.parent / "shop-in-steps"
+    _write(root, merged=False)
+    for first, last in ((0, 5), (6, 8), (9, 11)):
+        for d in range(first, last + 1):
+            _land(root, d, moved_key=False)
+        done = build_in_process(root)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"{last - first + 1} days built in 1 range(s)" in done.stdout, done.stdout
+    _assert_same(nights, root)
+    with duckdb.connect(str(root / ".state" / "warehouse.duckdb"), read_only=True) as con:
+        written = con.sql("SELECT rows_written FROM _starsmith.run_log WHERE model = "
+                          "'dim_product' ORDER BY logical_date").fetchall()
+    assert [n for (n,) in written][1] == 0  # nothing landed for it in days 6-8
