@@ -73,17 +73,19 @@ class NightLog:
             until=pl.col(UNTIL)).cast(dict(ASOF_SCHEMA))  # type: ignore[arg-type]
 
 
-def night_log(wh: Warehouse, spec: DimensionSpec, schema: pl.Schema, span: list[date]
+def night_log(wh: Warehouse, spec: DimensionSpec, schema: pl.Schema, first: date, last: date
               ) -> pl.DataFrame | None:
-    """The states the dimension's replay of this very range logged, with the dimension's key
-    columns and types (``schema``), or None: nothing changed after its first night, or the
-    dimension was not last built with this range."""
-    last = wh.query("SELECT logical_date, details FROM _starsmith.run_log WHERE model = ? AND "
+    """The states the dimension's last build, a range's replay, logged, when that range holds
+    the nights ``first``..``last`` (a fact's range, or a night of it built on its own: after a
+    failure, or a key in two partitions), with the dimension's key columns and types
+    (``schema``); None otherwise (nothing changed after the range's first night, or the
+    dimension's last build was not such a range: it stands as those nights left it)."""
+    done = wh.query("SELECT logical_date, details FROM _starsmith.run_log WHERE model = ? AND "
                     "status = 'success' ORDER BY finished_at DESC LIMIT 1", [spec.name])
-    if not last.height or last["logical_date"][0] != span[-1] or last["details"][0] is None:
+    if not done.height or done["logical_date"][0] < last or done["details"][0] is None:
         return None
-    details = json.loads(last["details"][0])
-    if details.get(FIRST) != span[0].toordinal() or not details.get(LOGGED):
+    details = json.loads(done["details"][0])
+    if not details.get(LOGGED) or details.get(FIRST, first.toordinal() + 1) > first.toordinal():
         return None
     nk = list(spec.natural_key)
     found = wh.query("SELECT natural_key, surrogate_key, valid_from, valid_to, until "

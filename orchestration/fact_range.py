@@ -127,13 +127,15 @@ def range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load
     return frame, late
 
 
-def night_logs(wh: Warehouse, cat: Catalogue, fs: FactSpec, span: list[date]
+def night_logs(wh: Warehouse, cat: Catalogue, fs: FactSpec, first: date, last: date
                ) -> dict[str, pl.DataFrame]:
-    """The states the looked-up dimensions' replays of this range logged, by dimension."""
+    """The states the looked-up dimensions' range replays logged that cover the nights
+    ``first``..``last``, by dimension (orchestration/asof.py)."""
     logs: dict[str, pl.DataFrame] = {}
     for lk in fs.lookups:
         spec = lk.dimension
-        states = night_log(wh, spec, dimension_schema(spec, cat.models[spec.name].schema), span)
+        states = night_log(wh, spec, dimension_schema(spec, cat.models[spec.name].schema),
+                           first, last)
         if states is not None:
             logs[spec.name] = states
     return logs

@@ -299,8 +299,7 @@ def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
 
 def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
                run_id: str, *, full_refresh: bool, budget: int = 0,
-               span: list[date] | None = None, within: list[date] | None = None
-               ) -> StepOutput:
+               span: list[date] | None = None) -> StepOutput:
     """Build a fact for one logical date; many partitions are built a batch at a time.
 
     Batching bounds memory: a full rebuild of years of history holds one batch of partitions in
@@ -340,11 +339,12 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
             asof, counts["late_beyond_lookback"] = range_partitions(
                 wh, model, fs, primary_name, load, span)
             parts = asof["_p"].to_list()
-            logs = night_logs(wh, cat, fs, span)
+            logs = night_logs(wh, cat, fs, span[0], span[-1])
         else:
             parts, counts["late_beyond_lookback"] = _partitions(
                 wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
-            logs = night_logs(wh, cat, fs, within) if within else {}  # a range's night, alone
+            # a night of a range built on its own (after a failure, or a key in two partitions)
+            logs = {} if full_refresh else night_logs(wh, cat, fs, day, day)
         nights = (Nights(asof, logs) if asof is not None
                   else Nights(pl.DataFrame({"_p": parts, "_night": [day] * len(parts)},
                                            schema={"_p": pl.Date(), "_night": pl.Date()}),

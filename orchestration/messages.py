@@ -92,7 +92,6 @@ class StepRequest:
     fingerprint: str = ""  # the project fingerprint the build was planned with
     accept_changes: bool = False  # a change beyond a source's guard is applied, not refused
     first_date: str = ""  # a range's first day: the step builds first_date..logical_date
-    within: str = ""  # "first..last": the range this night is built for, night by night
 
 
 WARNINGS = "quality_warnings"  # a step's details key: how many rules of severity warn failed

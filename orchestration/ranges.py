@@ -38,7 +38,7 @@ from starsmith.contract import Kind, Model, Strategy, Window
 from starsmith.facts.spec import FactType, MissingKey
 from starsmith.loaders.target import Warehouse
 from starsmith.orchestration.messages import BuildPlan
-from starsmith.orchestration.plan import Listing, run_id_for
+from starsmith.orchestration.plan import Listing, make_plan, run_id_for
 from starsmith.quality.checks import References
 from starsmith.registry import Catalogue
 
@@ -153,19 +153,55 @@ def cut(days: list[date]) -> list[list[date]]:
     return ranges
 
 
-def ranged(plan: BuildPlan, cat: Catalogue, models: list[str], wh: Warehouse) -> BuildPlan:
+def _resumed(plan: BuildPlan, cat: Catalogue, models: list[str], days: list[date],
+             built: dict[str, set[date]]) -> BuildPlan | None:
+    """The plan when some models have built pending days already (a catch-up stopped part way:
+    its staging and dimensions published their range, its fact did not; or a selection built
+    ahead), or None. Each pending day up to the last one any model built runs only the models
+    that have not built it (a dimension re-run for a day older than its last would apply that
+    day's input on top of later ones), night by night, as phases; the days after in ranges."""
+    ahead = max((max(d) for m, d in built.items() if m in models and d), default=None)
+    if ahead is None or ahead < days[0]:
+        return None
+    phases: list[BuildPlan] = []
+    for day in (d for d in days if d <= ahead):
+        todo = [m for m in models if day not in built.get(m, set())]
+        if not todo:
+            continue
+        if phases and [p.name for p in phases[-1].models] == todo:
+            phases[-1] = replace(phases[-1], dates=(*phases[-1].dates, day.isoformat()),
+                                 run_ids={**phases[-1].run_ids, day.isoformat(): run_id_for(day)})
+        else:
+            phases.append(make_plan(cat, todo, [day], max_parallel=plan.max_parallel,
+                                    accept_changes=plan.accept_changes))
+    rest = [d for d in days if d > ahead]
+    main = ranged(make_plan(cat, models, rest, max_parallel=plan.max_parallel,
+                            accept_changes=plan.accept_changes), cat, models, built)
+    waiting = sum(len(p.dates) for p in phases)
+    return replace(main, phases=tuple(phases), notes=(
+        *plan.notes, f"{waiting} day(s) some models built already: the others catch up night "
+        f"by night", *main.notes))
+
+
+def ranged(plan: BuildPlan, cat: Catalogue, models: list[str],
+           built: Warehouse | dict[str, set[date]]) -> BuildPlan:
     """The plan with its pending days in ranges where that equals the nights (see the module),
-    and a note saying which; the plan as it was otherwise."""
+    and a note saying which; the plan as it was otherwise. ``built``: the warehouse, or the
+    days each model has built (its watermarks)."""
     days = [date.fromisoformat(d) for d in plan.dates]
-    if len(days) < 2 or plan.full_refresh or plan.phases:
+    if plan.full_refresh or plan.phases or not days:
+        return plan
+    if not isinstance(built, dict):
+        marks: dict[str, set[date]] = {}
+        for model, day in built_days(built).iter_rows():
+            marks.setdefault(model, set()).add(day)
+        built = marks
+    resumed = _resumed(plan, cat, models, days, built)
+    if resumed is not None:
+        return resumed
+    if len(days) < 2:
         return plan
     why = why_not_ranges(cat, models)
-    marks = wh.watermarks()
-    if not why and marks.height:
-        started = marks.filter(pl.col("model").is_in(models) & (pl.col("logical_date") >= days[0]))
-        if started.height:
-            first = started.sort("logical_date").row(0, named=True)
-            why = f"{first['model']} has built {first['logical_date']} already"
     if why:
         return replace(plan, notes=(*plan.notes, f"{len(days)} days built night by night ({why})"))
     ranges = cut(days)
@@ -173,3 +209,10 @@ def ranged(plan: BuildPlan, cat: Catalogue, models: list[str], wh: Warehouse) ->
     return replace(plan, dates=last, run_ids={d: run_id_for(d) for d in last},
                    ranges={r[-1].isoformat(): r[0].isoformat() for r in ranges if len(r) > 1},
                    notes=(*plan.notes, f"{len(days)} days built in {len(ranges)} range(s)"))
+
+
+def built_days(wh: Warehouse) -> pl.DataFrame:
+    """(model, logical_date) of every day a model has built."""
+    marks = wh.watermarks()
+    return marks.select("model", "logical_date") if marks.height else pl.DataFrame(
+        schema={"model": pl.String(), "logical_date": pl.Date()})

@@ -112,10 +112,8 @@ def _night_by_night(req: StepRequest, cat: Catalogue) -> StepResult:
     """A range's days as nights, each its own step and publish; one result for them all."""
     from starsmith.orchestration.plan import run_id_for
 
-    within = f"{req.first_date}..{req.logical_date}"  # its dimensions' states are the range's
     results = [run_step(replace(req, first_date="", logical_date=d.isoformat(),
-                                run_id=run_id_for(d), within=within), cat)
-               for d in range_days(req)]
+                                run_id=run_id_for(d)), cat) for d in range_days(req)]
     sums = {k: sum(getattr(r, k) for r in results)
             for k in ("rows_read", "rows_written", "rows_inserted", "rows_updated", "rows_closed",
                       "rows_quarantined", "duration_s")}
@@ -306,20 +304,12 @@ def range_days(req: StepRequest) -> list[date]:
             for i in range((date.fromisoformat(req.logical_date) - first).days + 1)]
 
 
-def _within(req: StepRequest) -> list[date]:
-    """The range a night built on its own belongs to (``_night_by_night``), or []."""
-    if not req.within:
-        return []
-    first, _, last = req.within.partition("..")
-    return range_days(replace(req, first_date=first, logical_date=last))
-
-
 def _build(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day: date,
            req: StepRequest, span: list[date]) -> StepOutput:
     if model.fact is not None:
         return build_fact(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
                           budget=parse_size(req.memory_budget) if req.memory_budget else 0,
-                          span=span, within=_within(req))
+                          span=span)
     if model.strategy is Strategy.SCD:
         return build_scd(model, cat, wh, landing, day, req.run_id, full_refresh=req.full_refresh,
                          accept_changes=req.accept_changes, span=span)

@@ -587,3 +587,26 @@ def test_catch_ups_one_after_another_equal_the_nights(shop: tuple[Path, Path]) -
         written = con.sql("SELECT rows_written FROM _starsmith.run_log WHERE model = "
                           "'dim_product' ORDER BY logical_date").fetchall()
     assert [n for (n,) in written][1] == 0  # nothing landed for it in days 6-8
+
+
+def test_a_catch_up_killed_in_its_fact_resumes_to_the_nights(shop: tuple[Path, Path]) -> None:
+    """The process is killed (SIGKILL) after the fact's range is staged, before it publishes:
+    staging and the dimensions have published the whole range. The next build runs the fact
+    for those days without building the dimensions' older days again (that would apply an old
+    snapshot on top of a newer one), and ends as the nights did."""
+    import os
+
+    nights, catch_up = shop
+    root = catch_up.parent / "shop-killed"
+    shutil.copytree(catch_up, root)
+    killed = subprocess.run([str(STARSMITH), "build", "--in-process"], cwd=root,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "STARSMITH_FAILPOINT": "after_stage:fact_sales"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert _steps(root / ".state" / "warehouse.duckdb", "dim_customer") == 1
+    assert _steps(root / ".state" / "warehouse.duckdb", "fact_sales") == 0
+    done = build_in_process(root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{DAYS} day(s) some models built already" in done.stdout, done.stdout
+    assert _steps(root / ".state" / "warehouse.duckdb", "dim_customer") == 1  # not again
+    _assert_same(nights, root)
