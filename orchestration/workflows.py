@@ -120,8 +120,9 @@ class BuildWorkflow:
             "plan_build", req, result_type=BuildPlan,
             start_to_close_timeout=timedelta(minutes=5), retry_policy=STEP_RETRY,
         )
-        # A restatement's phases run first, in order, then the plan's own days.
-        stages = [(f"restate {i + 1}: ", phase) for i, phase in enumerate(plan.phases)]
+        # Phases run first, in order (a restatement's, or the models a stopped catch-up left
+        # behind), then the plan's own days.
+        stages = [(f"phase {i + 1}: ", phase) for i, phase in enumerate(plan.phases)]
         stages.append(("", plan))
         todo = [(label + day, stage, day) for label, stage in stages for day in stage.dates]
         for key, stage, _ in todo:
