@@ -17,11 +17,12 @@ would have left it:
 
 The conditions, each named when a catch-up runs night by night instead: no fact adds inferred
 members (the nights complete a placeholder in place: a range built after the dimension would
-not have made it), every model is of a kind above, its rules are absolute (a ``mostly`` or a
-rate other than 0 is judged per night), and no model has built any day of the range yet (a
-range starts where every model stands). A fact whose key sits in two partitions of a range
-(each night judged it against what was published then) rebuilds that range night by night, in
-its step.
+not have made it), every model is of a kind above, and its rules are judged alike over a range
+and over each night (a ``mostly``, a rate above 0, freshness, volume or a row count are not). A
+fact whose key sits in two partitions of a range (each night judged it against what was
+published then) rebuilds that range night by night, in its step. Pending days some models have
+built already (a catch-up stopped part way) run only the models that have not, night by night
+(:func:`_resumed`): a dimension is never re-run for a day older than its last.
 
 Like a full refresh, a range assumes a dimension's transform depends on its inputs, not on the
 logical date: a day whose inputs are the same as the day before is not replayed.
