@@ -156,17 +156,21 @@ def cut(days: list[date]) -> list[list[date]]:
 
 def _resumed(plan: BuildPlan, cat: Catalogue, models: list[str], days: list[date],
              built: dict[str, set[date]]) -> BuildPlan | None:
-    """The plan when some models have built pending days already (a catch-up stopped part way:
-    its staging and dimensions published their range, its fact did not; or a selection built
-    ahead), or None. Each pending day up to the last one any model built runs only the models
-    that have not built it (a dimension re-run for a day older than its last would apply that
-    day's input on top of later ones), night by night, as phases; the days after in ranges."""
-    ahead = max((max(d) for m, d in built.items() if m in models and d), default=None)
+    """The plan when some models have built pending days already and later ones too (a
+    catch-up stopped part way: its staging and dimensions published their range, its fact did
+    not), or None. Each such day runs only the models that have not built it, or built it last
+    (a re-run of a model's last day is idempotent; a dimension re-run for an older day would
+    apply that day's input on top of later ones), night by night, as phases; the days after
+    the last any model built go on in ranges."""
+    last = {m: max(d) for m, d in built.items() if m in models and d}
+    ahead = max(last.values(), default=None)
     if ahead is None or ahead < days[0]:
         return None
     phases: list[BuildPlan] = []
+    skipped = 0
     for day in (d for d in days if d <= ahead):
-        todo = [m for m in models if day not in built.get(m, set())]
+        todo = [m for m in models if day not in built.get(m, set()) or day == last[m]]
+        skipped += len(models) - len(todo)
         if not todo:
             continue
         if phases and [p.name for p in phases[-1].models] == todo:
@@ -175,6 +179,8 @@ def _resumed(plan: BuildPlan, cat: Catalogue, models: list[str], days: list[date
         else:
             phases.append(make_plan(cat, todo, [day], max_parallel=plan.max_parallel,
                                     accept_changes=plan.accept_changes))
+    if not skipped:
+        return None
     rest = [d for d in days if d > ahead]
     main = ranged(make_plan(cat, models, rest, max_parallel=plan.max_parallel,
                             accept_changes=plan.accept_changes), cat, models, built)
