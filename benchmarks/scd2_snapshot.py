@@ -7,8 +7,10 @@ from day 1's snapshot. Day 2's snapshot lands whole, as dbt snapshot expects: ev
 peak RSS is its own), with the same DuckDB memory limit, and ends with the day applied:
 
 - starsmith: ``run_step(dim_account)`` on day 2, the production path (read the staged snapshot,
-  run the model's transform, narrow it in the engine to the records that can change something,
-  build their keys' versions, stage, audit, publish in one transaction);
+  run the model's transform, hash each record and join (key, hash) in the engine with the
+  hashes stored for the live versions to find the records that can change something, build
+  their keys' versions, stage, audit, publish in one transaction). The file it starts from is
+  the one its day-1 step left: that step found nothing changed and stored the hashes;
 - duckdb_sql: one transaction of plain SQL (full join of the current versions with the snapshot,
   ``IS DISTINCT FROM`` on every attribute, close changed and gone versions, insert new ones);
 - dbt: ``dbt snapshot`` (strategy ``check`` on all 8 columns, ``hard_deletes: invalidate``) of
@@ -168,17 +170,23 @@ def make_warehouse(folder: Path, rows: int, dbt: str | None, memory_limit: str) 
     con = duckdb.connect(str(path))
     con.register("d", pl.concat([reserved, dim]).to_arrow())
     con.execute("CREATE TABLE dim_account AS SELECT * FROM d")
-    con.register("s", day2.with_columns(load_date=pl.lit(DAY2)).to_arrow())
+    con.register("s", day1.with_columns(load_date=pl.lit(DAY1)).to_arrow())
     con.execute("CREATE TABLE stg_accounts AS SELECT * FROM s")
+    con.register("s", day2.with_columns(load_date=pl.lit(DAY2)).to_arrow())
+    con.execute("INSERT INTO stg_accounts SELECT * FROM s")
     if dbt:
         con.register("l", day1.to_arrow())
         con.execute("CREATE TABLE landing_accounts AS SELECT * FROM l")
     con.close()
+    # Day 1 as starsmith's nightly build leaves it: a step that finds nothing changed and stores
+    # the live versions' hashes, as the first night on a dimension does (orchestration/row_hashes.py)
+    subprocess.run([sys.executable, __file__, "--child", "day1", str(path), memory_limit,
+                    str(folder / "project")], check=True)
     if dbt:
         run_dbt(dbt, folder / "dbt", path, memory_limit)
         con = duckdb.connect(str(path))
         con.execute("CREATE OR REPLACE TABLE landing_accounts AS"
-                    " SELECT * EXCLUDE (load_date) FROM stg_accounts")
+                    f" SELECT * EXCLUDE (load_date) FROM stg_accounts WHERE load_date = '{DAY2}'")
         con.close()
     return path
 
@@ -195,15 +203,16 @@ def run_dbt(dbt: str, folder: Path, path: Path, memory_limit: str) -> None:
 
 def child(kind: str, path: str, memory_limit: str, project: str) -> None:
     """One contender in this fresh process; records its time (after imports) and peak RSS."""
-    if kind == "starsmith":
+    if kind in ("starsmith", "day1"):
         from starsmith.discover import load_catalogue
         from starsmith.orchestration.messages import StepRequest
         from starsmith.orchestration.step import preload, run_step
         from starsmith.project import load_project
 
         cat = preload(load_catalogue(load_project(project)))  # a worker imports once
+        day = DAY1 if kind == "day1" else DAY2
         started = time.perf_counter()
-        run_step(StepRequest("dim_account", DAY2.isoformat(), f"build-{DAY2}", "/nonexistent",
+        run_step(StepRequest("dim_account", day.isoformat(), f"build-{day}", "/nonexistent",
                              path, memory_limit=memory_limit), cat)
     else:
         started = time.perf_counter()

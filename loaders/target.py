@@ -55,6 +55,23 @@ class Publish:
     # A catch-up range's dimension: the states its replay replaced (ASOF_COLUMNS), which the
     # range's facts key earlier nights against; they replace the dimension's previous ones.
     asof: pl.DataFrame | None = None
+    # A snapshot dimension's stored hashes of its live versions (orchestration/row_hashes.py):
+    # None makes a target that keeps them drop them (the next night hashes the table again).
+    hashes: RowHashes | None = None
+
+
+@dataclass(frozen=True)
+class RowHashes:
+    """What a publish does to a dimension's stored hashes."""
+
+    scheme: str  # what they were made with
+    rows: pl.DataFrame  # (natural key, _h) of live versions to store
+    replaced: pl.DataFrame | None  # keys whose stored hashes go first; None: all of them
+
+
+def hashes_table(dimension: str) -> str:
+    """The table holding a dimension's stored hashes, in the metadata schema (unquoted)."""
+    return f"{safe_name(dimension)}__hashes"
 
 
 ASOF_SCHEMA = pl.Schema({

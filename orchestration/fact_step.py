@@ -361,7 +361,8 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
             primary = wh.query(f'SELECT p.* FROM main."{primary_name}" p SEMI JOIN _parts d '
                                f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ? '
                                f'AND p."{fs.event_date}" BETWEEN ? AND ?',
-                               [bound, batch[0], batch[-1]],
+                               # no partition to rebuild (an empty day): reads no row
+                               [bound, min(batch, default=day), max(batch, default=day)],
                                _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
             read += primary.height
             rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,

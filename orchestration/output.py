@@ -11,6 +11,7 @@ from sqlglot import exp
 
 from starsmith.contract import QUARANTINE_REASON, BuildContext, Model
 from starsmith.errors import ModelError, StarsmithError
+from starsmith.loaders.target import RowHashes
 
 Statements = Callable[[str, str], list[exp.Expr]]
 """(target table, staged table) -> the strategy's statements for one atomic publish."""
@@ -30,6 +31,7 @@ class StepOutput:
     rows_written: int = 0  # set when the rows were staged in parts
     quarantine_scope: tuple[str, list[date]] | None = None  # default: the logical date
     asof: pl.DataFrame | None = None  # a range's dimension: the states it replaced (asof.py)
+    hashes: RowHashes | None = None  # a snapshot dimension's stored hashes (row_hashes.py)
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:

@@ -23,6 +23,7 @@ from starsmith.dimensions.spec import BEGINNING, INFERRED_BASE, OPEN_END, Change
 from starsmith.loaders import sql
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
+from starsmith.orchestration import row_hashes
 from starsmith.orchestration.asof import FIRST, LOGGED, NightLog
 from starsmith.orchestration.guards import guard_snapshot
 from starsmith.orchestration.inputs import day_inputs, input_days
@@ -174,6 +175,8 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
                for m in cat.models.values()):  # facts key against it: log what they saw
             log = NightLog(spec, schema, span[0])
     changed = pl.DataFrame(schema=schema)
+    night_rows: list[pl.DataFrame] = []  # every version of the night's changed keys
+    hashed_from_table: pl.DataFrame | None = None
     late_keys: list[pl.DataFrame] = []
     moves = 0  # rows a replay wrote
     for d in days:
@@ -187,8 +190,11 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
         if dim is None:
             live = None
             if spec.snapshot and wh.exists(model.name):  # only what can change goes on
-                diff = snapshot_diff(wh, model.name, spec, batch)
+                diff = snapshot_diff(wh, model.name, spec, batch, schema)
                 batch, live = diff.records, diff.live
+                hashed_from_table = diff.hashed_from_table
+                if hashed_from_table is not None:  # stored hashes missing or made otherwise
+                    totals["live_hashed"] = hashed_from_table.height
                 existing, max_key = _existing(wh, model, spec, batch, schema, diff.keys)
                 totals["unchanged"] = totals.get("unchanged", 0) + diff.unchanged
             else:
@@ -221,8 +227,10 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
         rejects.append(frames.rejects.with_columns(logical_date=pl.lit(d)))
         if dim is None:
             changed = frames.changes()
+            night_rows.append(frames.rows)
             if placed is not None:
                 changed = pl.concat([changed, placed.rows])
+                night_rows.append(placed.rows)
                 late_keys.append(placed.keys)
         else:
             moves += frames.changes().height + (placed.rows.height if placed is not None else 0)
@@ -263,9 +271,18 @@ def build_scd(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, day
         return [sql.create_like(qualified, staged), *gone,
                 *sql.replace_keys(qualified, staged, (spec.surrogate_key,), schema.names())]
 
+    hashes = None  # a snapshot dimension's stored hashes (row_hashes.py): kept in step
+    if spec.snapshot and wh.dialect == "duckdb":
+        if replay or not wh.exists(model.name):
+            hashes = row_hashes.whole(spec, schema, rows)
+        elif unchanged or not night_rows:
+            hashes = row_hashes.kept(spec, schema)
+        else:
+            night = pl.concat(night_rows, how="diagonal_relaxed").select(schema.names())
+            hashes = row_hashes.after_night(spec, schema, night, hashed_from_table)
     quarantine = (pl.concat(rejects, how="diagonal_relaxed") if rejects
                   else pl.DataFrame({"reason": []}, schema={"reason": pl.String()}))
     # In (natural key, valid_from) order, as the builder left them: deterministic, so a re-run
     # stages the same file.
     return StepOutput(rows, quarantine, statements, read, counts, days,
-                      also_staged=[moved] if moved else [], asof=logged)
+                      also_staged=[moved] if moved else [], asof=logged, hashes=hashes)

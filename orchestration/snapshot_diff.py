@@ -16,13 +16,12 @@ join of the snapshot's keys and compared columns with the current versions:
 - the keys the snapshot lacks are read too (their current versions close), and the count of the
   dimension's own live keys is what the snapshot guard measures closes against.
 
-The comparison runs in the engine. On DuckDB each side is first reduced to (key, one 64-bit
-hash of the compared columns), both hashed by the same function in the same query, so nothing
-stored has to stay stable across upgrades: joining two integer columns is ~5x cheaper than
-joining 8 text columns (10M rows: 1.5 s against 7.6 s). A hash that differs is a change for
-certain; equal hashes with different values (odds about 2^-64 per changed record) would keep the
-old version for that day. Values equal but hashed apart (a type the cast cannot align) only send
-a record to the builder, which compares the values themselves. Other engines compare the columns
+On DuckDB each record is reduced to (key, one 64-bit hash of its compared values), hashed by
+Polars, and joined with the hashes stored for the live versions (``row_hashes.py``): the night
+reads two integers a key, not every current version's attributes, and hands the engine two
+integers a record, not its texts (10M rows x 8 texts: ~1 s against ~2.3 s). A hash that differs
+is a change for certain; equal hashes with different values (odds about 2^-64 per changed
+record) would keep the old version for that day. Other engines compare the columns
 (``IS DISTINCT FROM``). Only the changed keys' versions are then read into memory, so the
 builder's cost grows with the day's changes, not with the dimension.
 """
@@ -34,8 +33,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from starsmith.dimensions import DimensionSpec
-from starsmith.dimensions.spec import INFERRED_BASE, ChangeDetection, SCDType
-from starsmith.loaders.target import Warehouse
+from starsmith.dimensions.spec import INFERRED_BASE, ChangeDetection
+from starsmith.loaders.target import Warehouse, hashes_table
+from starsmith.orchestration import row_hashes
+from starsmith.orchestration.row_hashes import HASH, compared_columns
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class SnapshotDiff:
     keys: pl.DataFrame  # natural keys whose stored versions it needs: the records' and the gone
     live: int  # the dimension's own live keys (current, alive, not inferred)
     unchanged: int  # records dropped: their key's current version already says the same
+    # the live versions' hashes, when the stored ones were missing and the table was read
+    hashed_from_table: pl.DataFrame | None = None
 
 
 def _q(name: str) -> str:
@@ -56,102 +59,103 @@ def _on(nk: list[str], left: str, right: str) -> str:
     return " AND ".join(f"{left}.{_q(c)} = {right}.{_q(c)}" for c in nk)
 
 
-def _hash(values: list[str]) -> str:
-    """DuckDB's hash of a row's compared values (a constant when there are none)."""
-    return f"hash({', '.join(values)})" if values else "0::UBIGINT"
-
-
-def _types(wh: Warehouse, table: str, columns: list[str]) -> dict[str, str]:
-    """The stored columns' types: the snapshot's values are cast to them before hashing, so an
-    Int32 or a String sent for a BIGINT or an ENUM column hashes as the stored value does."""
-    found = wh.query("SELECT column_name AS c, data_type AS t FROM information_schema.columns"
-                     " WHERE table_schema = 'main' AND table_name = ?", [table])
-    types = dict(zip(found["c"].to_list(), found["t"].to_list(), strict=True))
-    return {c: types[c] for c in columns}
-
-
-def _sent_types(wh: Warehouse, side: pl.DataFrame) -> dict[str, str]:
-    """The snapshot's columns as the engine types them (read from no rows)."""
-    found = wh.query("SELECT column_name AS c, column_type AS t FROM (DESCRIBE SELECT * FROM _s)",
-                     _s=side.clear())
-    return dict(zip(found["c"].to_list(), found["t"].to_list(), strict=True))
-
-
-def compared_columns(spec: DimensionSpec) -> list[str]:
-    """The attributes whose change makes a new version or updates one: types 2 and 1."""
-    return [*spec.of_type(SCDType.VERSIONED), *spec.of_type(SCDType.OVERWRITE)]
-
-
-def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
-                  ) -> SnapshotDiff:
+def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame,
+                  schema: pl.Schema) -> SnapshotDiff:
     """Narrow ``batch`` (a whole snapshot) to the records that can change ``table``.
 
-    One full join of the snapshot's keys and compared columns with the live current versions:
-    a snapshot row with no live match, or matched by an inferred placeholder, or with any value
-    different, is kept; a current version with no snapshot row is a key the snapshot lacks."""
-    nk, sk = list(spec.natural_key), spec.surrogate_key
-    compared = compared_columns(spec)
-    extra = [c for c in (spec.updated_at if spec.detection is ChangeDetection.TIMESTAMP else None,
-                         spec.deleted_flag) if c and c not in (*nk, *compared)]
-    # the batch's own columns, chunked as the batch is: handed to the engine without a copy (a
-    # row number would be one chunk against the batch's many, and cost a rechunk of them all)
-    side = batch.select(*nk, *compared, *extra)
-    alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"
-    hashed = wh.dialect == "duckdb"
-    differs = ["c._inferred", *(["b._h <> c._h"] if hashed else
-                               (f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared))]
-    if spec.updated_at and spec.updated_at in extra:
-        differs.append(f"b.{_q(spec.updated_at)} IS NULL")
-    if spec.deleted_flag:
-        differs.append(f"coalesce(CAST(b.{_q(spec.deleted_flag)} AS BOOLEAN), FALSE)")
-    if hashed:  # each side reduced to its key and one hash before the join
-        types = _types(wh, table, compared)
-        sent = _sent_types(wh, side)
-        moved = [a for a in compared if sent[a] != types[a]]
-        cast = {a: f"TRY_CAST(b.{_q(a)} AS {types[a]})" if a in moved else f"b.{_q(a)}"
-                for a in compared}
-        # A value the stored type cannot hold as sent (NULL, or rounded: 1.2301 into
-        # DECIMAL(12,2)) is not what the hash compares: such a record goes on as changed.
-        lost = " OR ".join(f"({cast[a]} IS DISTINCT FROM b.{_q(a)})" for a in moved)
-        b_cols = ", ".join([*(f"b.{_q(c)}" for c in [*nk, *extra]),
-                            _hash(list(cast.values())) + " AS _h",
-                            f"coalesce({lost or 'FALSE'}, FALSE) AS _lost", "TRUE AS _in"])
-        b_side = f"(SELECT {b_cols} FROM _b b)"
-        differs.append("b._lost")
-        c_cols = ", ".join([*(f"c.{_q(c)}" for c in nk),
-                            _hash([f"c.{_q(a)}" for a in compared]) + " AS _h"])
+    One full join of the snapshot's keys (and hashes, or compared columns) with the live current
+    versions: a snapshot row with no live match, or matched by an inferred placeholder, or with
+    any value different, is kept; a current version with no snapshot row is a key the snapshot
+    lacks."""
+    nk = list(spec.natural_key)
+    if wh.dialect == "duckdb":
+        found, base = _by_hash(wh, table, spec, batch, schema)
     else:
-        b_side = "(SELECT *, TRUE AS _in FROM _b)"
-        c_cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])
-    current = (f"SELECT {c_cols}, c.is_inferred AS _inferred FROM main.{_q(table)} c"
-               f" WHERE c.is_current AND {alive} AND c.{_q(sk)} >= 0")
-    first = _q(nk[0])
-    keys = ", ".join(f"CASE WHEN b._in THEN b.{_q(c)} ELSE c.{_q(c)} END AS {_q(c)}"
-                     for c in nk)
-    found = wh.query(
-        f"SELECT b._in IS NOT NULL AS _sent, {keys} FROM {b_side} b FULL JOIN ({current}) c"
-        f" ON {_on(nk, 'b', 'c')} WHERE b._in IS NULL OR c.{first} IS NULL OR "
-        + " OR ".join(differs), _b=side)
-    # The records of the keys found changed (a NULL key never matches: it is found, and kept)
-    changed = found.filter(pl.col("_sent")).select(nk).unique().cast(
-        {k: batch.schema[k] for k in nk})
-    rows = side.select(nk).with_row_index("_i").join(changed, on=nk, how="semi",
-                                                     nulls_equal=True)["_i"]
-    keep = pl.zeros(batch.height, pl.Boolean, eager=True).scatter(rows, True)
+        found, base = _by_columns(wh, table, spec, batch), None
+    sent = found.filter(pl.col("_i").is_not_null())
+    keep = pl.zeros(batch.height, pl.Boolean, eager=True).scatter(sent["_i"], True)
     # Every record of a key sent twice goes on: the builder judges duplicates as a whole.
     # (Counting distinct keys first is ~3x cheaper than marking duplicates, and most days
     # have none.)
-    if side.select(nk).n_unique() < side.height:
+    side = batch.select(nk)
+    if side.n_unique() < side.height:
         twice = pl.struct(nk).is_duplicated() if len(nk) > 1 else pl.col(nk[0]).is_duplicated()
         keep = keep | side.select(twice).to_series()
     records = batch.filter(keep)
     needed = [records.select(nk).drop_nulls()]
     live = 0
     if spec.tracks_deletes:  # a snapshot's absent keys are deleted: their versions close
-        needed.append(found.filter(~pl.col("_sent")).select(nk))
+        gone = found.filter(pl.col("_i").is_null()).select(nk)
+        needed.append(gone)
+        sk = spec.surrogate_key
         live = int(wh.query(
             f"SELECT count(*) AS n FROM main.{_q(table)} c WHERE c.is_current AND NOT"
             f" c.is_deleted AND NOT c.is_inferred AND c.{_q(sk)} >= 0 AND c.{_q(sk)} < ?",
             [INFERRED_BASE])["n"][0])
     wanted = pl.concat(needed, how="vertical_relaxed").unique()
-    return SnapshotDiff(records, wanted, live, batch.height - records.height)
+    return SnapshotDiff(records, wanted, live, batch.height - records.height, base)
+
+
+def _forced(spec: DimensionSpec) -> pl.Expr | None:
+    """Records that go to the builder whatever they hold: no update time to order them by, or
+    flagged as deletes (read as the builder reads the flag). None: no such record."""
+    force = []
+    if spec.detection is ChangeDetection.TIMESTAMP and spec.updated_at:
+        force.append(pl.col(spec.updated_at).is_null())
+    if spec.deleted_flag:
+        force.append(pl.col(spec.deleted_flag).cast(pl.Boolean).fill_null(False))
+    return pl.any_horizontal(force) if force else None
+
+
+def _by_hash(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame,
+             schema: pl.Schema) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """(the batch's row, or NULL for a live key it lacks; the key) of what differs, from the
+    stored hashes; with the live versions hashed from the table when those are missing."""
+    nk, sk = list(spec.natural_key), spec.surrogate_key
+    base = None if row_hashes.stored(wh, table, spec, schema) else row_hashes.from_table(
+        wh, table, spec, schema)
+    sent = row_hashes.hashed(batch, spec, schema).with_columns(
+        _i=pl.int_range(pl.len(), dtype=pl.get_index_type()))
+    force = _forced(spec)
+    if force is not None:
+        sent = sent.with_columns(_f=batch.select(force).to_series())
+    stored = "_base" if base is not None else f"_starsmith.{_q(hashes_table(table))}"
+    keys = ", ".join(f"coalesce(b.{_q(c)}, c.{_q(c)}) AS {_q(c)}" for c in nk)
+    frames = {"_b": sent, **({"_base": base} if base is not None else {})}
+    found = wh.query(
+        f"SELECT b._i, {keys} FROM _b b FULL JOIN {stored} c ON {_on(nk, 'b', 'c')} "
+        f"WHERE b._i IS NULL OR c.{_q(nk[0])} IS NULL OR b.{_q(HASH)} <> c.{_q(HASH)}"
+        + (" OR b._f" if force is not None else ""), None, **frames)
+    # Inferred members (which facts insert) have no stored hash: a record of one goes on, and
+    # one the snapshot lacks is a key it lacks (read apart: a handful, not a join's side).
+    alive = " AND NOT c.is_deleted" if spec.tracks_deletes else ""
+    inferred = wh.query(f"SELECT {', '.join(f'c.{_q(c)}' for c in nk)} FROM main.{_q(table)} c "
+                        f"WHERE c.is_current AND c.is_inferred AND c.{_q(sk)} >= 0{alive}")
+    if inferred.height:
+        inferred = inferred.cast({k: schema[k] for k in nk})
+        theirs = sent.select(*nk, "_i").join(inferred.unique(), on=nk, how="semi")
+        lacked = inferred.join(theirs.select(nk), on=nk, how="anti").with_columns(
+            _i=pl.lit(None, dtype=sent.schema["_i"]))
+        found = pl.concat([found, theirs.select("_i", *nk), lacked.select("_i", *nk)],
+                          how="vertical_relaxed")
+    return found, base
+
+
+def _by_columns(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
+                ) -> pl.DataFrame:
+    """The same, comparing the compared columns themselves (BigQuery)."""
+    nk, sk = list(spec.natural_key), spec.surrogate_key
+    compared = compared_columns(spec)
+    side = batch.select(*nk, *compared).with_columns(
+        _i=pl.int_range(pl.len(), dtype=pl.get_index_type()),
+        _f=batch.select(_forced(spec)).to_series())
+    alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"
+    differs = " OR ".join(f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared) or "FALSE"
+    cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])
+    current = (f"SELECT {cols}, c.is_inferred AS _inferred FROM main.{_q(table)} c"
+               f" WHERE c.is_current AND {alive} AND c.{_q(sk)} >= 0")
+    keys = ", ".join(f"coalesce(b.{_q(c)}, c.{_q(c)}) AS {_q(c)}" for c in nk)
+    return wh.query(
+        f"SELECT b._i, {keys} FROM _b b FULL JOIN ({current}) c ON {_on(nk, 'b', 'c')} "
+        f"WHERE b._i IS NULL OR c.{_q(nk[0])} IS NULL OR c._inferred OR b._f OR {differs}",
+        _b=side)

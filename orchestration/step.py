@@ -167,7 +167,7 @@ def _run(model: Model, cat: Catalogue, wh: Warehouse, req: StepRequest, day: dat
         also_staged=out.also_staged,
         quality=quality,
         quarantine_scope=out.quarantine_scope, model=model, full_refresh=req.full_refresh,
-        landings=read, asof=out.asof,
+        landings=read, asof=out.asof, hashes=out.hashes,
     ))
     failpoint("after_publish", model.name)
     return counts

@@ -37,7 +37,7 @@ from starsmith.errors import ConfigError, RetryableError, WarehouseBusy
 from starsmith.loaders import sql
 from starsmith.loaders.duckdb.filegate import file_gate
 from starsmith.loaders.duckdb.session import with_python_objects
-from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, safe_name
+from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, SqlReads, hashes_table, safe_name
 from starsmith.log import get_logger
 
 log = get_logger(__name__)
@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS {META}.asof (
     dimension VARCHAR, natural_key VARCHAR, surrogate_key BIGINT, valid_from TIMESTAMP,
     valid_to TIMESTAMP, until DATE
 )"""
+ROW_HASHES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {META}.row_hashes (dimension VARCHAR PRIMARY KEY, scheme VARCHAR)"""
 UPKEEP_DDL = f"""
 CREATE TABLE IF NOT EXISTS {META}.table_upkeep (
     model VARCHAR PRIMARY KEY, deleted_rows BIGINT
@@ -252,6 +254,7 @@ class DuckDBWarehouse(SqlReads):
             con.execute(LANDINGS_DDL)
             con.execute(RESTATE_DDL)
             con.execute(ASOF_DDL)
+            con.execute(ROW_HASHES_DDL)
             _INITIALISED.add(key)
 
     # -- reading -----------------------------------------------------------------------------
@@ -419,6 +422,8 @@ class DuckDBWarehouse(SqlReads):
                                     f"publish of {job.target}")
                 if not job.full_refresh:
                     self._compact_after_commit(con, job.target)
+                if job.hashes is not None and job.hashes.replaced is not None:
+                    self._compact_after_commit(con, hashes_table(job.target), META)
         self._release_after_commit(job)
 
     def _commit(self, con: duckdb.DuckDBPyConnection, job: Publish, stmts: Sequence[str]
@@ -500,12 +505,13 @@ class DuckDBWarehouse(SqlReads):
             [job.target, run_id, fingerprint, *days]).fetchall()
         return bool(found[0][0] == len(days))
 
-    def _compact_after_commit(self, con: duckdb.DuckDBPyConnection, target: str) -> None:
+    def _compact_after_commit(self, con: duckdb.DuckDBPyConnection, target: str,
+                              schema: str = PUBLISHED) -> None:
         """Compact once the publish has committed, best effort: a failure (a full disk, say)
         leaves the table as published, its deleted rows still counted, so the next publish
         tries again; it never fails (nor has Temporal retry) a step whose rows are in."""
         try:
-            self._compact(con, target)
+            self._compact(con, target, schema)
         except Exception as err:
             log.warning("%s: published; compacting its table failed, the next publish tries "
                         "again: %s", target, err)
@@ -534,6 +540,8 @@ class DuckDBWarehouse(SqlReads):
             con.execute(f"DELETE FROM {META}.asof WHERE dimension = ?", [job.target])
             con.register("_a", job.asof.to_arrow())
             con.execute(f"INSERT INTO {META}.asof BY NAME SELECT * FROM _a")
+        if job.model is not None and job.model.dimension is not None:
+            _store_hashes(con, job)
         if job.landings:
             con.register("_l", pl.DataFrame(
                 [(job.target, s, d, f, job.run_log["run_id"]) for s, d, f in job.landings],
@@ -555,24 +563,25 @@ class DuckDBWarehouse(SqlReads):
                         "UPDATE SET deleted_rows = deleted_rows + excluded.deleted_rows",
                         [target, deleted])
 
-    def _compact(self, con: duckdb.DuckDBPyConnection, target: str) -> None:
+    def _compact(self, con: duckdb.DuckDBPyConnection, target: str, schema: str = PUBLISHED
+                 ) -> None:
         """Rewrite the table when deleted rows pass COMPACT_AT of those stored (atomic: readers
         see the old table until the rewrite commits; a crash leaves the old one)."""
         found = con.execute(
             f"SELECT u.deleted_rows, t.estimated_size FROM {META}.table_upkeep u JOIN "
-            "duckdb_tables() t ON t.table_name = u.model AND t.schema_name = ? WHERE u.model = ?",
-            [PUBLISHED, target]).fetchall()
+            "duckdb_tables() t ON t.table_name = ? AND t.schema_name = ? WHERE u.model = ?",
+            [target, schema, _upkeep_key(target, schema)]).fetchall()
         if not found:
             return
         dead, stored = found[0]
         if dead < self.compact_min_rows or dead < self.compact_at * stored:
             return
-        table = f'{PUBLISHED}."{target}"'
+        table = f'{schema}."{target}"'
         clock = time.perf_counter()
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table}")
-            self._count_deleted(con, target, 0, reset=True)
+            self._count_deleted(con, _upkeep_key(target, schema), 0, reset=True)
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
@@ -668,3 +677,37 @@ class DuckDBWarehouse(SqlReads):
         from starsmith.loaders.duckdb.upkeep import MIDWAY_AT, REWRITE_AT, upkeep
 
         upkeep(self, rewrite_at=MIDWAY_AT if midway else REWRITE_AT)
+
+
+def _upkeep_key(table: str, schema: str) -> str:
+    """A table's row in ``table_upkeep``: a model's name, or ``schema.table`` for metadata."""
+    return table if schema == PUBLISHED else f"{schema}.{table}"
+
+
+def _store_hashes(con: duckdb.DuckDBPyConnection, job: Publish) -> None:
+    """Apply a dimension publish's stored hashes (orchestration/row_hashes.py) in its
+    transaction: all replaced, or its changed keys'; a publish bringing none drops their
+    scheme's row, so nothing reads hashes its rows no longer match."""
+    hashes, name = job.hashes, hashes_table(job.target)
+    table = f'{META}."{name}"'
+    if hashes is None:
+        con.execute(f"DELETE FROM {META}.row_hashes WHERE dimension = ?", [job.target])
+        return
+    con.register("_hh", hashes.rows.to_arrow())
+    if hashes.replaced is None:
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM _hh")
+        con.execute(f"INSERT OR REPLACE INTO {META}.row_hashes VALUES (?, ?)",
+                    [job.target, hashes.scheme])
+        DuckDBWarehouse._count_deleted(con, _upkeep_key(name, META), 0, reset=True)
+        return
+    # changed keys only: over hashes of the same scheme, or none at all
+    con.execute(f"DELETE FROM {META}.row_hashes WHERE dimension = ? AND scheme <> ?",
+                [job.target, hashes.scheme])
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND "
+                       "table_name = ?", [META, name]).fetchall()[0][0]:
+        return
+    con.register("_hk", hashes.replaced.to_arrow())
+    gone = con.execute(f"DELETE FROM {table} h WHERE "
+                       + sql.keys_in("h", "_hk", hashes.replaced.columns)).fetchall()[0][0]
+    con.execute(f"INSERT INTO {table} SELECT * FROM _hh")
+    DuckDBWarehouse._count_deleted(con, _upkeep_key(name, META), int(gone), reset=False)
