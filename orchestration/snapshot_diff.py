@@ -69,16 +69,16 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
     lacks."""
     nk = list(spec.natural_key)
     if wh.dialect == "duckdb":
-        found, base = _by_hash(wh, table, spec, batch, schema)
+        found, base, maybe_twice = _by_hash(wh, table, spec, batch, schema)
     else:
-        found, base = _by_columns(wh, table, spec, batch), None
+        found, base, maybe_twice = _by_columns(wh, table, spec, batch), None, True
     sent = found.filter(pl.col("_i").is_not_null())
     keep = pl.zeros(batch.height, pl.Boolean, eager=True).scatter(sent["_i"], True)
     # Every record of a key sent twice goes on: the builder judges duplicates as a whole.
     # (Counting distinct keys first is ~3x cheaper than marking duplicates, and most days
     # have none.)
     side = batch.select(nk)
-    if side.n_unique() < side.height:
+    if maybe_twice and side.n_unique() < side.height:
         twice = pl.struct(nk).is_duplicated() if len(nk) > 1 else pl.col(nk[0]).is_duplicated()
         keep = keep | side.select(twice).to_series()
     records = batch.filter(keep)
@@ -108,9 +108,10 @@ def _forced(spec: DimensionSpec) -> pl.Expr | None:
 
 
 def _by_hash(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame,
-             schema: pl.Schema) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+             schema: pl.Schema) -> tuple[pl.DataFrame, pl.DataFrame | None, bool]:
     """(the batch's row, or NULL for a live key it lacks; the key) of what differs, from the
-    stored hashes; with the live versions hashed from the table when those are missing."""
+    stored hashes; with the live versions hashed from the table when those are missing; and
+    whether a stored key may have been sent twice."""
     nk, sk = list(spec.natural_key), spec.surrogate_key
     base = None if row_hashes.stored(wh, table, spec, schema) else row_hashes.from_table(
         wh, table, spec, schema)
@@ -119,13 +120,24 @@ def _by_hash(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
     force = _forced(spec)
     if force is not None:
         sent = sent.with_columns(_f=batch.select(force).to_series())
+    # (Polars' join of the two took as long, holding ~200 MiB more at 10M keys)
     stored = "_base" if base is not None else f"_starsmith.{_q(hashes_table(table))}"
     keys = ", ".join(f"coalesce(b.{_q(c)}, c.{_q(c)}) AS {_q(c)}" for c in nk)
     frames = {"_b": sent, **({"_base": base} if base is not None else {})}
     found = wh.query(
-        f"SELECT b._i, {keys} FROM _b b FULL JOIN {stored} c ON {_on(nk, 'b', 'c')} "
+        f"SELECT b._i, {keys}, c.{_q(nk[0])} IS NULL AS _new FROM _b b FULL JOIN {stored} c "
+        f"ON {_on(nk, 'b', 'c')} "
         f"WHERE b._i IS NULL OR c.{_q(nk[0])} IS NULL OR b.{_q(HASH)} <> c.{_q(HASH)}"
         + (" OR b._f" if force is not None else ""), None, **frames)
+    # Each record matches one stored key at most (they are unique): more records matched than
+    # keys matched is a key sent twice. Counted from what was found, this spares a count of the
+    # snapshot's distinct keys (0.2 s for 10M) on every day that has none.
+    stored_n = base.height if base is not None else int(
+        wh.query(f"SELECT count(*) AS n FROM {stored}")["n"][0])
+    new = int(found.select((pl.col("_i").is_not_null() & pl.col("_new")).sum()).item())
+    missing = int(found["_i"].null_count())
+    maybe_twice = batch.height - new > stored_n - missing
+    found = found.drop("_new")
     # Inferred members (which facts insert) have no stored hash: a record of one goes on, and
     # one the snapshot lacks is a key it lacks (read apart: a handful, not a join's side).
     alive = " AND NOT c.is_deleted" if spec.tracks_deletes else ""
@@ -138,7 +150,7 @@ def _by_hash(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
             _i=pl.lit(None, dtype=sent.schema["_i"]))
         found = pl.concat([found, theirs.select("_i", *nk), lacked.select("_i", *nk)],
                           how="vertical_relaxed")
-    return found, base
+    return found, base, maybe_twice
 
 
 def _by_columns(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
