@@ -158,9 +158,10 @@ def _by_columns(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFr
     """The same, comparing the compared columns themselves (BigQuery)."""
     nk, sk = list(spec.natural_key), spec.surrogate_key
     compared = compared_columns(spec)
+    force = _forced(spec)
     side = batch.select(*nk, *compared).with_columns(
         _i=pl.int_range(pl.len(), dtype=pl.get_index_type()),
-        _f=batch.select(_forced(spec)).to_series())
+        _f=batch.select(pl.repeat(False, pl.len()) if force is None else force).to_series())
     alive = "NOT c.is_deleted" if spec.tracks_deletes else "TRUE"
     differs = " OR ".join(f"b.{_q(a)} IS DISTINCT FROM c.{_q(a)}" for a in compared) or "FALSE"
     cols = ", ".join(f"c.{_q(c)}" for c in [*nk, *compared])

@@ -217,3 +217,52 @@ def test_members_a_fact_inferred_are_compared_from_the_table(tmp_path: Path) -> 
     done = build(refreshed, "--full-refresh", "--date", (FIRST + timedelta(2)).isoformat())
     assert done.returncode == 0, done.stdout + done.stderr
     assert table(root).drop("run_id").equals(table(refreshed).drop("run_id"))
+
+
+def test_the_publish_keeps_them_and_compacts_them(tmp_path: Path) -> None:
+    """Through the warehouse's publish: a whole set replaces them and names its scheme; a night's
+    changed keys replace theirs, and the deleted rows are counted and compacted like a table's;
+    a publish of the dimension bringing none makes them unusable."""
+    from datetime import date
+
+    from starsmith.loaders.duckdb.warehouse import DuckDBWarehouse
+    from starsmith.loaders.target import Publish, RowHashes
+
+    root = project(tmp_path / "p", snapshots(3, twice=False)[:1], policy="INVALIDATE",
+                   latest=False)
+    spec, schema, cat = _catalogue(root)
+    model = cat.model("dim_account")  # type: ignore[attr-defined]
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", compact_min_rows=1)
+    keys = pl.DataFrame({"account_id": range(10)}, schema={"account_id": pl.Int64()})
+
+    def publish(hashes: RowHashes | None) -> None:
+        with wh.session():
+            staged = wh.stage("dim_account", "r", pl.DataFrame({"x": [1]}), in_memory=True)
+            wh.publish(Publish(target="dim_account", staged=staged, statements=[],
+                               run_log={"run_id": "r", "model": "dim_account",
+                                        "logical_date": date(2024, 5, 1), "status": "success"},
+                               model=model, hashes=hashes))
+
+    def stored() -> tuple[list[tuple[int, int]], list[str], list[int]]:
+        with wh.session():
+            rows = wh.query('SELECT * FROM _starsmith."dim_account__hashes" ORDER BY 1')
+            scheme = wh.query("SELECT scheme FROM _starsmith.row_hashes")["scheme"].to_list()
+            dead = wh.query("SELECT deleted_rows FROM _starsmith.table_upkeep WHERE model = "
+                            "'_starsmith.dim_account__hashes'")["deleted_rows"].to_list()
+        return [tuple(r) for r in rows.rows()], scheme, dead  # type: ignore[misc]
+
+    now = row_hashes.scheme(spec, schema)  # type: ignore[arg-type]
+    publish(RowHashes(now, keys.with_columns(_h=pl.lit(1, pl.UInt64)), None))
+    assert stored() == ([(k, 1) for k in range(10)], [now], [])
+    night = keys.head(2)  # two keys changed; one of them closed (no live version after)
+    publish(RowHashes(now, night.head(1).with_columns(_h=pl.lit(2, pl.UInt64)), night))
+    assert stored() == ([(0, 2)] + [(k, 1) for k in range(2, 10)], [now], [2])
+    three = keys.slice(2, 3)  # 5 deleted of 9 stored: past a quarter, rewritten after commit
+    publish(RowHashes(now, three.with_columns(_h=pl.lit(3, pl.UInt64)), three))
+    assert stored() == ([(0, 2), (2, 3), (3, 3), (4, 3)] + [(k, 1) for k in range(5, 10)],
+                        [now], [])
+    with wh.session():
+        assert wh.query("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = "
+                        "'dim_account__hashes' AND estimated_size = 9")["n"][0] == 1
+    publish(None)  # a publish of the dimension without them (another strategy, say)
+    assert stored()[1] == []
