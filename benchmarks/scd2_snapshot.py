@@ -22,6 +22,7 @@ Prints each round, medians of the rounds (contenders interleaved), the ratios, a
 contenders end with the same current rows and the same number of versions.
 
 Usage: python benchmarks/scd2_snapshot.py [--rows 10000000] [--rounds 3] [--dbt PATH]
+       [--distinct 9]
 """
 
 from __future__ import annotations
@@ -129,12 +130,21 @@ COMMIT;
 """
 
 
-def snapshots(rows: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Day 1's snapshot and day 2's (1% changed, 0.5% gone, 0.5% new)."""
+def snapshots(rows: int, distinct: int = len(VALUES)) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Day 1's snapshot and day 2's (1% changed, 0.5% gone, 0.5% new). Each attribute takes one
+    of ``distinct`` values: 9 words by default (they compress to a dictionary in DuckDB), or
+    texts like ``alpha-483920`` (names and addresses do not)."""
     rng = np.random.default_rng(1)
     pool = pl.Series(VALUES)
+
+    def values() -> pl.Series:
+        if distinct <= len(VALUES):
+            return pool.gather(rng.integers(0, distinct, rows))
+        return pool.gather(rng.integers(0, len(VALUES), rows)) + "-" + pl.Series(
+            rng.integers(0, distinct, rows)).cast(pl.String)
+
     day1 = pl.DataFrame({"account_id": np.arange(1, rows + 1)}).with_columns(
-        **{a: pool.gather(rng.integers(0, len(VALUES), rows)) for a in ATTRS})
+        **{a: values() for a in ATTRS})
     pick = rng.permutation(rows)
     n_change, n_gone, n_new = rows // 100, rows // 200, rows // 200
     changed = pl.Series(np.zeros(rows, dtype=bool)).scatter(pick[:n_change], True)
@@ -152,10 +162,11 @@ def write_project(folder: Path) -> Path:
     return folder
 
 
-def make_warehouse(folder: Path, rows: int, dbt: str | None, memory_limit: str) -> Path:
+def make_warehouse(folder: Path, rows: int, dbt: str | None, memory_limit: str,
+                   distinct: int = len(VALUES)) -> Path:
     """The dimension after day 1, day 2's staged snapshot, and (with dbt) dbt's snapshot of
     day 1 with day 2 in the table it reads."""
-    day1, day2 = snapshots(rows)
+    day1, day2 = snapshots(rows, distinct)
     n = day1.height
     dim = day1.select(
         pl.int_range(1, n + 1, dtype=pl.Int64).alias("account_key"), "account_id", *ATTRS,
@@ -277,6 +288,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--distinct", type=int, default=len(VALUES),
+                        help="values per attribute: 9 words (the default), or more texts")
     parser.add_argument("--memory-limit", default="4GB")
     parser.add_argument("--dbt", default=shutil.which("dbt") or str(Path(sys.executable).with_name("dbt")))
     parser.add_argument("--child", nargs=4)
@@ -291,8 +304,9 @@ def main() -> None:
         folder = Path(tmp)
         t0 = time.perf_counter()
         project = write_project(folder / "project")
-        base = make_warehouse(folder, args.rows, args.dbt, args.memory_limit)
-        print(f"{args.rows:,} accounts x {len(ATTRS)} text attributes; day 2: 1% changed, 0.5% "
+        base = make_warehouse(folder, args.rows, args.dbt, args.memory_limit, args.distinct)
+        print(f"{args.rows:,} accounts x {len(ATTRS)} text attributes ({args.distinct:,} values "
+              f"each); day 2: 1% changed, 0.5% "
               f"gone, 0.5% new (made in {time.perf_counter() - t0:.0f} s)")
         kinds = ["starsmith", "duckdb_sql", *(["dbt"] if args.dbt else [])]
         results: dict[str, list[tuple[float, float, float, tuple[object, ...]]]] = {

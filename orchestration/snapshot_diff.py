@@ -28,12 +28,16 @@ builder's cost grows with the day's changes, not with the dimension.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from starsmith.dimensions import DimensionSpec
 from starsmith.dimensions.spec import INFERRED_BASE, ChangeDetection
+from starsmith.facts.packed import CHUNK, DENSE
 from starsmith.loaders.target import Warehouse, hashes_table
 from starsmith.orchestration import row_hashes
 from starsmith.orchestration.row_hashes import HASH, compared_columns
@@ -113,31 +117,24 @@ def _by_hash(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
     stored hashes; with the live versions hashed from the table when those are missing; and
     whether a stored key may have been sent twice."""
     nk, sk = list(spec.natural_key), spec.surrogate_key
-    base = None if row_hashes.stored(wh, table, spec, schema) else row_hashes.from_table(
+    rebuilt = None if row_hashes.stored(wh, table, spec, schema) else row_hashes.from_table(
         wh, table, spec, schema)
     sent = row_hashes.hashed(batch, spec, schema).with_columns(
         _i=pl.int_range(pl.len(), dtype=pl.get_index_type()))
     force = _forced(spec)
     if force is not None:
         sent = sent.with_columns(_f=batch.select(force).to_series())
-    # (Polars' join of the two took as long, holding ~200 MiB more at 10M keys)
-    stored = "_base" if base is not None else f"_starsmith.{_q(hashes_table(table))}"
-    keys = ", ".join(f"coalesce(b.{_q(c)}, c.{_q(c)}) AS {_q(c)}" for c in nk)
-    frames = {"_b": sent, **({"_base": base} if base is not None else {})}
-    found = wh.query(
-        f"SELECT b._i, {keys}, c.{_q(nk[0])} IS NULL AS _new FROM _b b FULL JOIN {stored} c "
-        f"ON {_on(nk, 'b', 'c')} "
-        f"WHERE b._i IS NULL OR c.{_q(nk[0])} IS NULL OR b.{_q(HASH)} <> c.{_q(HASH)}"
-        + (" OR b._f" if force is not None else ""), None, **frames)
-    # Each record matches one stored key at most (they are unique): more records matched than
-    # keys matched is a key sent twice. Counted from what was found, this spares a count of the
-    # snapshot's distinct keys (0.2 s for 10M) on every day that has none.
-    stored_n = base.height if base is not None else int(
-        wh.query(f"SELECT count(*) AS n FROM {stored}")["n"][0])
-    new = int(found.select((pl.col("_i").is_not_null() & pl.col("_new")).sum()).item())
-    missing = int(found["_i"].null_count())
-    maybe_twice = batch.height - new > stored_n - missing
-    found = found.drop("_new")
+    table_ref = f"_starsmith.{_q(hashes_table(table))}"
+    key = nk[0]
+    stored, addressed = rebuilt, None
+    if len(nk) == 1 and schema[key].is_integer():  # read the stored side (0.05 s for 10M)
+        if stored is None:
+            stored = wh.query(f"SELECT * FROM {table_ref}").cast({key: schema[key]})
+        addressed = _addressed(sent, stored, key)
+    if addressed is not None:
+        found, maybe_twice = addressed
+    else:
+        found, maybe_twice = _joined(wh, sent, stored, table_ref, nk, force is not None)
     # Inferred members (which facts insert) have no stored hash: a record of one goes on, and
     # one the snapshot lacks is a key it lacks (read apart: a handful, not a join's side).
     alive = " AND NOT c.is_deleted" if spec.tracks_deletes else ""
@@ -150,7 +147,82 @@ def _by_hash(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame
             _i=pl.lit(None, dtype=sent.schema["_i"]))
         found = pl.concat([found, theirs.select("_i", *nk), lacked.select("_i", *nk)],
                           how="vertical_relaxed")
-    return found, base, maybe_twice
+    return found, rebuilt, maybe_twice
+
+
+def _addressed(sent: pl.DataFrame, stored: pl.DataFrame, key: str
+               ) -> tuple[pl.DataFrame, bool] | None:
+    """The diff by direct addressing, for one integer key over a dense range (up to DENSE x the
+    keys, as the facts' lookups do): each stored hash goes to its key's slot of an array, and a
+    record is compared with the slot of its key; no join. 10M keys: ~0.3 s against ~1 s for
+    the engine's join of the two sides. None when the keys are not dense."""
+    low, high = (pl.concat([sent.select(key), stored.select(key)], how="vertical_relaxed")
+                 .select(lo=pl.col(key).min(), hi=pl.col(key).max()).row(0))
+    if low is None or not stored.height:
+        return None
+    span = int(high) - int(low) + 1
+    if span > DENSE * max(stored.height, sent.height) or int(high) > np.iinfo(np.int64).max:
+        return None
+    present, hashes = np.zeros(span, dtype=bool), np.zeros(span, dtype=np.uint64)
+    slots = stored[key].cast(pl.Int64).to_numpy() - int(low)
+    present[slots] = True
+    hashes[slots] = stored[HASH].to_numpy()
+    keys = sent[key]
+    at = sent.select((pl.col(key).cast(pl.Int64) - int(low)).fill_null(-1)).to_series().to_numpy()
+    sent_hashes = sent[HASH].to_numpy()
+    forced = sent["_f"].to_numpy() if "_f" in sent.columns else None
+
+    def compare(part: slice) -> tuple[np.ndarray, np.ndarray]:
+        # (matched a stored key, and its hash): random reads of arrays of one value a key,
+        # so chunks on two threads (numpy lets go of the GIL) take about half the time
+        where = at[part]
+        valid = where >= 0
+        where = np.where(valid, where, 0)
+        matched = valid & present[where]
+        same = matched & (hashes[where] == sent_hashes[part])
+        if forced is not None:
+            same &= ~forced[part]
+        return matched, same
+
+    chunks = [slice(i, i + CHUNK) for i in range(0, len(at), CHUNK)]
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(compare, chunks))
+    matched = np.concatenate([m for m, _ in done]) if done else np.zeros(0, dtype=bool)
+    same = np.concatenate([s for _, s in done]) if done else np.zeros(0, dtype=bool)
+    seen = np.zeros(span, dtype=bool)
+    seen[at[matched]] = True
+    # each stored key is in one slot: more records matched than slots matched is a key sent twice
+    maybe_twice = int(matched.sum()) > int(seen.sum())
+    rows = np.flatnonzero(~same)
+    gone = np.flatnonzero(present & ~seen) + int(low)
+    index = sent.schema["_i"]
+    found = pl.concat([
+        pl.DataFrame({"_i": pl.Series(rows, dtype=index), key: keys.gather(rows)}),
+        pl.DataFrame({"_i": pl.Series([None] * len(gone), dtype=index),
+                      key: pl.Series(gone, dtype=pl.Int64).cast(keys.dtype)})])
+    return found, maybe_twice
+
+
+def _joined(wh: Warehouse, sent: pl.DataFrame, base: pl.DataFrame | None, table_ref: str,
+            nk: list[str], forced: bool) -> tuple[pl.DataFrame, bool]:
+    """The diff by the engine's join of (key, hash) on both sides."""
+    # (Polars' join of the two took as long, holding ~200 MiB more at 10M keys)
+    stored = "_base" if base is not None else table_ref
+    keys = ", ".join(f"coalesce(b.{_q(c)}, c.{_q(c)}) AS {_q(c)}" for c in nk)
+    frames = {"_b": sent, **({"_base": base} if base is not None else {})}
+    found = wh.query(
+        f"SELECT b._i, {keys}, c.{_q(nk[0])} IS NULL AS _new FROM _b b FULL JOIN {stored} c "
+        f"ON {_on(nk, 'b', 'c')} "
+        f"WHERE b._i IS NULL OR c.{_q(nk[0])} IS NULL OR b.{_q(HASH)} <> c.{_q(HASH)}"
+        + (" OR b._f" if forced else ""), None, **frames)
+    # Each record matches one stored key at most (they are unique): more records matched than
+    # keys matched is a key sent twice. Counted from what was found, this spares a count of the
+    # snapshot's distinct keys (0.2 s for 10M) on every day that has none.
+    stored_n = base.height if base is not None else int(
+        wh.query(f"SELECT count(*) AS n FROM {stored}")["n"][0])
+    new = int(found.select((pl.col("_i").is_not_null() & pl.col("_new")).sum()).item())
+    missing = int(found["_i"].null_count())
+    return found.drop("_new"), sent.height - new > stored_n - missing
 
 
 def _by_columns(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.DataFrame

@@ -266,3 +266,30 @@ def test_the_publish_keeps_them_and_compacts_them(tmp_path: Path) -> None:
                         "'dim_account__hashes' AND estimated_size = 9")["n"][0] == 1
     publish(None)  # a publish of the dimension without them (another strategy, say)
     assert stored()[1] == []
+
+
+@pytest.mark.parametrize("latest", [True, False], ids=["sequence", "fail_on_twice"])
+def test_sparse_keys_are_joined_and_end_as_a_full_refresh(tmp_path: Path, latest: bool) -> None:
+    """Keys spread far apart are not addressed in an array: the night joins (key, hash) in the
+    engine instead, and still ends as a full refresh that gives the builder every record (a key
+    sent twice, a NULL key, keys gone and back)."""
+    frames = [f.with_columns(account_id=pl.col("account_id") * 100_003)
+              for f in snapshots(7, twice=latest)]
+    root = project(tmp_path / "nightly", frames, policy="NEW_RECORD" if latest else "INVALIDATE",
+                   latest=latest)
+    built = FIRST
+    for n in range(DAYS):
+        done = build(root, "--date", (FIRST + timedelta(n)).isoformat())
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        if done.returncode:  # refused: a key sent twice under FAIL
+            break
+        built = FIRST + timedelta(n)
+    assert built >= FIRST + timedelta(3)
+    assert all(d["unchanged"] > 300 for d in details(root)[1:])
+    refreshed = tmp_path / "refreshed"
+    shutil.copytree(root, refreshed)
+    done = build(refreshed, "--full-refresh", "--date", built.isoformat())
+    assert done.returncode == 0, done.stdout + done.stderr
+    got, want = table(root), table(refreshed)
+    assert got.height > 420 and got.equals(want), (got.join(want, on=got.columns, how="anti"),
+                                                  want.join(got, on=got.columns, how="anti"))
