@@ -68,10 +68,9 @@ def snapshot_diff(wh: Warehouse, table: str, spec: DimensionSpec, batch: pl.Data
                   schema: pl.Schema) -> SnapshotDiff:
     """Narrow ``batch`` (a whole snapshot) to the records that can change ``table``.
 
-    One full join of the snapshot's keys (and hashes, or compared columns) with the live current
-    versions: a snapshot row with no live match, or matched by an inferred placeholder, or with
-    any value different, is kept; a current version with no snapshot row is a key the snapshot
-    lacks."""
+    Each record's key and hash (or compared columns) against the live current versions': a
+    record with no live match, or matched by an inferred placeholder, or with any value
+    different, is kept; a live version with no record is a key the snapshot lacks."""
     nk = list(spec.natural_key)
     if wh.dialect == "duckdb":
         found, base, maybe_twice = _by_hash(wh, table, spec, batch, schema)
