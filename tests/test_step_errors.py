@@ -291,7 +291,8 @@ def test_compaction_failing_after_the_commit_does_not_fail_the_step(
     s.step("stg_sales", D1)
     tried: list[str] = []
 
-    def full(self: DuckDBWarehouse, con: duckdb.DuckDBPyConnection, target: str) -> None:
+    def full(self: DuckDBWarehouse, con: duckdb.DuckDBPyConnection, target: str,
+             schema: str = "main") -> None:
         tried.append(target)
         raise fault
 
