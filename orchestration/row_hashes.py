@@ -6,15 +6,15 @@ values themselves means reading every current version's attributes (10M rows x 8
 handing every record's attributes to the engine, every night. Instead each live version's
 compared attributes are hashed once, when it is written, and kept beside the dimension in
 ``_starsmith."<dimension>__hashes"`` (natural key, ``_h``); a night hashes its records in Polars
-(~0.2 s for 10M x 8 texts) and joins (key, hash) with that table.
+(~0.2 s for 10M x 8 texts) and compares (key, hash) with that table (:mod:`snapshot_diff`).
 
 What keeps the stored hashes true:
 
 - they are written in the publish's transaction: a night's changed keys are replaced with their
   live versions after the night (a key the night closed loses its hash), a replay or a first
   build replaces them all. ``_starsmith.row_hashes`` says which scheme they were made with;
-- a publish of the dimension that does not bring hashes (a restatement, a BigQuery-shaped path)
-  removes that row, and so does a scheme that no longer matches: the Polars version, the
+- a publish of the dimension that does not bring hashes (one that is not a snapshot's any more,
+  say) removes that row, and so does a scheme that no longer matches: the Polars version, the
   compared columns and their types, and the hashes of a fixed sample (a build of Polars that
   hashes otherwise shows there). The next night then hashes the live versions once, from the
   table (a night's cost of reading them), and stores them again;
