@@ -19,6 +19,19 @@ _ROW = "__starsmith_row"
 _VERSIONS = "__starsmith_versions"
 
 
+def key_hashes(rows: pl.DataFrame, key: Sequence[str]) -> pl.Series:
+    """Each row's key as one 64-bit hash. Equal keys (NULLs included) hash equal, so as many
+    distinct hashes as rows proves the key unique without grouping the rows (a 6M-row fact: 0.13 s
+    against 0.2-0.5 s for a group by); fewer may be a collision, which an exact check settles.
+    Hashes are comparable within one process and one set of column types only."""
+    return rows.select(pl.struct(list(key)).hash(seed=0)).to_series()
+
+
+def surely_unique(hashes: pl.Series) -> bool:
+    """True when the hashed keys are unique for certain; False when a key may repeat."""
+    return hashes.n_unique() == hashes.len()
+
+
 def grain_violations(facts: pl.LazyFrame, grain: tuple[str, ...]) -> pl.LazyFrame:
     """Every grain value that occurs more than once, with how many times."""
     return facts.group_by(list(grain)).agg(rows=pl.len()).filter(pl.col("rows") > 1).sort(
@@ -47,7 +60,7 @@ def split_grain_conflicts(rows: pl.DataFrame, grain: Sequence[str], ignore: Sequ
     order; the held rows come with the columns of ``rows`` plus ``reason``.
     """
     grain = list(grain)
-    if not rows.select(pl.struct(grain).is_duplicated().any()).item():
+    if surely_unique(key_hashes(rows, grain)):
         return rows, rows.clear().with_columns(reason=pl.lit("", dtype=pl.String()))
     values = [c for c in rows.columns if c not in ignore]
     numbered = rows.with_row_index(_ROW)

@@ -111,11 +111,12 @@ def _read_landings(landing: Landing, source: Source, wanted: list[LandedDay]
         rows = pl.scan_parquet([str(p) for p in paths], include_file_paths=_PATH).select(
             *to_contract(schema, shapes[key]), pl.col(_PATH)).collect()
         # each file's rows come in one run, in the order scanned: sliced, not hashed apart
-        offset = 0
-        for n, path in rows.select(pl.col(_PATH).rle()).unnest(_PATH).iter_rows():
+        offset, runs = 0, rows.select(pl.col(_PATH).rle()).unnest(_PATH)
+        rows = rows.drop(_PATH)  # once: a drop per slice cost ~0.1 ms a file (0.3 s of 2,406)
+        for n, path in runs.iter_rows():
             if path in pieces:
                 raise pl.exceptions.ComputeError(f"{path} read in two runs")
-            pieces[path] = rows.slice(offset, n).drop(_PATH)
+            pieces[path] = rows.slice(offset, n)
             offset += n
     empty = pl.DataFrame(schema=schema)
     out: dict[date, pl.DataFrame] = {}

@@ -25,7 +25,13 @@ from starsmith.contract import Kind, Model, Window
 from starsmith.dimensions import dimension_schema, inferred_members
 from starsmith.dimensions.members import INFERRED_DAY_BITS, inferred_slot
 from starsmith.dimensions.spec import DimensionSpec
-from starsmith.facts.grain import check_grain, grain_violations, split_grain_conflicts
+from starsmith.facts.grain import (
+    check_grain,
+    grain_violations,
+    key_hashes,
+    split_grain_conflicts,
+    surely_unique,
+)
 from starsmith.facts.keys import HOW, MATCH, KeyIndex, apply_missing, index_bytes, lookup_key
 from starsmith.facts.spec import FactSpec, FactType, KeyLookup, MissingKey
 from starsmith.loaders import sql
@@ -33,6 +39,7 @@ from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
 from starsmith.orchestration.asof import keyed_as_of
+from starsmith.orchestration.batches import BatchOutput, held_allowance
 from starsmith.orchestration.budget import Batcher, whole_versions_allowance
 from starsmith.orchestration.fact_range import Nights, night_logs, per_night, range_partitions
 from starsmith.orchestration.output import StepOutput, conform, split_quarantine
@@ -269,7 +276,8 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
         if new is not None:
             name, frame = new
             inferred[name] = pl.concat([inferred[name], frame]) if name in inferred else frame
-    check_grain(grain_violations(facts.lazy(), fs.grain).collect(), fs.grain, model.name)
+    if not surely_unique(key_hashes(facts, fs.grain)):  # may repeat: grouped, to name them
+        check_grain(grain_violations(facts.lazy(), fs.grain).collect(), fs.grain, model.name)
     return conform(facts, model), held
 
 
@@ -322,7 +330,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
     bound = max(day, built) if built else day
     inferred: dict[str, pl.DataFrame] = {}
     held: list[pl.DataFrame] = []
-    staged_parts: list[str] = []
+    built = BatchOutput(wh, model.name, run_id, held_allowance(budget), model.unique_key)
     read = 0
     asof: pl.DataFrame | None = None  # a range's partitions and their nights
     logs: dict[str, pl.DataFrame] = {}  # and the states their dimensions' replays logged
@@ -333,6 +341,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         parts: list[date] = []
         rows, held = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
                             full_refresh, counts, inferred)
+        built.add(rows, last=True)
         read = primary.height
     else:
         if span:  # a catch-up's range: the partitions its nights rebuilt, each as of its night
@@ -349,7 +358,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                   else Nights(pl.DataFrame({"_p": parts, "_night": [day] * len(parts)},
                                            schema={"_p": pl.Date(), "_night": pl.Date()}),
                               logs, contexts=False) if logs else None)
-        batcher = Batcher(parts, fs.batch_days, budget)
+        batcher, batches = Batcher(parts, fs.batch_days, budget), 0
         # Many batches read each dimension once (before the first: what it holds is resident,
         # and the budget's batches are sized around it); a night's one batch reads its keys'.
         whole = (_whole_versions(wh, cat, fs, budget)
@@ -375,17 +384,16 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                     counts.get("grain_in_other_partition", 0) + clashed.height)
             sizes = primary.estimated_size(), rows.estimated_size()
             held += bad
-            if staged_parts or batcher.remaining:  # stage each batch now: one is in memory
-                staged_parts.append(wh.stage(f"{model.name}__part{len(staged_parts):04d}",
-                                             run_id, rows))
-                rows = rows.clear()
+            built.add(rows, last=not batcher.remaining)  # held, or staged past the allowance
+            batches += 1
             batcher.measured(len(batch), *sizes)
             if not batcher.remaining:
                 break
-        counts["batches"] = max(len(staged_parts), 1)
+        counts["batches"] = batches
         if budget:
             log.info("%s: %d partitions in %d batches under a %d MiB budget", model.name,
                      len(parts), counts["batches"], budget >> 20)
+    rows, staged_parts = built.rows(model.schema), built.parts
     if (exists and not full_refresh and not span and parts and not staged_parts
             and model.partition_by
             and model.unique_key and model.partition_by not in model.unique_key):
@@ -426,4 +434,4 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
     return StepOutput(rows, quarantine, statements, read, counts, days=days,
                       also_staged=[ref for _, ref in staged_inferred],
                       pending=dict(staged_inferred), parts=staged_parts,
-                      quarantine_scope=scope)
+                      quarantine_scope=scope, known_unique=built.known_unique)

@@ -32,6 +32,9 @@ class StepOutput:
     quarantine_scope: tuple[str, list[date]] | None = None  # default: the logical date
     asof: pl.DataFrame | None = None  # a range's dimension: the states it replaced (asof.py)
     hashes: RowHashes | None = None  # a snapshot dimension's stored hashes (row_hashes.py)
+    # the unique key is proven unique over every row staged (a fact's key hashes): the
+    # contract's audit does not count repeats again (quality/contract.py)
+    known_unique: bool = False
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:

@@ -237,12 +237,13 @@ def _audit(model: Model, wh: Warehouse, req: StepRequest, day: date, out: StepOu
     """The contract and the model's suite on the staged rows; rows a "mostly" rule lets through
     move to the quarantine and the rest are staged again. Raises DataError on a refusal."""
     if not (model.expectations or model.checks):
-        audit_staged(wh, staged, model)
+        audit_staged(wh, staged, model, known_unique=out.known_unique)
         return out, staged, None
     # the contract is audited with the suite, in its pass over the staged rows
     frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
         else wh.read_staged(staged)
-    verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending, audit=True)
+    verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending, audit=True,
+                    known_unique=out.known_unique)
     if verdict.failed:
         wh.record_quality(verdict.results)
         refuse(verdict, model)
@@ -267,7 +268,8 @@ def _hold_back(out: StepOutput, rows: dict[int, str], day: date) -> StepOutput:
     quarantine = pl.concat([out.quarantine, held], how="diagonal_relaxed")
     return StepOutput(kept, quarantine, out.statements, out.rows_read, out.counts, out.days,
                       out.also_staged, out.pending, parts=[],
-                      quarantine_scope=out.quarantine_scope)
+                      quarantine_scope=out.quarantine_scope,
+                      known_unique=out.known_unique)  # fewer rows repeat no key
 
 
 def _log_failure(wh: Warehouse, row: dict[str, Any], clock: float, err: BaseException

@@ -52,11 +52,12 @@ ENGINE_ENV = "STARSMITH_QUALITY_ENGINE"  # "gx" runs every expectation through G
 
 
 def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: str, *,
-             audit: bool = False) -> list[Outcome]:
+             audit: bool = False, known_unique: bool = False) -> list[Outcome]:
     """Common expectation types by one SQL pass over the staged rows, the rest by GX.
 
     ``audit``: check the model contract first (in that same pass when there is one), so a
-    broken contract stops the step before any expectation is judged.
+    broken contract stops the step before any expectation is judged; ``known_unique``: its
+    unique key is proven unique already (quality/contract.py).
     """
     exps = model.expectations
     fast = [i for i, e in enumerate(exps) if wh is not None and staged and supported(e)
@@ -65,11 +66,12 @@ def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: st
     found: dict[int, Outcome] = {}
     if audit and not fast:
         assert wh is not None, "the contract audit runs in the warehouse"
-        audit_staged(wh, staged, model)
+        audit_staged(wh, staged, model, known_unique=known_unique)
     if fast:
         assert wh is not None
         found |= dict(zip(fast, run_sql(wh, staged, [exps[i] for i in fast],
-                                        contract=model if audit else None), strict=True))
+                                        contract=model if audit else None,
+                                        known_unique=known_unique), strict=True))
     if slow:
         found |= dict(zip(slow, run_expectations(frame, model.name, [exps[i] for i in slow]),
                           strict=True))
@@ -78,10 +80,11 @@ def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: st
 
 def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
           wh: Warehouse | None = None, staged: str = "",
-          pending: Mapping[str, str] | None = None, *, audit: bool = False) -> Verdict:
+          pending: Mapping[str, str] | None = None, *, audit: bool = False,
+          known_unique: bool = False) -> Verdict:
     """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse);
     with ``audit``, the model contract before them (a broken one raises a DataError)."""
-    outcomes = evaluate(frame, model, wh, staged, audit=audit)
+    outcomes = evaluate(frame, model, wh, staged, audit=audit, known_unique=known_unique)
     checked = datetime(logical_date.year, logical_date.month, logical_date.day)
     base: dict[str, object] = {"run_id": run_id, "model": model.name, "layer": model.kind.value,
             "logical_date": logical_date, "checked_at": checked}

@@ -98,14 +98,16 @@ def _unique_unexpected(wh: Queryable, staged: str, kw: dict[str, Any]) -> str:
 
 
 def run_sql(wh: Queryable, staged: str, expectations: Sequence[Expect], *,
-            contract: Model | None = None) -> list[Outcome]:
+            contract: Model | None = None, known_unique: bool = False) -> list[Outcome]:
     """Evaluate supported expectations on the staged table; one outcome each, in order.
 
     With ``contract``, the model's contract rules are counted in the same query and a broken one
     raises (as ``audit_staged`` would) before any expectation is judged: one pass over the
-    staged rows instead of two.
+    staged rows instead of two. ``known_unique``: the contract's unique key is proven unique
+    already (quality/contract.py).
     """
-    checks = contract_checks(staged, contract) if contract is not None else []
+    checks = (contract_checks(staged, contract, known_unique=known_unique)
+              if contract is not None else [])
     aggs = ["count(*) AS n", *[f"{sql} AS k{j}" for j, (_, sql) in enumerate(checks)]]
     for i, e in enumerate(expectations):
         kw = e.kwargs

@@ -1,0 +1,130 @@
+"""A fact built batch by batch holds its rows in memory while they fit and stages them past that
+(orchestration/batches.py); it proves its unique key unique by hashing it, so the audit skips
+the GROUP BY that counted repeats. What must hold whichever way the rows went:
+
+- a key repeated across batches (one order line landed again days later with another order
+  date: another partition, another batch, where no batch's own grain check sees it) is refused
+  by the contract, held or staged, and the fact stays unpublished;
+- rows held, rows staged past the allowance, and rows staged from the first batch publish the
+  same table; only a key that cannot repeat is called unique.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from starsmith.loaders.connect import open_warehouse
+from starsmith.orchestration.batches import BatchOutput
+from tests.ssb_project import Scale, land_all, write_project
+from tests.user_projects import STARSMITH
+
+SCALE = Scale(customers=50, parts=20, suppliers=5, days=10, lines_per_day=30)
+
+
+def project(root: Path) -> tuple[Path, dict[str, object]]:
+    """The SSB project in batches of two partitions; day 8's landing repeats an order line of
+    day 1 with day 8 as its order date. Returns the project and the repeated line's key."""
+    write_project(root)
+    fact = root / "models" / "marts" / "fact_lineorder.py"
+    text = fact.read_text()
+    assert "    measures=(" in text
+    fact.write_text(text.replace("    measures=(", "    batch_days=2,\n    measures=("))
+    days = land_all(root / "landing", SCALE)
+    first = pl.read_parquet(root / "landing" / "lineorder" / f"date={days[1]}" / "part-0.parquet")
+    path = root / "landing" / "lineorder" / f"date={days[8]}" / "part-0.parquet"
+    lines = pl.read_parquet(path)
+    again = first.filter(pl.col("orderdate") == days[1]).head(1)
+    pl.concat([lines, again.with_columns(orderdate=pl.lit(days[8]))]).write_parquet(path)
+    return root, again.select("orderkey", "linenumber").row(0, named=True)
+
+
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "1MB"]], ids=["held", "staged"])
+def test_a_key_repeated_in_another_batch_is_refused(tmp_path: Path, budget: list[str]) -> None:
+    root, key = project(tmp_path / "ssb")
+    done = subprocess.run([str(STARSMITH), "build", "--in-process", "--full-refresh", *budget],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0, said
+    assert "fact_lineorder" in said and "1 row(s) with duplicate orderkey,linenumber" in said
+    with duckdb.connect(str(root / ".state" / "warehouse.duckdb"), read_only=True) as con:
+        tables = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables "
+                                        "WHERE table_schema = 'main'").fetchall()}
+        assert "stg_lineorder" in tables and "fact_lineorder" not in tables
+        landed = con.sql("SELECT count(*) FROM stg_lineorder WHERE orderkey = ? AND "
+                         "linenumber = ?", params=[key["orderkey"], key["linenumber"]]).fetchall()
+    assert landed == [(2,)]  # both lines were staged: the refusal is the contract's
+
+
+def test_a_transform_that_repeats_a_grain_is_refused_naming_it(tmp_path: Path) -> None:
+    """The batch's hashes only spare the grouping: a grain the transform repeats is still named."""
+    root = write_project(tmp_path / "ssb")
+    fact = root / "models" / "marts" / "fact_lineorder.py"
+    text = fact.read_text()
+    old = "    return lines.with_columns("
+    assert old in text
+    fact.write_text(text.replace(old, "    lines = pl.concat([lines, lines.head(1)])\n" + old))
+    days = land_all(root / "landing", SCALE)
+    first = pl.read_parquet(root / "landing" / "lineorder" / f"date={days[0]}" / "part-0.parquet")
+    done = subprocess.run([str(STARSMITH), "build", "--in-process", "--full-refresh",
+                           "--date", days[0].isoformat()],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0, said
+    line = first.sort("orderkey", "linenumber", maintain_order=True).row(0, named=True)
+    assert (f"the grain (orderkey, linenumber) is not unique: orderkey={line['orderkey']}, "
+            f"linenumber={line['linenumber']} (2 rows)") in said
+
+
+def batches() -> list[pl.DataFrame]:
+    """Five batches of 30,000 rows (more than a row group together), keys unique throughout."""
+    return [pl.DataFrame({"k": range(i * 30_000, (i + 1) * 30_000), "v": [f"v{i}"] * 30_000})
+            for i in range(5)]
+
+
+@pytest.mark.parametrize("batches_held", [100, 3.5, 0], ids=["held", "spilled", "staged"])
+def test_held_or_staged_rows_publish_the_same_table(tmp_path: Path, batches_held: float) -> None:
+    wh = open_warehouse(str(tmp_path / "w.duckdb"), memory_limit="256MB")
+    given = batches()
+    size = int(given[0].estimated_size())
+    allowance = int(batches_held * size)
+    with wh.session():
+        out = BatchOutput(wh, "fact_x", "run-1", allowance, ("k",))
+        for i, frame in enumerate(given):
+            out.add(frame, last=i == len(given) - 1)
+        rows = out.rows(given[0].schema)
+        if batches_held > len(given):  # all held: merged into frames of a row group or more
+            assert not out.parts and rows.height == 150_000
+            assert [len(c) for c in rows.get_column("k").get_chunks()] == [150_000]
+        else:  # staged from the first batch, or held until one did not fit: then all staged
+            assert len(out.parts) == 5 and rows.height == 0
+        assert out.known_unique
+        staged = wh.union(out.parts) if out.parts else wh.stage("fact_x", "run-1", rows,
+                                                                 in_memory=True)
+        got = wh.query(f"SELECT * FROM {staged} ORDER BY k")
+    assert got.equals(pl.concat(given))
+
+
+def test_only_a_key_that_cannot_repeat_is_called_unique(tmp_path: Path) -> None:
+    wh = open_warehouse(str(tmp_path / "w.duckdb"), memory_limit="256MB")
+    cases = {  # batches of (k, day) -> unique?
+        "apart": ([[(1, 1), (2, 1)], [(3, 2)]], True),
+        "across batches": ([[(1, 1), (2, 1)], [(2, 2)]], False),
+        "within a batch": ([[(1, 1), (1, 1)]], False),
+        "a NULL key twice": ([[(None, 1)], [(None, 2)]], False),
+        "NULL and a value": ([[(None, 1)], [(0, 2)]], True),
+    }
+    with wh.session():
+        for name, (given, unique) in cases.items():
+            out = BatchOutput(wh, "fact_x", "run-1", 10**9, ("k",))
+            for i, rows in enumerate(given):
+                out.add(pl.DataFrame(rows, schema={"k": pl.Int64, "day": pl.Int64},
+                                     orient="row"), last=i == len(given) - 1)
+            assert out.known_unique is unique, name
+        none = BatchOutput(wh, "fact_x", "run-1", 10**9)  # no key: nothing proven
+        none.add(pl.DataFrame({"k": [1]}), last=True)
+        assert not none.known_unique
