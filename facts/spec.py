@@ -58,7 +58,9 @@ class FactSpec:
     event_date: str  # the partition column: facts are partitioned by event date
     lookups: tuple[KeyLookup, ...] = ()
     lookback_days: int = 7  # each run also rebuilds this many recent partitions
-    batch_days: int = 31  # partitions built at once (a full rebuild's memory is one batch's)
+    # partitions built at once (a full rebuild's memory is one batch's); None: about 500k event
+    # rows a batch when a full rebuild has counted them, else 31 (orchestration/budget.py)
+    batch_days: int | None = None
     measures: tuple[tuple[str, Additivity], ...] = field(default=())
     event_input: str = ""  # the input whose rows carry event_date; default: the first input
 

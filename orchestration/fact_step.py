@@ -40,7 +40,7 @@ from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
 from starsmith.orchestration.asof import keyed_as_of
 from starsmith.orchestration.batches import BatchOutput, held_allowance
-from starsmith.orchestration.budget import Batcher, whole_versions_allowance
+from starsmith.orchestration.budget import BATCH_DAYS, Batcher, whole_versions_allowance
 from starsmith.orchestration.fact_range import Nights, night_logs, per_night, range_partitions
 from starsmith.orchestration.output import StepOutput, conform, split_quarantine
 from starsmith.registry import Catalogue
@@ -55,12 +55,15 @@ def event_input(model: Model) -> str:
 
 
 def _partitions(wh: Warehouse, table: str, event: str, load: str, day: date,
-                fs: FactSpec, full_refresh: bool, bound: date) -> tuple[list[date], int]:
-    """Event dates to rebuild, and how many of the day's rows are older than the lookback."""
+                fs: FactSpec, full_refresh: bool, bound: date
+                ) -> tuple[list[date], int, list[int]]:
+    """Event dates to rebuild, how many of the day's rows are older than the lookback, and (a
+    full rebuild) each date's rows, to size batches by."""
     if full_refresh:
-        found = wh.query(f'SELECT DISTINCT "{event}" AS d FROM main."{table}" WHERE "{load}" <= ?',
+        found = wh.query(f'SELECT "{event}" AS d, count(*) AS n FROM main."{table}" '
+                         f'WHERE "{load}" <= ? AND "{event}" IS NOT NULL GROUP BY 1 ORDER BY 1',
                          [bound])
-        return sorted(d for d in found["d"].to_list() if d is not None), 0
+        return found["d"].to_list(), 0, found["n"].to_list()
     first = day - timedelta(days=max(fs.lookback_days, 1) - 1)
     found = wh.query(
         f'SELECT "{event}" AS d, count(*) AS n FROM main."{table}" WHERE "{load}" = ? GROUP BY 1',
@@ -69,7 +72,7 @@ def _partitions(wh: Warehouse, table: str, event: str, load: str, day: date,
     late = int(found.filter(pl.col("d") < first)["n"].sum())
     window = wh.query(f'SELECT DISTINCT "{event}" AS d FROM main."{table}" '
                       f'WHERE "{event}" BETWEEN ? AND ? AND "{load}" <= ?', [first, day, bound])
-    return sorted(touched | set(window["d"].to_list())), late
+    return sorted(touched | set(window["d"].to_list())), late, []
 
 
 def _inputs(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: pl.DataFrame,
@@ -347,10 +350,10 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         if span:  # a catch-up's range: the partitions its nights rebuilt, each as of its night
             asof, counts["late_beyond_lookback"] = range_partitions(
                 wh, model, fs, primary_name, load, span)
-            parts = asof["_p"].to_list()
+            parts, counted = asof["_p"].to_list(), list[int]()
             logs = night_logs(wh, cat, fs, span[0], span[-1])
         else:
-            parts, counts["late_beyond_lookback"] = _partitions(
+            parts, counts["late_beyond_lookback"], counted = _partitions(
                 wh, primary_name, fs.event_date, load, day, fs, full_refresh, bound)
             # a night of a range built on its own (after a failure, or a key in two partitions)
             logs = {} if full_refresh else night_logs(wh, cat, fs, day, day)
@@ -358,11 +361,11 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                   else Nights(pl.DataFrame({"_p": parts, "_night": [day] * len(parts)},
                                            schema={"_p": pl.Date(), "_night": pl.Date()}),
                               logs, contexts=False) if logs else None)
-        batcher, batches = Batcher(parts, fs.batch_days, budget), 0
+        batcher, batches = Batcher(parts, fs.batch_days, budget, rows=counted), 0
         # Many batches read each dimension once (before the first: what it holds is resident,
         # and the budget's batches are sized around it); a night's one batch reads its keys'.
         whole = (_whole_versions(wh, cat, fs, budget)
-                 if full_refresh or len(parts) > fs.batch_days else {})
+                 if full_refresh or len(parts) > (fs.batch_days or BATCH_DAYS) else {})
         while True:
             batch = batcher.next()
             # The range lets DuckDB skip row groups outside the batch (rows land in event order

@@ -12,6 +12,8 @@ import pytest
 
 from starsmith.errors import ConfigError
 from starsmith.orchestration.budget import (
+    BATCH_DAYS,
+    BATCH_ROWS,
     DUCKDB_SHARE,
     MARGIN,
     WORKING_SET_FACTOR,
@@ -51,6 +53,18 @@ def test_duckdb_gets_a_share_of_the_budget_never_above_its_limit() -> None:
 def test_without_a_budget_batches_are_batch_days_long() -> None:
     b = Batcher(DAYS[:40], fixed=31)
     assert [len(b.next()), len(b.next())] == [31, 9] and b.remaining == 0
+
+
+def test_without_batch_days_counted_partitions_make_batches_of_batch_rows() -> None:
+    rows = [BATCH_ROWS // 4] * 10 + [BATCH_ROWS * 3] + [1] * 5  # a heavy day is built alone
+    b = Batcher(DAYS[:16], fixed=None, rows=rows)
+    sizes = []
+    while b.remaining:
+        sizes.append(len(b.next()))
+    assert sizes == [4, 4, 2, 1, 5]
+    uncounted = Batcher(DAYS[:40], fixed=None)  # a night's or a range's partitions
+    assert len(uncounted.next()) == BATCH_DAYS
+    assert len(Batcher(DAYS[:16], fixed=3, rows=rows).next()) == 3  # the model's own setting
 
 
 class Process:
