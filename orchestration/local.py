@@ -6,48 +6,94 @@ workflow's overhead, and by tests of the warehouse logic that do not need a serv
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from starsmith.errors import StarsmithError
+from starsmith.errors import StarsmithError, WriteConflict
 from starsmith.log import get_logger
-from starsmith.orchestration.messages import BuildPlan, DayOutcome, StepRequest
+from starsmith.orchestration.messages import BuildPlan, DayOutcome, StepRequest, StepResult
 from starsmith.orchestration.step import run_step
 from starsmith.registry import Catalogue
 
 log = get_logger(__name__)
 Listener = Callable[[str, str, str], None]  # (logical date, model, state)
+CONFLICT_ATTEMPTS = 5  # a step whose publish met another step's is run again, up to this often
 
 
 def run_day(plan: BuildPlan, day: str, *, landing: str, warehouse: str, memory_limit: str,
             catalogue: Catalogue, staging: str = "", listener: Listener | None = None,
             job_key: str = "", memory_budget: str = "") -> DayOutcome:
-    """Run every model of the plan for one day; a failure skips only its dependants."""
+    """Run every model of the plan for one day; a failure skips only its dependants.
+
+    As the workflow does, every step whose dependencies are built starts, up to
+    ``plan.max_parallel`` at once (threads, as a worker's activities run), so the dimensions of
+    a star build beside its staging model instead of after it. Results are listed in plan order.
+    Under a memory budget one step runs at a time: the budget is the process's peak, which a
+    step measures as its own to size its batches (orchestration/budget.py).
+    """
     cat = catalogue
     job_key = job_key or uuid.uuid4().hex
     outcome = DayOutcome(day, first_date=plan.ranges.get(day, ""))
-    for planned in plan.models:
-        blocked = [n for n in planned.needs if n in outcome.failed or n in outcome.skipped]
-        if blocked:
-            outcome.skipped[planned.name] = blocked[0]
-            if listener:
-                listener(day, planned.name, "skipped")
-            continue
-        if listener:
-            listener(day, planned.name, "running")
-        request = StepRequest(planned.name, day, plan.run_ids[day], landing, warehouse,
+    needs = {m.name: set(m.needs) for m in plan.models}
+    state = dict.fromkeys(needs, "pending")
+    results: dict[str, StepResult] = {}
+    width = 1 if memory_budget else max(1, plan.max_parallel)
+
+    def start(name: str) -> Future[StepResult]:
+        request = StepRequest(name, day, plan.run_ids[day], landing, warehouse,
                               full_refresh=plan.full_refresh, memory_limit=memory_limit,
                               staging=staging, job_key=job_key, memory_budget=memory_budget,
                               project=cat.project, accept_changes=plan.accept_changes,
                               first_date=plan.ranges.get(day, ""))
-        try:
-            outcome.built.append(run_step(request, cat))
-        except StarsmithError as err:
-            log.error("%s %s failed: %s", planned.name, day, err)
-            outcome.failed[planned.name] = str(err)
         if listener:
-            listener(day, planned.name, "failed" if planned.name in outcome.failed else "built")
+            listener(day, name, "running")
+        state[name] = "running"
+        return pool.submit(_step, request, cat)
+
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="starsmith-step") as pool:
+        running: dict[Future[StepResult], str] = {}
+        while "pending" in state.values() or running:
+            for name in [n for n, s in state.items() if s == "pending"]:
+                blocked = [n for n in needs[name] if state[n] in ("failed", "skipped")]
+                if blocked:
+                    state[name] = "skipped"
+                    outcome.skipped[name] = blocked[0]
+                    if listener:
+                        listener(day, name, "skipped")
+                elif (all(state[n] == "built" for n in needs[name])
+                      and len(running) < width):
+                    running[start(name)] = name
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                try:
+                    results[name] = future.result()
+                    state[name] = "built"
+                except StarsmithError as err:
+                    log.error("%s %s failed: %s", name, day, err)
+                    outcome.failed[name] = str(err)
+                    state[name] = "failed"
+                if listener:
+                    listener(day, name, state[name])
+    outcome.built = [results[m.name] for m in plan.models if m.name in results]
     return outcome
+
+
+def _step(request: StepRequest, cat: Catalogue) -> StepResult:
+    """One step; run again when its publish met another step's (what Temporal's retry does)."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return run_step(request, cat)
+        except WriteConflict as err:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            log.info("%s %s: %s; run again", request.model, request.logical_date, err)
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 def run_plan(plan: BuildPlan, *, landing: str, warehouse: str, catalogue: Catalogue,

@@ -62,3 +62,8 @@ class RetryableError(StarsmithError):
 
 class WarehouseBusy(RetryableError):
     """The warehouse is locked by another writer."""
+
+
+class WriteConflict(RetryableError):
+    """Another step's transaction wrote what this one did (steps in flight at once): the step,
+    run again, starts from what that one committed."""

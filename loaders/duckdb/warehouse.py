@@ -33,7 +33,7 @@ import pyarrow as pa
 from polars._typing import PolarsDataType  # Polars' own alias for a dtype, instance or class
 from sqlglot import exp
 
-from starsmith.errors import ConfigError, RetryableError, WarehouseBusy
+from starsmith.errors import ConfigError, RetryableError, WarehouseBusy, WriteConflict
 from starsmith.loaders import sql
 from starsmith.loaders.duckdb.filegate import file_gate
 from starsmith.loaders.duckdb.session import with_python_objects
@@ -235,7 +235,7 @@ class DuckDBWarehouse(SqlReads):
             self._initialise(con)
             yield con
         except duckdb.TransactionException as err:  # another writer won a conflict: retry
-            raise RetryableError(f"the warehouse changed under this step: {err}",
+            raise WriteConflict(f"the warehouse changed under this step: {err}",
                                  where=str(self.path)) from err
         finally:
             con.close()
@@ -458,7 +458,7 @@ class DuckDBWarehouse(SqlReads):
         except duckdb.TransactionException as err:
             _rollback(con)  # a failed COMMIT has ended the transaction already
             if "conflict" in str(err).lower():
-                raise RetryableError(f"publish conflicted with another writer: {err}",
+                raise WriteConflict(f"publish conflicted with another writer: {err}",
                                      where=job.target) from err
             raise RetryableError(f"the publish of {job.target} could not commit: {err}",
                                  where=str(self.path)) from err
