@@ -182,6 +182,14 @@ class Batcher:
         if self.done > partitions:
             self.probed = True
 
+    def rest(self) -> list[list[date]]:
+        """Every batch left, at once (without a budget: none depends on what one cost)."""
+        assert not self.budget, "a budget sizes each batch from the ones before it"
+        batches = []
+        while self.remaining:
+            batches.append(self.next())
+        return batches
+
     def _by_rows(self) -> int:
         """Partitions from the next on until they hold BATCH_ROWS rows (at least one); without
         counts, BATCH_DAYS."""

@@ -39,7 +39,7 @@ from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
 from starsmith.orchestration.asof import keyed_as_of
-from starsmith.orchestration.batches import BatchOutput, held_allowance
+from starsmith.orchestration.batches import BatchOutput, held_allowance, side_by_side
 from starsmith.orchestration.budget import BATCH_DAYS, Batcher, whole_versions_allowance
 from starsmith.orchestration.fact_range import Nights, night_logs, per_night, range_partitions
 from starsmith.orchestration.output import StepOutput, conform, split_quarantine
@@ -284,6 +284,35 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
     return conform(facts, model), held
 
 
+def _read_batch(wh: Warehouse, table: str, fs: FactSpec, load: str, bound: date, day: date,
+                batch: list[date]) -> pl.DataFrame:
+    """The event rows of a batch's partitions landed up to ``bound``. The range lets DuckDB skip
+    row groups outside the batch (rows land in event order mostly); the semi-join keeps the
+    batch's partitions only."""
+    return wh.query(f'SELECT p.* FROM main."{table}" p SEMI JOIN _parts d '
+                    f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ? '
+                    f'AND p."{fs.event_date}" BETWEEN ? AND ?',
+                    # no partition to rebuild (an empty day): reads no row
+                    [bound, min(batch, default=day), max(batch, default=day)],
+                    _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
+
+
+def _independent(model: Model, fs: FactSpec, cat: Catalogue, budget: int,
+                 whole: dict[str, WholeVersions], span: list[date] | None) -> bool:
+    """Can the batches be built beside each other? Only when a batch needs nothing another
+    makes or the warehouse holds beyond what was read before the first: every looked-up
+    dimension read whole and none inferring members (an inferred member one batch makes, a
+    later one reuses), no input read per batch but the event rows, no budget (it measures one
+    batch at a time) and no range (its rows are checked against other partitions per batch)."""
+    event = event_input(model)
+    return (not budget and not span
+            and all(lk.dimension.name in whole and lk.missing is not MissingKey.INFERRED
+                    for lk in fs.lookups)
+            and all(i.name == event or (i.name in cat.models and i.window is Window.DAY
+                                        and cat.models[i.name].kind is Kind.DIMENSION)
+                    for i in model.inputs))
+
+
 def _outside_partitions(wh: Warehouse, model: Model, rows: pl.DataFrame,
                         parts: list[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Hold back rows whose key is already published in a partition this run does not replace.
@@ -366,32 +395,34 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         # and the budget's batches are sized around it); a night's one batch reads its keys'.
         whole = (_whole_versions(wh, cat, fs, budget)
                  if full_refresh or len(parts) > (fs.batch_days or BATCH_DAYS) else {})
-        while True:
-            batch = batcher.next()
-            # The range lets DuckDB skip row groups outside the batch (rows land in event order
-            # mostly); the semi-join keeps the batch's partitions only.
-            primary = wh.query(f'SELECT p.* FROM main."{primary_name}" p SEMI JOIN _parts d '
-                               f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ? '
-                               f'AND p."{fs.event_date}" BETWEEN ? AND ?',
-                               # no partition to rebuild (an empty day): reads no row
-                               [bound, min(batch, default=day), max(batch, default=day)],
-                               _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
-            read += primary.height
-            rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
-                               full_refresh, counts, inferred, whole, nights)
-            if asof is not None and exists and model.partition_by and model.unique_key \
-                    and model.partition_by not in model.unique_key:
-                rows, clashed = _outside_partitions(wh, model, rows, parts)
-                bad.append(clashed)
-                counts["grain_in_other_partition"] = (
-                    counts.get("grain_in_other_partition", 0) + clashed.height)
-            sizes = primary.estimated_size(), rows.estimated_size()
-            held += bad
-            built.add(rows, last=not batcher.remaining)  # held, or staged past the allowance
-            batches += 1
-            batcher.measured(len(batch), *sizes)
-            if not batcher.remaining:
-                break
+        if _independent(model, fs, cat, budget, whole, span) and len(parts) > 1:
+            batches, read = side_by_side(
+                batcher.rest(),
+                lambda batch: _read_batch(wh, primary_name, fs, load, bound, day, batch),
+                lambda primary, mine: _chunk(model, fs, cat, wh, primary, day, bound, run_id,
+                                             exists, full_refresh, mine, {}, whole, nights),
+                built, counts, held)
+            log.info("%s: %d batches built two at a time", model.name, batches)
+        else:
+            while True:
+                batch = batcher.next()
+                primary = _read_batch(wh, primary_name, fs, load, bound, day, batch)
+                read += primary.height
+                rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
+                                   full_refresh, counts, inferred, whole, nights)
+                if asof is not None and exists and model.partition_by and model.unique_key \
+                        and model.partition_by not in model.unique_key:
+                    rows, clashed = _outside_partitions(wh, model, rows, parts)
+                    bad.append(clashed)
+                    counts["grain_in_other_partition"] = (
+                        counts.get("grain_in_other_partition", 0) + clashed.height)
+                sizes = primary.estimated_size(), rows.estimated_size()
+                held += bad
+                built.add(rows, last=not batcher.remaining)  # held, or staged past the allowance
+                batches += 1
+                batcher.measured(len(batch), *sizes)
+                if not batcher.remaining:
+                    break
         counts["batches"] = batches
         if budget:
             log.info("%s: %d partitions in %d batches under a %d MiB budget", model.name,

@@ -11,6 +11,8 @@ the GROUP BY that counted repeats. What must hold whichever way the rows went:
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 
 from starsmith.loaders.connect import open_warehouse
 from starsmith.orchestration.batches import BatchOutput
-from tests.ssb_project import Scale, land_all, write_project
+from tests.ssb_project import Scale, land_all, landing_days, write_project
 from tests.user_projects import STARSMITH
 
 SCALE = Scale(customers=50, parts=20, suppliers=5, days=10, lines_per_day=30)
@@ -58,6 +60,56 @@ def test_a_key_repeated_in_another_batch_is_refused(tmp_path: Path, budget: list
         landed = con.sql("SELECT count(*) FROM stg_lineorder WHERE orderkey = ? AND "
                          "linenumber = ?", params=[key["orderkey"], key["linenumber"]]).fetchall()
     assert landed == [(2,)]  # both lines were staged: the refusal is the contract's
+
+
+def test_batches_built_side_by_side_publish_what_one_at_a_time_publishes(tmp_path: Path) -> None:
+    """Without a budget the batches (two partitions each) are built two at a time; under a budget
+    one at a time. Lines late by two days, a customer never landed (the unknown member) and a
+    line landed twice cross the batches, and two lines share a key with different values (both
+    held back); both builds must publish the same star and quarantine, and count the same."""
+    root, _ = project(tmp_path / "side")
+    fact = root / "models" / "marts" / "fact_lineorder.py"
+    check = 'References("customer_key", "dim_customer", max_unknown_rate=0.0)'
+    assert check in fact.read_text()
+    fact.write_text(fact.read_text().replace(check, check.replace("0.0", "0.01")))
+    path = root / "landing" / "lineorder" / f"date={landing_days(SCALE)[4]}" / "part-0.parquet"
+    lines = pl.read_parquet(path)
+    stranger = lines.head(1).with_columns(orderkey=pl.lit(8_000_001, dtype=pl.Int64),
+                                          custkey=pl.lit(777_777, dtype=pl.Int64))
+    again = pl.read_parquet(path.parent.parent / f"date={landing_days(SCALE)[3]}" /
+                            "part-0.parquet").head(2)
+    conflict = lines.tail(1).with_columns(quantity=pl.col("quantity") + 1)  # both held back
+    pl.concat([lines.filter(pl.col("orderdate") != landing_days(SCALE)[8]), stranger, again,
+               conflict]).write_parquet(path)
+    repeated = path.parent.parent / f"date={landing_days(SCALE)[8]}" / "part-0.parquet"
+    pl.read_parquet(repeated).head(-1).write_parquet(repeated)  # the repeated key: gone again
+    alone = tmp_path / "alone"
+    shutil.copytree(root, alone)
+    got = {}
+    for folder, budget in ((root, []), (alone, ["--memory-budget", "1GB"])):
+        done = subprocess.run([str(STARSMITH), "build", "--in-process", "--full-refresh",
+                               *budget], cwd=folder, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        side = "fact_lineorder: 6 batches built two at a time" in done.stdout + done.stderr
+        assert side is (folder == root)  # a budget measures one batch at a time
+        with duckdb.connect(str(folder / ".state" / "warehouse.duckdb"), read_only=True) as con:
+            fact = con.sql("SELECT f.* EXCLUDE (customer_key, part_key, supplier_key), "
+                           "c.custkey, p.partkey, s.suppkey FROM fact_lineorder f "
+                           "JOIN dim_customer c USING (customer_key) JOIN dim_part p "
+                           "USING (part_key) JOIN dim_supplier s USING (supplier_key) "
+                           "ORDER BY ALL").fetchall()
+            held = con.sql("SELECT orderkey, linenumber, quantity, reason FROM "
+                           "fact_lineorder__quarantine ORDER BY ALL").fetchall()
+            details = con.sql("SELECT details FROM _starsmith.run_log WHERE model = "
+                              "'fact_lineorder'").fetchall()
+        counts = {k: v for k, v in json.loads(details[0][0]).items()
+                  if k not in ("job_key", "batches")}
+        got[folder.name] = fact, counts, json.loads(details[0][0])["batches"], held
+    (fact, counts, batches, held), (*alone_built, _, held_alone) = got["side"], got["alone"]
+    assert [fact, counts] == alone_built and held == held_alone and len(held) == 2
+    assert batches == 6 and counts["dim_customer:missing"] == 1  # 12 order dates
+    assert len(fact) == sum(pl.read_parquet(p).height for p in
+                            (root / "landing" / "lineorder").glob("*/*.parquet")) - 2 - 2
 
 
 def test_a_transform_that_repeats_a_grain_is_refused_naming_it(tmp_path: Path) -> None:
