@@ -14,6 +14,8 @@ smaller than a row group took 1.18 s against 0.85 s for the same 6M rows.
 
 While it takes the batches, it hashes each one's unique key (facts/grain.py), so the audit need
 not count repeats of the key over every staged row again when none can repeat.
+
+Batches that need nothing from each other are built two at a time (:func:`side_by_side`).
 """
 
 from __future__ import annotations
