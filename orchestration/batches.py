@@ -98,7 +98,9 @@ Built = tuple[pl.DataFrame, list[pl.DataFrame]]  # a batch's rows, and its rows 
 
 def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.DataFrame],
                  build: Callable[[pl.DataFrame, dict[str, int]], Built], out: BatchOutput,
-                 counts: dict[str, int], held: list[pl.DataFrame]) -> tuple[int, int]:
+                 counts: dict[str, int], held: list[pl.DataFrame],
+                 finish: Callable[[pl.DataFrame, list[pl.DataFrame]], pl.DataFrame] | None = None
+                 ) -> tuple[int, int]:
     """Build independent batches two at a time, in order: (batches built, event rows read).
 
     One batch's work leaves a core idle much of the time (the point-in-time lookups run in
@@ -106,6 +108,8 @@ def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.Data
     read (on this thread, the only one that queries the warehouse) and built beside it. Each
     batch counts into its own ``counts``, added up in order; its rows go to ``out`` in order,
     so the step ends as a batch-by-batch build would. At most two batches are in memory.
+    ``finish`` (on this thread, in order) may hold back more of a built batch's rows, adding
+    them to its held rows.
     """
     rows_read = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="starsmith-batch") as pool:
@@ -119,6 +123,8 @@ def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.Data
             while flight and (len(flight) == 2 or i == len(batches) - 1):
                 future, theirs = flight.popleft()
                 rows, bad = future.result()
+                if finish is not None:
+                    rows = finish(rows, bad)
                 for key, n in theirs.items():
                     counts[key] = counts.get(key, 0) + n
                 held += bad

@@ -85,10 +85,12 @@ class NotInOneGo(StarsmithError):
 
 
 def range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load: str,
-                      span: list[date]) -> tuple[pl.DataFrame, int]:
+                      span: list[date]) -> tuple[pl.DataFrame, int, list[int]]:
     """Each partition the range's nights rebuild, with the last of those nights (``_p``,
     ``_night``): the nights' own rule (:func:`_partitions`), replayed over the range's landing
-    days; and how many rows landed older than the lookback."""
+    days; how many rows landed older than the lookback; and about how many rows each partition
+    holds, in the frame's order (its rows landed in the range or within the lookback before
+    it: what sizes the rebuild's batches)."""
     first, last = span[0], span[-1]
     lookback = max(fs.lookback_days, 1) - 1
     event = fs.event_date
@@ -99,8 +101,10 @@ def range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load
     nights: dict[date, date] = {}
     late = 0
     landed: dict[date, date] = {}  # partition -> its first landing day
+    rows: dict[date, int] = {}
     for p, landed_on, n in pairs.iter_rows():
         landed[p] = min(landed.get(p, landed_on), landed_on)
+        rows[p] = rows.get(p, 0) + n
         if first <= landed_on:  # touched by that night
             nights[p] = max(nights.get(p, landed_on), landed_on)
             if p < landed_on - timedelta(days=lookback):
@@ -124,7 +128,7 @@ def range_partitions(wh: Warehouse, model: Model, fs: FactSpec, table: str, load
                          _parts=frame.select("_p"))
         if split.height:
             raise NotInOneGo(f"{model.name}: a key ({', '.join(key)}) is in two partitions")
-    return frame, late
+    return frame, late, [rows.get(p, 0) for p in frame["_p"].to_list()]
 
 
 def night_logs(wh: Warehouse, cat: Catalogue, fs: FactSpec, first: date, last: date

@@ -298,14 +298,14 @@ def _read_batch(wh: Warehouse, table: str, fs: FactSpec, load: str, bound: date,
 
 
 def _independent(model: Model, fs: FactSpec, cat: Catalogue, budget: int,
-                 whole: dict[str, WholeVersions], span: list[date] | None) -> bool:
+                 whole: dict[str, WholeVersions]) -> bool:
     """Can the batches be built beside each other? Only when a batch needs nothing another
     makes or the warehouse holds beyond what was read before the first: every looked-up
     dimension read whole and none inferring members (an inferred member one batch makes, a
-    later one reuses), no input read per batch but the event rows, no budget (it measures one
-    batch at a time) and no range (its rows are checked against other partitions per batch)."""
+    later one reuses), no input read per batch but the event rows, and no budget (it measures
+    one batch at a time)."""
     event = event_input(model)
-    return (not budget and not span
+    return (not budget
             and all(lk.dimension.name in whole and lk.missing is not MissingKey.INFERRED
                     for lk in fs.lookups)
             and all(i.name == event or (i.name in cat.models and i.window is Window.DAY
@@ -377,9 +377,9 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         read = primary.height
     else:
         if span:  # a catch-up's range: the partitions its nights rebuilt, each as of its night
-            asof, counts["late_beyond_lookback"] = range_partitions(
+            asof, counts["late_beyond_lookback"], counted = range_partitions(
                 wh, model, fs, primary_name, load, span)
-            parts, counted = asof["_p"].to_list(), list[int]()
+            parts = asof["_p"].to_list()
             logs = night_logs(wh, cat, fs, span[0], span[-1])
         else:
             parts, counts["late_beyond_lookback"], counted = _partitions(
@@ -395,13 +395,26 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         # and the budget's batches are sized around it); a night's one batch reads its keys'.
         whole = (_whole_versions(wh, cat, fs, budget)
                  if full_refresh or len(parts) > (fs.batch_days or BATCH_DAYS) else {})
-        if _independent(model, fs, cat, budget, whole, span) and len(parts) > 1:
+        clash = (asof is not None and exists and model.partition_by and model.unique_key
+                 and model.partition_by not in model.unique_key)
+
+        def outside(rows: pl.DataFrame, bad: list[pl.DataFrame]) -> pl.DataFrame:
+            """A range's rows whose key is published in a partition it does not rebuild."""
+            if not clash:
+                return rows
+            rows, clashed = _outside_partitions(wh, model, rows, parts)
+            bad.append(clashed)
+            counts["grain_in_other_partition"] = (
+                counts.get("grain_in_other_partition", 0) + clashed.height)
+            return rows
+
+        if _independent(model, fs, cat, budget, whole) and len(parts) > 1:
             batches, read = side_by_side(
                 batcher.rest(),
                 lambda batch: _read_batch(wh, primary_name, fs, load, bound, day, batch),
                 lambda primary, mine: _chunk(model, fs, cat, wh, primary, day, bound, run_id,
                                              exists, full_refresh, mine, {}, whole, nights),
-                built, counts, held)
+                built, counts, held, outside)
             log.info("%s: %d batches built two at a time", model.name, batches)
         else:
             while True:
@@ -410,12 +423,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                 read += primary.height
                 rows, bad = _chunk(model, fs, cat, wh, primary, day, bound, run_id, exists,
                                    full_refresh, counts, inferred, whole, nights)
-                if asof is not None and exists and model.partition_by and model.unique_key \
-                        and model.partition_by not in model.unique_key:
-                    rows, clashed = _outside_partitions(wh, model, rows, parts)
-                    bad.append(clashed)
-                    counts["grain_in_other_partition"] = (
-                        counts.get("grain_in_other_partition", 0) + clashed.height)
+                rows = outside(rows, bad)
                 sizes = primary.estimated_size(), rows.estimated_size()
                 held += bad
                 built.add(rows, last=not batcher.remaining)  # held, or staged past the allowance

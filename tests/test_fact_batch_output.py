@@ -112,6 +112,46 @@ def test_batches_built_side_by_side_publish_what_one_at_a_time_publishes(tmp_pat
                             (root / "landing" / "lineorder").glob("*/*.parquet")) - 2 - 2
 
 
+def test_a_catch_up_holds_back_a_key_published_outside_its_partitions_as_its_nights_did(
+        tmp_path: Path) -> None:
+    """Day 8 re-sends a line of day 1 with day 8 as its order date. Built night by night, night 8
+    holds it back: its key is published in partition day 1, which that night does not rebuild
+    (a one-day lookback). A catch-up of days 4 to 9 builds its batches two at a time and must
+    hold it back too, with the same reason, and publish what the nights published."""
+    root, key = project(tmp_path / "nights")
+    fact = root / "models" / "marts" / "fact_lineorder.py"
+    fact.write_text(fact.read_text().replace("    batch_days=2,", "    batch_days=2, lookback_days=1,"))
+    catch_up = tmp_path / "catch_up"
+    shutil.copytree(root, catch_up)
+    days = landing_days(SCALE)
+
+    def build(folder: Path, *args: str) -> str:
+        done = subprocess.run([str(STARSMITH), "build", "--in-process", *args], cwd=folder,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    for day in days:
+        build(root, "--date", day.isoformat())
+    for day in days[:4]:
+        build(catch_up, "--date", day.isoformat())
+    said = build(catch_up)
+    assert "range" in said and "batches built two at a time" in said, said
+    got = []
+    for folder in (root, catch_up):
+        with duckdb.connect(str(folder / ".state" / "warehouse.duckdb"), read_only=True) as con:
+            got.append((
+                con.sql("SELECT f.* EXCLUDE (customer_key, part_key, supplier_key), c.custkey, "
+                        "p.partkey, s.suppkey FROM fact_lineorder f JOIN dim_customer c "
+                        "USING (customer_key) JOIN dim_part p USING (part_key) JOIN "
+                        "dim_supplier s USING (supplier_key) ORDER BY ALL").fetchall(),
+                con.sql("SELECT orderkey, linenumber, orderdate, reason FROM "
+                        "fact_lineorder__quarantine ORDER BY ALL").fetchall()))
+    assert got[0] == got[1]
+    assert got[1][1] == [(key["orderkey"], key["linenumber"], days[8],
+                          f"key (orderkey, linenumber) already published in partition {days[1]}")]
+
+
 def test_a_transform_that_repeats_a_grain_is_refused_naming_it(tmp_path: Path) -> None:
     """The batch's hashes only spare the grouping: a grain the transform repeats is still named."""
     root = write_project(tmp_path / "ssb")
