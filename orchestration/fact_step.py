@@ -137,8 +137,8 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
     held = [bad, conflicts]
     for lk in fs.lookups:
         facts, q, new = lookup(facts, lk, cat, wh, model, run_id, day, counts,
-                                inferred.get(lk.dimension.name),
-                                (whole or {}).get(lk.dimension.name), asof)
+                               inferred.get(lk.dimension.name),
+                               (whole or {}).get(lk.dimension.name), asof)
         held.append(q)
         if new is not None:
             name, frame = new
