@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 from sqlglot import exp
@@ -45,9 +44,6 @@ from starsmith.quality.contract import audit_staged
 from starsmith.quality.gate import judge, refuse
 from starsmith.quality.sql_engine import supported
 from starsmith.registry import Catalogue
-
-if TYPE_CHECKING:  # the plan imports steps' modules: read at run time, inside functions
-    from starsmith.orchestration.plan import Listing
 
 log = get_logger(__name__)
 FAILPOINT = "STARSMITH_FAILPOINT"
@@ -185,36 +181,16 @@ def _built_days(model: Model, cat: Catalogue, req: StepRequest, day: date,
     would run every day since again, to replay what the refresh already holds."""
     if not req.full_refresh:  # a model reading its inputs whole built the day all the same
         return read or ([day] if model.inputs else [])
-    from starsmith.orchestration.plan import landed_days
+    from starsmith.orchestration.plan import landed_days, list_sources
 
     root = landing_root(req.landing)
     # The days a build of the whole catalogue is ready on (what a restatement checks against),
     # and those of the model's own sources (a model may be ready where others wait): both
     # judged from one listing of the sources (the catalogue's include the model's)
-    listing = _build_listing(cat, root, req.job_key or req.run_id)
+    listing = list_sources(cat, list(cat.order), root)
     ready = {*landed_days(cat, list(cat.order), root, listing),
              *landed_days(cat, [model.name], root, listing)}
     return sorted({*read, *(d for d in ready if d <= day), day})
-
-
-_LISTINGS: dict[tuple[int, str, str], Listing] = {}
-_LISTINGS_LOCK = threading.Lock()
-
-
-def _build_listing(cat: Catalogue, root: Landing, job: str) -> Listing:
-    """The catalogue's sources listed once per build run (``job``), for every full-refresh step
-    of it: each listed 2,406 landed days again (~0.05 s, five at once when the dimensions build
-    beside the staging model). The build's plan was made from a listing taken before its steps,
-    so one taken at its first step is as current as the build needs."""
-    from starsmith.orchestration.plan import list_sources
-
-    key = (id(cat), str(root), job)
-    with _LISTINGS_LOCK:  # one step lists, the others wait for its listing
-        if key not in _LISTINGS:
-            if len(_LISTINGS) >= 4:  # a long-lived worker keeps the last few builds' only
-                _LISTINGS.pop(next(iter(_LISTINGS)))
-            _LISTINGS[key] = list_sources(cat, list(cat.order), root)
-        return _LISTINGS[key]
 
 
 def _known(wh: Warehouse, model: Model, cat: Catalogue) -> dict[str, str]:
