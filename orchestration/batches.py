@@ -56,10 +56,11 @@ class BatchOutput:
     _hashes: list[pl.Series] = field(default_factory=list)
     _schema: pl.Schema | None = None
 
-    def add(self, rows: pl.DataFrame, *, last: bool) -> None:
-        """Take one batch's rows; ``last``: no batch comes after it."""
+    def add(self, rows: pl.DataFrame, *, last: bool, hashes: pl.Series | None = None) -> None:
+        """Take one batch's rows; ``last``: no batch comes after it. ``hashes``: the rows' unique
+        key hashed already (``key_hashes`` of these rows and this key), or None."""
         if self.key:
-            self._hashes.append(key_hashes(rows, self.key))
+            self._hashes.append(key_hashes(rows, self.key) if hashes is None else hashes)
         self._schema = rows.schema
         size = int(rows.estimated_size())
         if not self.parts and (self._size + size <= self.allowance or (last and not self._size)):
@@ -93,7 +94,8 @@ class BatchOutput:
         return surely_unique(pl.concat(self._hashes))
 
 
-Built = tuple[pl.DataFrame, list[pl.DataFrame]]  # a batch's rows, and its rows held back
+# a batch's rows, its rows held back, and its rows' unique key hashed (None: not hashed)
+Built = tuple[pl.DataFrame, list[pl.DataFrame], pl.Series | None]
 
 
 def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.DataFrame],
@@ -122,11 +124,12 @@ def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.Data
             del primary
             while flight and (len(flight) == 2 or i == len(batches) - 1):
                 future, theirs = flight.popleft()
-                rows, bad = future.result()
+                rows, bad, hashes = future.result()
                 if finish is not None:
-                    rows = finish(rows, bad)
+                    kept = finish(rows, bad)
+                    rows, hashes = kept, hashes if kept is rows else None  # some held back
                 for key, n in theirs.items():
                     counts[key] = counts.get(key, 0) + n
                 held += bad
-                out.add(rows, last=i == len(batches) - 1 and not flight)
+                out.add(rows, last=i == len(batches) - 1 and not flight, hashes=hashes)
     return len(batches), rows_read
