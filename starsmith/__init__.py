@@ -12,13 +12,18 @@ point (the CLI, the worker, a build step) imports this package first.
 
 Why: Polars sets jemalloc to keep freed pages 0.5 s, then 1 s more ("muzzy"), and jemalloc
 purges only when it is next called, so a step's transient frames (the SCD builder's joins and
-sorts) stayed resident through its publish. A background thread that purges them after 0.4 s,
-with no muzzy stage, measured 733 -> 606 MiB peak on a 10M-row dimension's night at the same
-step time (``benchmarks/scd2_merge.py``); purging after 0.1 s saved 70 MiB more but cost 20% in
-fresh-page faults, as the builder re-faulted pages it had just freed. Polars appends this
-variable to its own settings (the documented override, pola-rs PR 21829); a value already in
-the environment wins over ours, and once Polars is loaded the variable is Polars' own, so it is
-left alone.
+sorts) stayed resident through its publish. A background thread that purges them, with no
+muzzy stage, measured 733 -> 606 MiB peak on a 10M-row dimension's night at the same step time
+(``benchmarks/scd2_merge.py``); purging after 0.1 s saved 70 MiB more but cost 20% in fresh-page
+faults, as the builder re-faulted pages it had just freed. Pages are kept 3 s: a star's full
+build, which frees and takes again frames of the same sizes batch after batch, spent ~2.8 s of
+its ~7 s in the kernel, a third of it faulting in pages purged after 0.4 s; with 3 s it took
+0.3 s less (0.6 s less for a catch-up) for 80-220 MiB more at its peak; the 10M-row
+dimension's night peaked at 623 against 590 MiB (``scd2_merge.py``) and the snapshot step at
+1.31x plain SQL's peak against 1.29x (``scd2_snapshot.py``; its goal is 1.5x). Polars
+appends this variable to its own settings (the documented override, pola-rs PR 21829); a value
+already in the environment wins over ours, and once Polars is loaded the variable is Polars'
+own, so it is left alone.
 """
 
 import importlib
@@ -26,7 +31,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-POLARS_ALLOCATOR = "background_thread:true,dirty_decay_ms:400,muzzy_decay_ms:0"
+POLARS_ALLOCATOR = "background_thread:true,dirty_decay_ms:3000,muzzy_decay_ms:0"
 if "polars" not in sys.modules:
     os.environ.setdefault("_RJEM_MALLOC_CONF", POLARS_ALLOCATOR)
 
