@@ -34,7 +34,7 @@ from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
 from starsmith.orchestration.batches import BatchOutput, Built, held_allowance, side_by_side
 from starsmith.orchestration.budget import BATCH_DAYS, Batcher
-from starsmith.orchestration.fact_keys import WholeVersions, lookup, whole_versions
+from starsmith.orchestration.fact_keys import WholeVersions, key_proofs, lookup, whole_versions
 from starsmith.orchestration.fact_range import Nights, night_logs, per_night, range_partitions
 from starsmith.orchestration.output import StepOutput, conform, split_quarantine
 from starsmith.registry import Catalogue
@@ -314,6 +314,12 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         rows, clashed = _outside_partitions(wh, model, rows, parts)
         held.append(clashed)
         counts["grain_in_other_partition"] = clashed.height
+    # keys set against the published versions, rows in memory: their references are proven
+    proofs = (key_proofs(wh, fs, rows) if asof is None and not logs and not staged_parts
+              and fs.fact_type is not FactType.ACCUMULATING_SNAPSHOT else {})
+    if proofs:
+        log.info("%s: %s reference their dimensions by construction", model.name,
+                 ", ".join(proofs))
     staged_inferred = [(dim, wh.stage(f"{dim}__inferred_by_{model.name}", run_id, frame))
                        for dim, frame in inferred.items()]
     inferred_cols = {dim: frame.columns for dim, frame in inferred.items()}
@@ -348,4 +354,4 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
     return StepOutput(rows, quarantine, statements, read, counts, days=days,
                       also_staged=[ref for _, ref in staged_inferred],
                       pending=dict(staged_inferred), parts=staged_parts,
-                      quarantine_scope=scope, known_unique=built.known_unique)
+                      quarantine_scope=scope, known_unique=built.known_unique, proofs=proofs)

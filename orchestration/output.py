@@ -12,6 +12,7 @@ from sqlglot import exp
 from starsmith.contract import QUARANTINE_REASON, BuildContext, Model
 from starsmith.errors import ModelError, StarsmithError
 from starsmith.loaders.target import RowHashes
+from starsmith.quality.checks import KeyProof
 
 Statements = Callable[[str, str], list[exp.Expr]]
 """(target table, staged table) -> the strategy's statements for one atomic publish."""
@@ -35,6 +36,9 @@ class StepOutput:
     # the unique key is proven unique over every row staged (a fact's key hashes): the
     # contract's audit does not count repeats again (quality/contract.py)
     known_unique: bool = False
+    # columns whose keys exist in their dimension by construction (a fact's lookups): their
+    # References checks report from the proof (orchestration/fact_keys.py)
+    proofs: dict[str, KeyProof] = field(default_factory=dict)
 
 
 def conform(frame: pl.DataFrame, model: Model) -> pl.DataFrame:

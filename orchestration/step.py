@@ -243,7 +243,7 @@ def _audit(model: Model, wh: Warehouse, req: StepRequest, day: date, out: StepOu
     frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
         else wh.read_staged(staged)
     verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending, audit=True,
-                    known_unique=out.known_unique)
+                    known_unique=out.known_unique, proofs=out.proofs)
     if verdict.failed:
         wh.record_quality(verdict.results)
         refuse(verdict, model)

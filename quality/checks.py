@@ -33,6 +33,19 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class KeyProof:
+    """A fact column every key of which exists in ``dimension`` by construction: the step set
+    it itself, from versions it read from the published dimension (or members it adds to it in
+    the same publish, or reserved members the dimension holds), over ``rows`` staged rows, of
+    which ``unknown`` are -1. Its References check needs no query (orchestration/fact_keys.py)."""
+
+    dimension: str
+    key: str
+    rows: int
+    unknown: int
+
+
+@dataclass(frozen=True)
 class References:
     """Every key exists in the dimension, and the share of -1 "Unknown" stays under a limit."""
 
@@ -41,6 +54,14 @@ class References:
     key: str = ""
     max_unknown_rate: float = 0.05
     severity: str = "error"
+
+    def proven_by(self, proof: KeyProof | None) -> list[CheckResult] | None:
+        """The check's results from a proof about its column, or None when the proof is not
+        about this dimension and key (the check then runs as SQL)."""
+        if proof is None or (proof.dimension, proof.key) != (self.dimension,
+                                                             self.key or self.column):
+            return None
+        return self._results(proof.rows, proof.unknown, 0, [])
 
     def run(self, wh: Warehouse, staged: str, model: str, day: date,
             pending: Mapping[str, str]) -> list[CheckResult]:
@@ -59,16 +80,21 @@ class References:
             found = wh.query(f'SELECT DISTINCT s."{self.column}" AS v {joined} '
                              f'WHERE d."{key}" IS NULL ORDER BY 1 LIMIT 20')
             row["sample"] = found["v"].to_list()
-        n = max(int(row["n"]), 1)
-        rate = int(row["unknown"]) / n
+        return self._results(int(row["n"]), int(row["unknown"] or 0), int(row["orphans"] or 0),
+                             list(row["sample"] or ()))
+
+    def _results(self, rows: int, unknown: int, orphans: int, sample: list[object]
+                 ) -> list[CheckResult]:
+        key = self.key or self.column
+        n = max(rows, 1)
+        rate = unknown / n
         return [
             CheckResult(f"references {self.dimension}.{key}", self.column, self.severity,
-                        row["orphans"] == 0, f"{row['orphans']} orphan key(s)",
-                        int(row["orphans"]), 100 * int(row["orphans"]) / n,
-                        tuple(row["sample"] or ())),
+                        orphans == 0, f"{orphans} orphan key(s)", orphans, 100 * orphans / n,
+                        tuple(sample)),
             CheckResult(f"unknown member rate <= {self.max_unknown_rate:.2%}", self.column,
                         self.severity, rate <= self.max_unknown_rate, f"{rate:.4%}",
-                        int(row["unknown"]), 100 * rate),
+                        unknown, 100 * rate),
         ]
 
 

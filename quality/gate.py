@@ -18,7 +18,7 @@ import polars as pl
 
 from starsmith.contract import Model
 from starsmith.errors import DataError
-from starsmith.quality.checks import Warehouse
+from starsmith.quality.checks import KeyProof, References, Warehouse
 from starsmith.quality.contract import audit_staged
 from starsmith.quality.gx_engine import Outcome, run_expectations
 from starsmith.quality.sql_engine import run_sql, supported
@@ -81,9 +81,11 @@ def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: st
 def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
           wh: Warehouse | None = None, staged: str = "",
           pending: Mapping[str, str] | None = None, *, audit: bool = False,
-          known_unique: bool = False) -> Verdict:
+          known_unique: bool = False, proofs: Mapping[str, KeyProof] | None = None) -> Verdict:
     """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse);
-    with ``audit``, the model contract before them (a broken one raises a DataError)."""
+    with ``audit``, the model contract before them (a broken one raises a DataError).
+    ``proofs``: columns whose keys exist in their dimension by construction, by column; their
+    References checks report from the proof instead of querying (quality/checks.py)."""
     outcomes = evaluate(frame, model, wh, staged, audit=audit, known_unique=known_unique)
     checked = datetime(logical_date.year, logical_date.month, logical_date.day)
     base: dict[str, object] = {"run_id": run_id, "model": model.name, "layer": model.kind.value,
@@ -100,7 +102,10 @@ def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
               for o in outcomes if not o.success and o.expectation.severity == "error"]
     for check in model.checks:
         assert wh is not None, "warehouse checks need the warehouse"
-        for r in check.run(wh, staged, model.name, logical_date, pending or {}):
+        proven = (check.proven_by((proofs or {}).get(check.column))
+                  if isinstance(check, References) else None)
+        for r in proven if proven is not None else check.run(wh, staged, model.name,
+                                                             logical_date, pending or {}):
             rows.append(base | {
                 "expectation": r.name, "column_name": r.column,
                 "kwargs": json.dumps(asdict(check), default=str), "severity": r.severity,

@@ -6,7 +6,10 @@ the GROUP BY that counted repeats. What must hold whichever way the rows went:
   date: another partition, another batch, where no batch's own grain check sees it) is refused
   by the contract, held or staged, and the fact stays unpublished;
 - rows held, rows staged past the allowance, and rows staged from the first batch publish the
-  same table; only a key that cannot repeat is called unique.
+  same table; only a key that cannot repeat is called unique;
+- keys the lookups set on rows held in memory are proven to exist in their dimensions, and
+  their References checks report what the query reports; a reserved key the dimension lacks is
+  not proven, and is found orphaned.
 """
 
 from __future__ import annotations
@@ -102,11 +105,26 @@ def test_batches_built_side_by_side_publish_what_one_at_a_time_publishes(tmp_pat
                            "fact_lineorder__quarantine ORDER BY ALL").fetchall()
             details = con.sql("SELECT details FROM _starsmith.run_log WHERE model = "
                               "'fact_lineorder'").fetchall()
+            checked = con.sql("SELECT expectation, column_name, success, observed_value, "
+                              "unexpected_count, unexpected_percent, unexpected_sample FROM "
+                              "_starsmith.quality_results WHERE model = 'fact_lineorder' "
+                              "ORDER BY ALL").fetchall()
         counts = {k: v for k, v in json.loads(details[0][0]).items()
                   if k not in ("job_key", "batches")}
-        got[folder.name] = fact, counts, json.loads(details[0][0])["batches"], held
-    (fact, counts, batches, held), (*alone_built, _, held_alone) = got["side"], got["alone"]
-    assert [fact, counts] == alone_built and held == held_alone and len(held) == 2
+        got[folder.name] = fact, counts, checked, json.loads(details[0][0])["batches"], held
+        # held rows prove their looked-up keys; staged batches (the budget's) are checked in SQL
+        proven = ("customer_key, part_key, supplier_key reference their dimensions by "
+                  "construction") in done.stdout + done.stderr
+        assert proven is (folder == root)
+    (fact, counts, checked, batches, held), (*alone_built, _, held_alone) = (got["side"],
+                                                                            got["alone"])
+    assert [fact, counts, checked] == alone_built and held == held_alone and len(held) == 2
+    # the proof reports what the query reports: no orphan, the one unknown customer's rate
+    references = {(r[0], r[1]): r[2:5] for r in checked if r[1].endswith("_key")}
+    assert references[("references dim_customer.customer_key", "customer_key")] == (
+        True, "0 orphan key(s)", 0)
+    unknown = references[("unknown member rate <= 1.00%", "customer_key")]
+    assert unknown[0] is True and unknown[2] == 1
     assert batches == 6 and counts["dim_customer:missing"] == 1  # 12 order dates
     assert len(fact) == sum(pl.read_parquet(p).height for p in
                             (root / "landing" / "lineorder").glob("*/*.parquet")) - 2 - 2
@@ -220,3 +238,34 @@ def test_only_a_key_that_cannot_repeat_is_called_unique(tmp_path: Path) -> None:
         none = BatchOutput(wh, "fact_x", "run-1", 10**9)  # no key: nothing proven
         none.add(pl.DataFrame({"k": [1]}), last=True)
         assert not none.known_unique
+
+
+def test_a_key_the_dimension_lacks_is_still_found_orphaned(tmp_path: Path) -> None:
+    """A line without a customer is keyed -2 (not applicable). When the dimension has lost its
+    -2 member, the looked-up keys are not proven (the proof asks the dimension for the reserved
+    keys it uses): the References check queries, finds the orphan and refuses the fact."""
+    root = write_project(tmp_path / "ssb")
+    days = land_all(root / "landing", SCALE)
+    path = root / "landing" / "lineorder" / f"date={days[2]}" / "part-0.parquet"
+    lines = pl.read_parquet(path)
+    pl.concat([lines, lines.head(1).with_columns(
+        orderkey=pl.lit(9_000_001, dtype=pl.Int64), custkey=pl.lit(None, dtype=pl.Int64))]
+              ).write_parquet(path)
+
+    def build(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(STARSMITH), "build", "--in-process", "--full-refresh", *args],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+
+    first = build()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "customer_key, part_key, supplier_key reference their dimensions by construction" \
+        in first.stdout + first.stderr
+    with duckdb.connect(str(root / ".state" / "warehouse.duckdb")) as con:
+        assert con.sql("SELECT count(*) FROM fact_lineorder WHERE customer_key = -2"
+                       ).fetchall() == [(1,)]
+        con.execute("DELETE FROM dim_customer WHERE customer_key = -2")
+    again = build("-s", "fact_lineorder")
+    said = " ".join((again.stdout + again.stderr).split())
+    assert again.returncode != 0, said
+    assert "fact_lineorder: part_key, supplier_key reference their dimensions" in said
+    assert "references dim_customer.customer_key (customer_key)" in said and "-2" in said
