@@ -156,12 +156,14 @@ def _chunk(model: Model, fs: FactSpec, cat: Catalogue, wh: Warehouse, primary: p
 
 
 def _read_batch(wh: Warehouse, table: str, fs: FactSpec, load: str, bound: date, day: date,
-                batch: list[date]) -> pl.DataFrame:
+                batch: list[date], *, whole_range: bool = False) -> pl.DataFrame:
     """The event rows of a batch's partitions landed up to ``bound``. The range lets DuckDB skip
     row groups outside the batch (rows land in event order mostly); the semi-join keeps the
-    batch's partitions only."""
-    return wh.query(f'SELECT p.* FROM main."{table}" p SEMI JOIN _parts d '
-                    f'ON p."{fs.event_date}" = d.d WHERE p."{load}" <= ? '
+    batch's partitions only. ``whole_range``: the batch is every partition from its first to
+    its last (a full rebuild's batches are runs of all the event dates), so the range alone
+    selects them (the semi-join cost ~5 ms a 500k-row batch)."""
+    semi = "" if whole_range else f'SEMI JOIN _parts d ON p."{fs.event_date}" = d.d '
+    return wh.query(f'SELECT p.* FROM main."{table}" p {semi}WHERE p."{load}" <= ? '
                     f'AND p."{fs.event_date}" BETWEEN ? AND ?',
                     # no partition to rebuild (an empty day): reads no row
                     [bound, min(batch, default=day), max(batch, default=day)],
@@ -282,7 +284,8 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         if _independent(model, fs, cat, budget, whole) and len(parts) > 1:
             batches, read = side_by_side(
                 batcher.rest(),
-                lambda batch: _read_batch(wh, primary_name, fs, load, bound, day, batch),
+                lambda batch: _read_batch(wh, primary_name, fs, load, bound, day, batch,
+                                          whole_range=full_refresh and not span),
                 lambda primary, mine: _chunk(model, fs, cat, wh, primary, day, bound, run_id,
                                              exists, full_refresh, mine, {}, whole, nights),
                 built, counts, held, outside)
@@ -290,7 +293,8 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
         else:
             while True:
                 batch = batcher.next()
-                primary = _read_batch(wh, primary_name, fs, load, bound, day, batch)
+                primary = _read_batch(wh, primary_name, fs, load, bound, day, batch,
+                                      whole_range=full_refresh and not span)
                 read += primary.height
                 rows, bad, hashes = _chunk(model, fs, cat, wh, primary, day, bound, run_id,
                                            exists, full_refresh, counts, inferred, whole, nights)
