@@ -98,10 +98,21 @@ class BatchOutput:
 Built = tuple[pl.DataFrame, list[pl.DataFrame], pl.Series | None]
 
 
+Finish = Callable[[pl.DataFrame, list[pl.DataFrame]], pl.DataFrame]
+
+
+def finished(finish: Finish, rows: pl.DataFrame, bad: list[pl.DataFrame],
+             hashes: pl.Series | None) -> tuple[pl.DataFrame, pl.Series | None]:
+    """A built batch's rows after ``finish`` (which may hold more of them back, adding them to
+    ``bad``), and their key hashes: kept only when it held none back (the same frame)."""
+    kept = finish(rows, bad)
+    return kept, hashes if kept is rows else None
+
+
 def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.DataFrame],
                  build: Callable[[pl.DataFrame, dict[str, int]], Built], out: BatchOutput,
                  counts: dict[str, int], held: list[pl.DataFrame],
-                 finish: Callable[[pl.DataFrame, list[pl.DataFrame]], pl.DataFrame] | None = None
+                 finish: Finish | None = None
                  ) -> tuple[int, int]:
     """Build independent batches two at a time, in order: (batches built, event rows read).
 
@@ -126,8 +137,7 @@ def side_by_side(batches: list[list[date]], read: Callable[[list[date]], pl.Data
                 future, theirs = flight.popleft()
                 rows, bad, hashes = future.result()
                 if finish is not None:
-                    kept = finish(rows, bad)
-                    rows, hashes = kept, hashes if kept is rows else None  # some held back
+                    rows, hashes = finished(finish, rows, bad, hashes)
                 for key, n in theirs.items():
                     counts[key] = counts.get(key, 0) + n
                 held += bad

@@ -32,7 +32,13 @@ from starsmith.loaders import sql
 from starsmith.loaders.store import Landing
 from starsmith.loaders.target import Warehouse, conform_read
 from starsmith.log import get_logger
-from starsmith.orchestration.batches import BatchOutput, Built, held_allowance, side_by_side
+from starsmith.orchestration.batches import (
+    BatchOutput,
+    Built,
+    finished,
+    held_allowance,
+    side_by_side,
+)
 from starsmith.orchestration.budget import BATCH_DAYS, Batcher
 from starsmith.orchestration.fact_keys import WholeVersions, key_proofs, lookup, whole_versions
 from starsmith.orchestration.fact_range import Nights, night_logs, per_night, range_partitions
@@ -163,11 +169,11 @@ def _read_batch(wh: Warehouse, table: str, fs: FactSpec, load: str, bound: date,
     its last (a full rebuild's batches are runs of all the event dates), so the range alone
     selects them (the semi-join cost ~5 ms a 500k-row batch)."""
     semi = "" if whole_range else f'SEMI JOIN _parts d ON p."{fs.event_date}" = d.d '
+    parts = {} if whole_range else {"_parts": pl.DataFrame({"d": batch}, schema={"d": pl.Date()})}
     return wh.query(f'SELECT p.* FROM main."{table}" p {semi}WHERE p."{load}" <= ? '
                     f'AND p."{fs.event_date}" BETWEEN ? AND ?',
                     # no partition to rebuild (an empty day): reads no row
-                    [bound, min(batch, default=day), max(batch, default=day)],
-                    _parts=pl.DataFrame({"d": batch}, schema={"d": pl.Date()}))
+                    [bound, min(batch, default=day), max(batch, default=day)], **parts)
 
 
 def _independent(model: Model, fs: FactSpec, cat: Catalogue, budget: int,
@@ -298,8 +304,7 @@ def build_fact(model: Model, cat: Catalogue, wh: Warehouse, landing: Landing, da
                 read += primary.height
                 rows, bad, hashes = _chunk(model, fs, cat, wh, primary, day, bound, run_id,
                                            exists, full_refresh, counts, inferred, whole, nights)
-                kept = outside(rows, bad)
-                rows, hashes = kept, hashes if kept is rows else None  # some held back
+                rows, hashes = finished(outside, rows, bad, hashes)
                 sizes = primary.estimated_size(), rows.estimated_size()
                 held += bad
                 built.add(rows, last=not batcher.remaining, hashes=hashes)  # held, or staged

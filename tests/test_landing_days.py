@@ -417,3 +417,28 @@ def test_a_value_that_does_not_fit_fails_a_full_refresh_as_its_nightly_build(
     model, message = failure(nightly)
     assert model == "customer_day" and "does not fit its declared type Int16" in message, message
     assert failure(refreshed) == failure(nightly)
+
+
+def test_a_first_file_with_a_new_column_is_warned_of_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The one-pass read checks the first file's schema for drift; a later file of another
+    type (narrower, which the contract allows) makes the scan refuse them, and the read falls
+    back to grouping the files by each day's schema. That must read each day as its own schema
+    says, and not check (and warn of) the first schema twice."""
+    from starsmith import Cadence, Column, Source
+    from starsmith.loaders.landing_days import listing, read_days
+
+    source = Source("orders", "parquet", (Column("order_id", pl.Int64(), "order", nullable=False),
+                                          Column("qty", pl.Int64(), "units")),
+                    "orders", cadence=Cadence.DAILY)
+    land(tmp_path, 0, {"part-0.parquet": pl.DataFrame(
+        {"order_id": [1, 2], "qty": [3, 4], "note": ["a", "b"]})}, "success")
+    land(tmp_path, 1, {"part-0.parquet": pl.DataFrame(  # a narrower integer: the scan refuses
+        {"order_id": [5], "qty": [6]}, schema={"order_id": pl.Int64, "qty": pl.Int32})}, "success")
+    root, days = tmp_path / "landing", [FIRST, FIRST + timedelta(1)]
+    with caplog.at_level("WARNING"):
+        got = read_days(root, source, days, listing(root, source))
+    assert got is not None
+    assert got[days[0]].to_dicts() == [{"order_id": 1, "qty": 3}, {"order_id": 2, "qty": 4}]
+    assert got[days[1]].to_dicts() == [{"order_id": 5, "qty": 6}]
+    assert len([r for r in caplog.records if "new column 'note'" in r.getMessage()]) == 1
