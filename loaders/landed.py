@@ -37,6 +37,7 @@ from typing import Any
 
 from starsmith.contract import Completion, Source
 from starsmith.errors import DataError
+from starsmith.loaders.landing_look import looked
 from starsmith.loaders.store import Landing, landing_root, sha256
 from starsmith.log import get_logger
 
@@ -346,7 +347,14 @@ def _inspect(source: Source, day: date, folder: Landing, *, markers: bool) -> La
 
 
 def landed(landing: Landing, source: Source, *, today: date | None = None) -> list[LandedDay]:
-    """Every well-named day folder of the source, complete or not, oldest first."""
+    """Every well-named day folder of the source, complete or not, oldest first (once per
+    build step's day, see loaders/landing_look.py)."""
+    key = (str(landing), source.name, source.format, source.completion, source.future_days,
+           today)
+    return looked(key, lambda: _landed(landing, source, today=today))
+
+
+def _landed(landing: Landing, source: Source, *, today: date | None) -> list[LandedDay]:
     first = first_marker_day(landing, source)
     return [inspect_day(source, d, f, markers=marker_rules(first, d))
             for d, f in day_folders(landing, source, today=today).items()]

@@ -28,6 +28,7 @@ from starsmith.loaders.connect import open_warehouse
 from starsmith.loaders.extract.land import dead_letter_details
 from starsmith.loaders.landed import landed_dates
 from starsmith.loaders.landing import fingerprints
+from starsmith.loaders.landing_look import one_look, scope_of
 from starsmith.loaders.store import Landing, landing_root
 from starsmith.loaders.target import RUN_LOG_COLUMNS, Publish, Warehouse
 from starsmith.log import get_logger
@@ -89,7 +90,7 @@ def run_step(req: StepRequest, cat: Catalogue) -> StepResult:
         "fingerprint": model.fingerprint(),
     }
     try:
-        with wh.session():
+        with wh.session(), one_look(scope_of(req.job_key, req.logical_date, req.first_date)):
             counts = _run(model, cat, wh, req, day, log_row, clock)
     except NotInOneGo as why:  # nothing published: the range's nights, one after another
         log.info("%s: %s; built night by night", model.name, why)

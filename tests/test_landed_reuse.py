@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from starsmith.contract import (
     Strategy,
 )
 from starsmith.loaders.landed import MANIFEST, MARKER, LandedDay, landed, write_manifest
+from starsmith.loaders.landing_look import one_look, scope_of
 from starsmith.orchestration.plan import landed_days, list_sources, readiness
 from starsmith.registry import build_catalogue
 
@@ -256,3 +259,52 @@ def test_readiness_of_several_model_sets_comes_from_one_listing(
     assert readiness(cat, ["stg_feed"], tmp_path, {"landing.ref": listing["landing.ref"]}) == readiness(
         cat, ["stg_feed"], tmp_path)
     assert listed == ["feed", "feed"]
+
+
+def test_within_a_steps_look_a_source_is_listed_once(tmp_path: Path, inspected: list[date]
+                                                     ) -> None:
+    """A step (its build run's job key and day) judges one landing zone: what lands or changes
+    after its first look is the next build's; outside the scope, and in another, it is seen."""
+    source = src()
+    for n in (1, 2):
+        land(tmp_path, source, n)
+    time.sleep(SETTLE)
+    scope = scope_of("run-1", day(2).isoformat())
+    with one_look(scope):
+        first = landed(tmp_path, source)
+        land(tmp_path, source, 3)
+        _truncate(tmp_path / source.name / f"date={day(1).isoformat()}")
+        assert landed(tmp_path, source) == first  # the same look, nothing inspected again
+        assert [d.day for d in first] == [day(1), day(2)] and all(d.complete for d in first)
+    now = landed(tmp_path, source)
+    assert now == fresh(tmp_path, source)  # outside: looked at again
+    assert [(d.day, d.complete) for d in now] == [(day(1), False), (day(2), True), (day(3), True)]
+    with one_look(scope_of("run-2", day(2).isoformat())):
+        assert landed(tmp_path, source) == now  # another build run looks for itself
+    with one_look(scope):  # the same step again (a retry) sees what its first look saw
+        assert landed(tmp_path, source) == first
+    with one_look(scope_of("", day(2).isoformat())):  # no job key: nothing shared
+        assert landed(tmp_path, source) == now
+
+
+def test_steps_looking_at_once_wait_for_one_listing(tmp_path: Path, inspected: list[date]
+                                                    ) -> None:
+    """Steps of one run and day that start together list a source once between them (each
+    listing its own, they paid the first look each, in Python, side by side)."""
+    source = src()
+    for n in range(1, 21):
+        land(tmp_path, source, n)  # not settled: a listing alone would inspect every day again
+    scope = scope_of("run-1", day(20).isoformat())
+    start = threading.Barrier(4)
+
+    def step() -> list[LandedDay]:
+        with one_look(scope):
+            start.wait()
+            return landed(tmp_path, source)
+
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: step(), range(4)))
+    assert all(f == found[0] for f in found) and len(found[0]) == 20
+    assert sorted(inspected) == [day(n) for n in range(1, 21)]  # each day once, not 4 times
+    landed(tmp_path, source)
+    assert len(inspected) == 40  # outside the scope the unsettled days are inspected again
