@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from scd2_merge import make_warehouse
 
-from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.duckdb import DuckDBWarehouse, records
 
 NIGHT = (
     "CREATE TEMP TABLE old AS SELECT * FROM dim_customer"
@@ -62,11 +62,12 @@ def nights(path: Path, count: int, rows: int, *, compact: bool) -> tuple[list[fl
                 result = con.execute(statement.format(offset=2 * rows + n * 200_000)).fetchall()
                 deleted += int(result[0][0]) if statement.startswith("DELETE") else 0
             if compact:
-                wh._count_deleted(con, "dim_customer", deleted, reset=False)
+                records.count_deleted(con, "dim_customer", deleted, reset=False)
             con.execute("COMMIT")
             if compact:
                 before = con.sql("SELECT count(*) FROM _starsmith.table_upkeep").fetchall()[0][0]
-                wh._compact(con, "dim_customer")
+                records.compact(con, "dim_customer", at=wh.compact_at,
+                                min_rows=wh.compact_min_rows)
                 compactions += before > con.sql(
                     "SELECT count(*) FROM _starsmith.table_upkeep").fetchall()[0][0]
         seconds.append(time.perf_counter() - started)  # the close (checkpoint) included

@@ -26,7 +26,7 @@ from starsmith.discover import load_catalogue
 from starsmith.errors import ConfigError, DataError, RetryableError, StarsmithError
 from starsmith.loaders import sql
 from starsmith.loaders.connect import open_warehouse
-from starsmith.loaders.duckdb import DuckDBWarehouse
+from starsmith.loaders.duckdb import DuckDBWarehouse, records
 from starsmith.loaders.landed import MANIFEST, MARKER
 from starsmith.loaders.target import Publish
 from starsmith.orchestration.local import run_plan
@@ -291,12 +291,12 @@ def test_compaction_failing_after_the_commit_does_not_fail_the_step(
     s.step("stg_sales", D1)
     tried: list[str] = []
 
-    def full(self: DuckDBWarehouse, con: duckdb.DuckDBPyConnection, target: str,
-             schema: str = "main") -> None:
+    def full(con: duckdb.DuckDBPyConnection, target: str, schema: str = "main",
+             **settings: float) -> None:
         tried.append(target)
         raise fault
 
-    monkeypatch.setattr(DuckDBWarehouse, "_compact", full)
+    monkeypatch.setattr(records, "compact", full)
     result = s.step("stg_sales", D2)
     assert tried == ["stg_sales"] and result.status == "success" and result.rows_written > 0
     assert "compacting its table failed" in logs.text and "No space left" in logs.text
@@ -312,7 +312,7 @@ def test_the_real_compaction_failing_inside_its_transaction_leaves_the_table(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", compact_min_rows=1)
     rows = pl.DataFrame({"k": range(100), "v": ["a"] * 100})
-    original = DuckDBWarehouse._count_deleted
+    original = records.count_deleted
 
     def full_when_compacting(con: duckdb.DuckDBPyConnection, target: str, deleted: int, *,
                              reset: bool) -> None:
@@ -322,7 +322,7 @@ def test_the_real_compaction_failing_inside_its_transaction_leaves_the_table(
 
     with wh.session():
         publish(wh, rows, "r0", sql.replace_all)
-        monkeypatch.setattr(DuckDBWarehouse, "_count_deleted", staticmethod(full_when_compacting))
+        monkeypatch.setattr(records, "count_deleted", full_when_compacting)
         publish(wh, rows.head(60).with_columns(v=pl.lit("b")), "r1",
                 lambda t, st: sql.replace_keys(t, st, ["k"], ["k", "v"]))
         assert wh.read("t").sort("k")["v"].to_list() == ["b"] * 60 + ["a"] * 40
