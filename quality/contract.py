@@ -2,13 +2,16 @@
 
 These checks come from the spec itself (declared non-null columns, the unique key), so every
 model is gated even before it declares an expectation suite. They run as one SQL query on the
-staged table, in the warehouse, without moving the data.
+staged table, in the warehouse, without moving the data; rows a step staged from memory are
+counted there instead (their NULLs are Arrow metadata) when their unique key is proven unique.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+import polars as pl
 
 from starsmith.errors import DataError
 from starsmith.quality.queryable import Queryable
@@ -41,6 +44,21 @@ def contract_counts_sql(staged: str, model: Model, *, known_unique: bool = False
     checks = contract_checks(staged, model, known_unique=known_unique)
     parts = [f"{sql} AS c{i}" for i, (_, sql) in enumerate(checks)]
     return f"SELECT {', '.join(parts) or '0 AS none'} FROM {staged}", [k for k, _ in checks]
+
+
+def audit_held(rows: pl.DataFrame, staged: str, model: Model, *, known_unique: bool = False
+               ) -> bool:
+    """:func:`audit_staged` on the rows a step staged from memory (``rows`` are what ``staged``
+    holds): their NULLs are counted in each Arrow array's metadata, with no query over the staged
+    table (~10 ms a step). Only when the unique key needs no count (proven unique by the step,
+    or none declared); False otherwise, and nothing was checked: query the staged table."""
+    if model.unique_key and not known_unique:
+        return False
+    required = [c.name for c in model.columns if not c.nullable]
+    nulls = rows.select(required).null_count().row(0) if required else ()
+    refuse_broken({f"null {c}": int(n) for c, n in zip(required, nulls, strict=True)}, staged,
+                  model)
+    return True
 
 
 def refuse_broken(counts: Mapping[str, int], staged: str, model: Model) -> None:
