@@ -51,6 +51,7 @@ import duckdb
 
 from starsmith.errors import RetryableError
 from starsmith.loaders.duckdb.filegate import file_gate
+from starsmith.loaders.duckdb.records import META
 from starsmith.log import get_logger
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-META = "_starsmith"
 REWRITE_AT = 1.4  # the file's size against its last rewrite's: kept under 1.5x a fresh copy
 MIDWAY_AT = 4.0  # the same between the days of one long build: bounds the file, not each day
 FREE_AT = 1 / 3  # or this share of its blocks free (after a full refresh shrank the data)
