@@ -75,7 +75,7 @@ META_DDL = (f"CREATE SCHEMA IF NOT EXISTS {META}", RUN_LOG_DDL, WATERMARK_DDL, Q
 # DuckDB's own vacuum, run at every checkpoint, merges row groups that hold deleted rows: after a
 # publish that deleted scattered keys it rewrote data across the whole table to save one row
 # group (0.2 s of a 10M-row dimension's 150k-key night, ~4 ms per touched row group), so a
-# nightly cost grew with the table. It is off; ``_compact`` rewrites a table instead, once its
+# nightly cost grew with the table. It is off; ``compact`` rewrites a table instead, once its
 # deleted rows pass COMPACT_AT of what it stores: an amortised cost that grows with the changes.
 COMPACT_AT = 0.25
 COMPACT_MIN_ROWS = 100_000  # below this many deleted rows a rewrite is never worth it
