@@ -41,7 +41,7 @@ from starsmith.orchestration.many_days import transformed
 from starsmith.orchestration.messages import WARNINGS, StepRequest, StepResult
 from starsmith.orchestration.output import StepOutput
 from starsmith.orchestration.scd_step import build_scd
-from starsmith.quality.contract import audit_held, audit_staged
+from starsmith.quality.contract import audit_staged
 from starsmith.quality.gate import judge, refuse
 from starsmith.quality.sql_engine import supported
 from starsmith.registry import Catalogue
@@ -238,14 +238,15 @@ def _audit(model: Model, wh: Warehouse, req: StepRequest, day: date, out: StepOu
     """The contract and the model's suite on the staged rows; rows a "mostly" rule lets through
     move to the quarantine and the rest are staged again. Raises DataError on a refusal."""
     if not (model.expectations or model.checks):
-        if out.parts or not audit_held(out.rows, staged, model, known_unique=out.known_unique):
-            audit_staged(wh, staged, model, known_unique=out.known_unique)
+        audit_staged(wh, staged, model, known_unique=out.known_unique,
+                     held=None if out.parts else out.rows)
         return out, staged, None
     # the contract is audited with the suite, in its pass over the staged rows
     frame = out.rows if not out.parts or all(supported(e) for e in model.expectations) \
         else wh.read_staged(staged)
     verdict = judge(frame, model, req.run_id, day, wh, staged, out.pending, audit=True,
-                    known_unique=out.known_unique, proofs=out.proofs)
+                    known_unique=out.known_unique, proofs=out.proofs,
+                    held=None if out.parts else out.rows)
     if verdict.failed:
         wh.record_quality(verdict.results)
         refuse(verdict, model)

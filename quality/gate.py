@@ -52,12 +52,14 @@ ENGINE_ENV = "STARSMITH_QUALITY_ENGINE"  # "gx" runs every expectation through G
 
 
 def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: str, *,
-             audit: bool = False, known_unique: bool = False) -> list[Outcome]:
+             audit: bool = False, known_unique: bool = False,
+             held: pl.DataFrame | None = None) -> list[Outcome]:
     """Common expectation types by one SQL pass over the staged rows, the rest by GX.
 
     ``audit``: check the model contract first (in that same pass when there is one), so a
     broken contract stops the step before any expectation is judged; ``known_unique``: its
-    unique key is proven unique already (quality/contract.py).
+    unique key is proven unique already (quality/contract.py); ``held``: the staged rows
+    themselves, in memory, where the contract alone is counted (``audit_staged``).
     """
     exps = model.expectations
     fast = [i for i, e in enumerate(exps) if wh is not None and staged and supported(e)
@@ -66,7 +68,7 @@ def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: st
     found: dict[int, Outcome] = {}
     if audit and not fast:
         assert wh is not None, "the contract audit runs in the warehouse"
-        audit_staged(wh, staged, model, known_unique=known_unique)
+        audit_staged(wh, staged, model, known_unique=known_unique, held=held)
     if fast:
         assert wh is not None
         found |= dict(zip(fast, run_sql(wh, staged, [exps[i] for i in fast],
@@ -81,12 +83,15 @@ def evaluate(frame: pl.DataFrame, model: Model, wh: Warehouse | None, staged: st
 def judge(frame: pl.DataFrame, model: Model, run_id: str, logical_date: date,
           wh: Warehouse | None = None, staged: str = "",
           pending: Mapping[str, str] | None = None, *, audit: bool = False,
-          known_unique: bool = False, proofs: Mapping[str, KeyProof] | None = None) -> Verdict:
+          known_unique: bool = False, proofs: Mapping[str, KeyProof] | None = None,
+          held: pl.DataFrame | None = None) -> Verdict:
     """Run the model's expectations (GX, on the staged rows) and checks (SQL, in the warehouse);
     with ``audit``, the model contract before them (a broken one raises a DataError).
     ``proofs``: columns whose keys exist in their dimension by construction, by column; their
-    References checks report from the proof instead of querying (quality/checks.py)."""
-    outcomes = evaluate(frame, model, wh, staged, audit=audit, known_unique=known_unique)
+    References checks report from the proof instead of querying (quality/checks.py).
+    ``held``: the staged rows themselves, in memory (see ``audit_staged``)."""
+    outcomes = evaluate(frame, model, wh, staged, audit=audit, known_unique=known_unique,
+                        held=held)
     checked = datetime(logical_date.year, logical_date.month, logical_date.day)
     base: dict[str, object] = {"run_id": run_id, "model": model.name, "layer": model.kind.value,
             "logical_date": logical_date, "checked_at": checked}
